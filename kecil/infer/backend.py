@@ -1,0 +1,103 @@
+"""The one interface every inference engine implements, and the shared logic on top of it.
+
+A backend only has to tokenize, stream tokens for a list of prompt ids, and say what its chat
+template and special tokens are. Prompt building, context checks and chat formatting live
+here once, so the llama.cpp and torch engines format the same prompt to the same token ids.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+from kecil.errors import PromptTooLongError
+from kecil.infer.chat_template import ChatTemplate, Message
+from kecil.infer.generation import Chunk, Completion, GenerationConfig, collect
+from kecil.models.reference import ModelRef
+
+
+class Backend(ABC):
+    """A loaded model that can generate. Use `kecil.infer.load.load_model` to get one."""
+
+    name: ClassVar[str]
+
+    def __init__(self, ref: ModelRef, context_length: int):
+        self.ref = ref
+        self.context_length = context_length
+
+    # --- what each engine provides -------------------------------------------------------
+    @abstractmethod
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """Token ids for `text`; special-token markup (e.g. <|im_start|>) is parsed as special."""
+
+    @abstractmethod
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text for `ids`."""
+
+    @abstractmethod
+    def stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        """Generate after `prompt_ids`, yielding text pieces; the last chunk is final."""
+
+    @property
+    @abstractmethod
+    def chat_template(self) -> ChatTemplate | None:
+        """The model's own chat template, or None for a base model without one."""
+
+    @property
+    @abstractmethod
+    def adds_bos(self) -> bool:
+        """Whether this model's tokenizer expects a BOS token in front of every prompt."""
+
+    def close(self) -> None:
+        """Free the model's memory. The backend must not be used afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- shared on top -------------------------------------------------------------------
+    def prompt_ids(self, prompt: str, config: GenerationConfig) -> list[int]:
+        """Token ids for a raw prompt, refusing (never truncating) one that does not fit."""
+        ids = self.tokenize(prompt, add_bos=self.adds_bos)
+        if len(ids) + 1 > self.context_length:
+            raise PromptTooLongError(len(ids), self.context_length)
+        return ids
+
+    def stream(self, prompt: str, config: GenerationConfig | None = None) -> Iterator[Chunk]:
+        config = config or GenerationConfig()
+        return self.stream_ids(self.prompt_ids(prompt, config), config)
+
+    def generate(self, prompt: str, config: GenerationConfig | None = None) -> Completion:
+        return collect(self.stream(prompt, config))
+
+    def format_chat(self, messages: Sequence[Message]) -> str:
+        """The prompt text for a conversation, ending where the assistant's answer starts."""
+        template = self.chat_template
+        if template is None:
+            from kecil.errors import BackendError
+
+            raise BackendError(
+                f"{self.ref.name} has no chat template (it is a base model, not a chat model): "
+                "use `kecil generate` with a plain prompt, or pick an instruct model"
+            )
+        return template.render(messages, add_generation_prompt=True)
+
+    def chat_prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        text = self.format_chat(messages)
+        template = self.chat_template
+        # Templates that write the BOS text themselves must not get a second one from the tokenizer.
+        add_bos = self.adds_bos and not (template.bos_token and text.startswith(template.bos_token))
+        return self.tokenize(text, add_bos=add_bos)
+
+    def stream_chat(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Iterator[Chunk]:
+        config = config or GenerationConfig()
+        ids = self.chat_prompt_ids(messages)
+        if len(ids) + 1 > self.context_length:
+            raise PromptTooLongError(len(ids), self.context_length)
+        return self.stream_ids(ids, config)
+
+    def chat(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Completion:
+        return collect(self.stream_chat(messages, config))

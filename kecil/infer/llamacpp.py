@@ -1,0 +1,112 @@
+"""The llama.cpp backend: GGUF models through llama-cpp-python, the fast path on a CPU."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from time import perf_counter
+
+from kecil.errors import BackendError
+from kecil.infer.backend import Backend
+from kecil.infer.chat_template import ChatTemplate
+from kecil.infer.generation import Chunk, GenerationConfig
+from kecil.infer.llamacpp_runtime import import_llama_cpp
+from kecil.infer.streaming import stream_tokens
+from kecil.models.info import ModelInfo
+from kecil.models.reference import ModelRef
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+
+    @staticmethod
+    def unsupported_reason(ref: ModelRef) -> str | None:
+        if ref.format != "gguf":
+            return "the llamacpp backend runs GGUF files; use --backend torch for a Hugging Face folder"
+        return None
+
+    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int):
+        super().__init__(ref, context_length)
+        self.info = info
+        llama_cpp = import_llama_cpp()
+        self._llama_cpp = llama_cpp
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(ref.path),
+                n_ctx=context_length,
+                n_batch=min(512, context_length),
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(
+                f"llama.cpp could not load {ref.path} ({exc}); check the file with `kecil info {ref.spec}`"
+                " or try --backend torch"
+            ) from None
+        self._vocab = self._llm._model.vocab
+        self._template = (
+            ChatTemplate(info.chat_template, info.bos_token, info.eos_token) if info.chat_template else None
+        )
+
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        return self._template
+
+    @property
+    def adds_bos(self) -> bool:
+        return self.info.add_bos
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        self._check_fits(prompt_ids)
+        # llama.cpp seeds its sampler when the sampler is built: a fresh seed per call unless
+        # the caller fixed one, so unseeded runs differ and seeded runs repeat exactly.
+        self._llm.set_seed(config.seed if config.seed is not None else random.getrandbits(32))
+        started = perf_counter()
+        tokens = self._llm.generate(
+            prompt_ids,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            min_p=0.0,  # llama-cpp-python defaults to 0.05; kecil's samplers match transformers'
+            typical_p=1.0,
+            temp=config.temperature,
+            repeat_penalty=config.repetition_penalty,
+        )
+        # generate() would run past the context window; cap it so it never does.
+        room = self.context_length - len(prompt_ids)
+        config = config if config.max_tokens <= room else _with_max_tokens(config, room)
+        return stream_tokens(
+            tokens,
+            prompt_tokens=len(prompt_ids),
+            config=config,
+            detokenize=self.detokenize,
+            is_end=self.is_end,
+            started=started,
+        )
+
+    def _check_fits(self, prompt_ids: list[int]) -> None:
+        if len(prompt_ids) + 1 > self.context_length:
+            from kecil.errors import PromptTooLongError
+
+            raise PromptTooLongError(len(prompt_ids), self.context_length)
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
+
+
+def _with_max_tokens(config: GenerationConfig, max_tokens: int) -> GenerationConfig:
+    from dataclasses import replace
+
+    return replace(config, max_tokens=max_tokens)

@@ -1,0 +1,81 @@
+"""Opening a model for inference: resolve the MODEL argument, pick a backend, load it.
+
+Backends are a lookup table, not an if-chain: a new engine is one more row in BACKENDS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+from kecil.errors import BackendError, ConfigError
+from kecil.infer.backend import Backend
+from kecil.models.info import inspect_model
+from kecil.models.reference import ModelRef, resolve
+
+# name -> "module:Class"; imported only when chosen, so `kecil --help` never imports torch.
+BACKENDS: dict[str, str] = {
+    "llamacpp": "kecil.infer.llamacpp:LlamaCppBackend",
+    "torch": "kecil.infer.torch_backend:TorchBackend",
+}
+DEFAULT_BACKEND = {"gguf": "llamacpp", "hf": "torch"}
+DEFAULT_CONTEXT = 4096  # enough for chat and RAG prompts; the KV cache stays small on a laptop
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to open a model. Every field has a sensible default for a CPU laptop."""
+
+    backend: str | None = None  # "llamacpp" or "torch"; None = by format (GGUF → llamacpp, HF → torch)
+    context_length: int | None = None  # None = the model's trained context, at most DEFAULT_CONTEXT
+    threads: int | None = None  # None = number of physical cores
+
+    def __post_init__(self) -> None:
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if self.context_length is not None and self.context_length < 16:
+            raise ConfigError(f"context length must be at least 16 tokens, got {self.context_length}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def backend_class(name: str) -> type[Backend]:
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def choose_backend(ref: ModelRef, requested: str | None) -> type[Backend]:
+    name = requested or DEFAULT_BACKEND[ref.format]
+    cls = backend_class(name)
+    reason = cls.unsupported_reason(ref)
+    if reason:
+        usable = [n for n in BACKENDS if n != name and backend_class(n).unsupported_reason(ref) is None]
+        raise BackendError(f"{reason} (backends that can run {ref.name}: {', '.join(usable) or 'none'})")
+    return cls
+
+
+def load_model(
+    spec: str | ModelRef | None = None,
+    *,
+    backend: str | None = None,
+    context_length: int | None = None,
+    threads: int | None = None,
+) -> Backend:
+    """Load MODEL (a built-in name, a GGUF path or a Hugging Face folder; None = the default)."""
+    options = LoadOptions(backend, context_length, threads)
+    ref = spec if isinstance(spec, ModelRef) else resolve(spec)
+    info = inspect_model(ref)
+    cls = choose_backend(ref, options.backend)
+    n_ctx = options.context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    if info.context_length and n_ctx > info.context_length:
+        raise ConfigError(
+            f"{ref.name} was trained for a context of {info.context_length} tokens; --context {n_ctx} is beyond it"
+        )
+    return cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores())
