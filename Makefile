@@ -4,8 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-KECIL_CACHE ?= $(HOME)/.cache/kecil
-export KECIL_CACHE
+KECIL_HOME ?= $(HOME)/.cache/kecil
+export KECIL_HOME
 
 # torch comes from the local CPU wheel; this pin rides along with every install so nothing upgrades it.
 TORCH := torch==2.13.0

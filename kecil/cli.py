@@ -78,9 +78,14 @@ def generate(
     backend: Backend = None,
     context: Context = None,
     threads: Threads = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (chat models).")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as plain text, without the model's chat template.")] = False,
     stats: Annotated[bool, typer.Option(help="Print token counts and speed to stderr.")] = True,
 ) -> None:
-    """Generate text from a prompt and stream it to stdout."""
+    """Generate an answer to a prompt and stream it to stdout.
+
+    A chat model gets the prompt as one user turn in its own chat template; --raw sends the
+    text as it is (plain completion), which is also what a base model without a template gets."""
     if len(args) > 2:
         raise KecilError(f"expected [MODEL] PROMPT, got {len(args)} arguments: quote the prompt")
     model, prompt = (None, args[0]) if len(args) == 1 else args
@@ -90,7 +95,8 @@ def generate(
     from kecil.infer.load import load_model
 
     with load_model(model, backend=backend, context_length=context, threads=threads) as engine:
-        for chunk in engine.stream(prompt, config):
+        stream = engine.stream(prompt, config) if raw else engine.stream_instruction(prompt, config, system=system)
+        for chunk in stream:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
     sys.stdout.write("\n")
@@ -184,6 +190,7 @@ def info(
 ) -> None:
     """Architecture, size, quantization, context length and RAM needed for a model."""
     from kecil.infer.load import DEFAULT_BACKEND, LoadOptions
+    from kecil.models.builtins import get_builtin
     from kecil.models.info import describe, estimate_memory, inspect_model
     from kecil.models.reference import resolve
 
@@ -192,6 +199,9 @@ def info(
     details = inspect_model(ref)
     estimate = estimate_memory(details, context, backend or DEFAULT_BACKEND[ref.format])
     rows = describe(details, estimate)
+    preset = get_builtin(ref.name) if ref.builtin else None
+    if preset and preset.system_prompt:
+        rows.append(("Default system prompt", preset.system_prompt))
     if as_json:
         print(json.dumps(dict(rows)))
         return
@@ -199,6 +209,8 @@ def info(
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # paths must stay whole, wrapped rather than cut
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     Console().print(table)

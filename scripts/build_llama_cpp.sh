@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build llama-cpp-python from source once per machine and install it into the given venv.
 #
-# The wheel is cached under $KECIL_CACHE/wheels keyed by version and CMake flags, so a fresh
+# The wheel is cached under $KECIL_HOME/wheels keyed by version and CMake flags, so a fresh
 # clone on the same machine (CI) installs it in seconds; pip's own wheel cache is not used
 # because it ignores CMAKE_ARGS and could hand back a wheel built with other flags.
 set -euo pipefail
 python=$1
 version=$2
 flags=${LLAMA_CMAKE_ARGS:?set LLAMA_CMAKE_ARGS}
-cache=${KECIL_CACHE:-$HOME/.cache/kecil}
+cache=${KECIL_HOME:-$HOME/.cache/kecil}
 key=$(printf '%s %s' "$version" "$flags" | sha256sum | cut -c1-12)
 wheels="$cache/wheels/llama-cpp-python-$version-$key"
 

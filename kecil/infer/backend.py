@@ -25,6 +25,8 @@ class Backend(ABC):
     def __init__(self, ref: ModelRef, context_length: int):
         self.ref = ref
         self.context_length = context_length
+        # A built-in's preset system prompt, used when a conversation has none (see builtins.py).
+        self.default_system: str | None = None
 
     # --- what each engine provides -------------------------------------------------------
     @abstractmethod
@@ -83,6 +85,8 @@ class Backend(ABC):
                 f"{self.ref.name} has no chat template (it is a base model, not a chat model): "
                 "use `kecil generate` with a plain prompt, or pick an instruct model"
             )
+        if self.default_system and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": self.default_system}, *messages]
         return template.render(messages, add_generation_prompt=True)
 
     def chat_prompt_ids(self, messages: Sequence[Message]) -> list[int]:
@@ -101,3 +105,13 @@ class Backend(ABC):
 
     def chat(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Completion:
         return collect(self.stream_chat(messages, config))
+
+    def stream_instruction(
+        self, prompt: str, config: GenerationConfig | None = None, *, system: str | None = None
+    ) -> Iterator[Chunk]:
+        """Answer `prompt` the way the model was trained to: as a one-turn chat when it has a chat
+        template (an instruct model would otherwise just end the text), as raw text when not."""
+        if self.chat_template is None:
+            return self.stream(prompt, config)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return self.stream_chat(messages, config)

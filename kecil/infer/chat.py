@@ -7,7 +7,7 @@ kept) and the caller is told how many, so nobody is surprised that the model "fo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kecil.errors import PromptTooLongError
 from kecil.infer.backend import Backend
@@ -25,7 +25,9 @@ class ChatTurn:
 class ChatSession:
     def __init__(self, backend: Backend, config: GenerationConfig | None = None, system: str | None = None):
         self.backend = backend
-        self.config = config or GenerationConfig()
+        # Each turn extends the last one, so only the new turn needs processing. A session
+        # replayed from the start passes through the same cache states, so seeds still repeat.
+        self.config = replace(config or GenerationConfig(), reuse_prefix=True)
         self.system = system
         self.messages: list[dict[str, str]] = []
         self.reset()

@@ -26,6 +26,10 @@ class GenerationConfig:
     seed: int | None = None
     # Keep generating past the end-of-sequence token: benchmarks need a fixed number of tokens.
     ignore_eos: bool = False
+    # Reuse the KV cache of the prompt prefix the previous call shared (multi-turn chat: only the
+    # new turn is processed). Off by default: re-evaluating the boundary token in a smaller batch
+    # changes logits in the last bits, so the same seed only repeats exactly without reuse.
+    reuse_prefix: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -72,6 +72,8 @@ class LlamaCppBackend(Backend):
         # llama.cpp seeds its sampler when the sampler is built: a fresh seed per call unless
         # the caller fixed one, so unseeded runs differ and seeded runs repeat exactly.
         self._llm.set_seed(config.seed if config.seed is not None else random.getrandbits(32))
+        if not config.reuse_prefix:
+            self._llm.reset()  # generate() then evaluates the whole prompt as on a fresh model
         started = perf_counter()
         tokens = self._llm.generate(
             prompt_ids,

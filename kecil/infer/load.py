@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kecil.errors import BackendError, ConfigError
 from kecil.infer.backend import Backend
+from kecil.models.builtins import get_builtin
 from kecil.models.info import inspect_model
 from kecil.models.reference import ModelRef, resolve
 
@@ -78,4 +79,7 @@ def load_model(
         raise ConfigError(
             f"{ref.name} was trained for a context of {info.context_length} tokens; --context {n_ctx} is beyond it"
         )
-    return cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores())
+    engine = cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores())
+    preset = get_builtin(ref.name) if ref.builtin else None
+    engine.default_system = preset.system_prompt if preset else None
+    return engine

@@ -1,0 +1,39 @@
+"""Shared fixtures: an isolated kecil data folder, and tiny random models built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tiny_models import TINY_ARCHS, TinyModels
+
+__all__ = ["TINY_ARCHS"]
+
+
+@pytest.fixture(scope="session")
+def kecil_home(tmp_path_factory):
+    """A KECIL_HOME for the whole session, so the user's real ~/.cache/kecil is never touched.
+
+    Session-wide rather than per test: the gemma3-270m built-in assembles a 253 MB file there
+    on first use, and that should happen at most once per run.
+    """
+    home = tmp_path_factory.mktemp("kecil_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KECIL_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def _isolated_kecil_home(kecil_home):
+    """Every test sees the session's KECIL_HOME, even if an earlier test changed the variable."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KECIL_HOME", str(kecil_home))
+        yield kecil_home
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(tmp_path_factory) -> TinyModels:
+    """A factory: `tiny_hf_model("llama")` is the folder of a tiny random llama, built on first use.
+
+    `tiny_hf_model.get(arch).parameters` is the parameter count of the module that was saved.
+    """
+    return TinyModels(tmp_path_factory.mktemp("tiny_hf_models"))
