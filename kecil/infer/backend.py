@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 from kecil.errors import PromptTooLongError
@@ -39,7 +40,8 @@ class Backend(ABC):
 
     @abstractmethod
     def stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
-        """Generate after `prompt_ids`, yielding text pieces; the last chunk is final."""
+        """Generate after `prompt_ids`, yielding text pieces; the last chunk is final.
+        Implementations start with `config = self.fit_to_context(prompt_ids, config)`."""
 
     @property
     @abstractmethod
@@ -61,16 +63,17 @@ class Backend(ABC):
         self.close()
 
     # --- shared on top -------------------------------------------------------------------
-    def prompt_ids(self, prompt: str, config: GenerationConfig) -> list[int]:
-        """Token ids for a raw prompt, refusing (never truncating) one that does not fit."""
-        ids = self.tokenize(prompt, add_bos=self.adds_bos)
+    def fit_to_context(self, ids: Sequence[int], config: GenerationConfig) -> GenerationConfig:
+        """Refuse (never truncate) a prompt that leaves no room for even one new token, and cap
+        max_tokens at the room left, so generation ends with "length" at the window's edge."""
         if len(ids) + 1 > self.context_length:
             raise PromptTooLongError(len(ids), self.context_length)
-        return ids
+        room = self.context_length - len(ids)
+        return config if config.max_tokens <= room else replace(config, max_tokens=room)
 
     def stream(self, prompt: str, config: GenerationConfig | None = None) -> Iterator[Chunk]:
         config = config or GenerationConfig()
-        return self.stream_ids(self.prompt_ids(prompt, config), config)
+        return self.stream_ids(self.tokenize(prompt, add_bos=self.adds_bos), config)
 
     def generate(self, prompt: str, config: GenerationConfig | None = None) -> Completion:
         return collect(self.stream(prompt, config))
@@ -97,11 +100,7 @@ class Backend(ABC):
         return self.tokenize(text, add_bos=add_bos)
 
     def stream_chat(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Iterator[Chunk]:
-        config = config or GenerationConfig()
-        ids = self.chat_prompt_ids(messages)
-        if len(ids) + 1 > self.context_length:
-            raise PromptTooLongError(len(ids), self.context_length)
-        return self.stream_ids(ids, config)
+        return self.stream_ids(self.chat_prompt_ids(messages), config or GenerationConfig())
 
     def chat(self, messages: Sequence[Message], config: GenerationConfig | None = None) -> Completion:
         return collect(self.stream_chat(messages, config))

@@ -68,7 +68,7 @@ class LlamaCppBackend(Backend):
         return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     def stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
-        self._check_fits(prompt_ids)
+        config = self.fit_to_context(prompt_ids, config)
         # llama.cpp seeds its sampler when the sampler is built: a fresh seed per call unless
         # the caller fixed one, so unseeded runs differ and seeded runs repeat exactly.
         self._llm.set_seed(config.seed if config.seed is not None else random.getrandbits(32))
@@ -84,9 +84,6 @@ class LlamaCppBackend(Backend):
             temp=config.temperature,
             repeat_penalty=config.repetition_penalty,
         )
-        # generate() would run past the context window; cap it so it never does.
-        room = self.context_length - len(prompt_ids)
-        config = config if config.max_tokens <= room else _with_max_tokens(config, room)
         return stream_tokens(
             tokens,
             prompt_tokens=len(prompt_ids),
@@ -96,19 +93,8 @@ class LlamaCppBackend(Backend):
             started=started,
         )
 
-    def _check_fits(self, prompt_ids: list[int]) -> None:
-        if len(prompt_ids) + 1 > self.context_length:
-            from kecil.errors import PromptTooLongError
-
-            raise PromptTooLongError(len(prompt_ids), self.context_length)
-
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()
 
-
-def _with_max_tokens(config: GenerationConfig, max_tokens: int) -> GenerationConfig:
-    from dataclasses import replace
-
-    return replace(config, max_tokens=max_tokens)

@@ -87,15 +87,10 @@ class TorchBackend(Backend):
         return token in self._end_ids
 
     def stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
-        if len(prompt_ids) + 1 > self.context_length:
-            from kecil.errors import PromptTooLongError
-
-            raise PromptTooLongError(len(prompt_ids), self.context_length)
-        room = self.context_length - len(prompt_ids)
-        max_new = min(config.max_tokens, room)
+        config = self.fit_to_context(prompt_ids, config)
         started = perf_counter()
         return stream_tokens(
-            self._generate_thread(prompt_ids, config, max_new),
+            self._generate_thread(prompt_ids, config),
             prompt_tokens=len(prompt_ids),
             config=config,
             detokenize=self.detokenize,
@@ -103,7 +98,7 @@ class TorchBackend(Backend):
             started=started,
         )
 
-    def _generate_thread(self, prompt_ids: list[int], config: GenerationConfig, max_new: int) -> Iterator[int]:
+    def _generate_thread(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         """Runs transformers' generate() in a worker thread and yields each new token id.
 
         Closing this iterator (the consumer hit a stop sequence, or went away) stops generate()
@@ -136,18 +131,18 @@ class TorchBackend(Backend):
         kwargs = dict(
             input_ids=torch.tensor([prompt_ids]),
             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=max_new,
+            max_new_tokens=config.max_tokens,
             repetition_penalty=config.repetition_penalty,
             streamer=Streamer(),
             stopping_criteria=StoppingCriteriaList([Cancelled()]),
-            pad_token_id=self._tokenizer.pad_token_id or next(iter(self._end_ids), 0),
+            pad_token_id=self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else min(self._end_ids, default=0),
         )
         if config.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None)
         if config.ignore_eos:
-            kwargs["min_new_tokens"] = max_new
+            kwargs["min_new_tokens"] = config.max_tokens
         seed = config.seed if config.seed is not None else random.getrandbits(32)
 
         def work():

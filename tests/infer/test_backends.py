@@ -168,3 +168,14 @@ def test_multi_token_prompt_on_the_runtime_cpu_variant():
     assert done.returncode == 0, done.stderr[-2000:]
     variant, produced = done.stdout.split()
     assert variant and int(produced) == 8
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "torch"])
+def test_generation_stops_at_the_edge_of_the_context(backend):
+    with load_model("smollm2-135m", backend=backend, context_length=64) as model:
+        prompt = "one two three four five six seven eight nine ten " * 4
+        n_prompt = len(model.tokenize(prompt, add_bos=model.adds_bos))
+        assert n_prompt < 64
+        result = model.generate(prompt, GenerationConfig(temperature=0, max_tokens=500, ignore_eos=True))
+        assert result.finish_reason == "length"
+        assert result.usage.prompt_tokens + result.usage.completion_tokens == 64
