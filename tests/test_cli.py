@@ -152,3 +152,12 @@ def test_folder_that_is_not_a_model(tmp_path):
 
 def test_bad_flag_value_is_a_clean_error():
     assert_clean_error(kecil("generate", "hi", "--top-p", "2"), "top_p")
+
+
+def test_base_model_generates_plain_text_and_refuses_chat():
+    done = kecil("generate", "gemma3-270m", "The capital of France is", "--temperature", "0", "--max-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    # llama.cpp's own log lines (Gemma 3's cache notes) stay out of the user's terminal
+    assert done.stderr.strip().splitlines() == [line for line in done.stderr.strip().splitlines() if line.startswith("[llamacpp]")]
+    assert_clean_error(kecil("chat", "gemma3-270m", stdin="hi\n"), "no chat template", "kecil generate")

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import ClassVar
 
-from kecil.errors import PromptTooLongError
+from kecil.errors import BackendError, PromptTooLongError
 from kecil.infer.chat_template import ChatTemplate, Message
 from kecil.infer.generation import Chunk, Completion, GenerationConfig, collect
 from kecil.models.reference import ModelRef
@@ -78,16 +78,18 @@ class Backend(ABC):
     def generate(self, prompt: str, config: GenerationConfig | None = None) -> Completion:
         return collect(self.stream(prompt, config))
 
-    def format_chat(self, messages: Sequence[Message]) -> str:
-        """The prompt text for a conversation, ending where the assistant's answer starts."""
+    def require_chat_template(self) -> ChatTemplate:
         template = self.chat_template
         if template is None:
-            from kecil.errors import BackendError
-
             raise BackendError(
                 f"{self.ref.name} has no chat template (it is a base model, not a chat model): "
                 "use `kecil generate` with a plain prompt, or pick an instruct model"
             )
+        return template
+
+    def format_chat(self, messages: Sequence[Message]) -> str:
+        """The prompt text for a conversation, ending where the assistant's answer starts."""
+        template = self.require_chat_template()
         if self.default_system and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": self.default_system}, *messages]
         return template.render(messages, add_generation_prompt=True)

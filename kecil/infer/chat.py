@@ -24,6 +24,7 @@ class ChatTurn:
 
 class ChatSession:
     def __init__(self, backend: Backend, config: GenerationConfig | None = None, system: str | None = None):
+        backend.require_chat_template()
         self.backend = backend
         # Each turn extends the last one, so only the new turn needs processing. A session
         # replayed from the start passes through the same cache states, so seeds still repeat.

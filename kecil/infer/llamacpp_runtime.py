@@ -78,6 +78,28 @@ def choose_cpu_variant(paths: list[Path]) -> Path:
     return best
 
 
+_log = logging.getLogger("kecil.llamacpp")
+_log_callback = None  # kept referenced: llama.cpp calls it from C for the life of the process
+
+
+def _route_logs(llama_cpp) -> None:
+    """Send llama.cpp's own log lines to the `kecil.llamacpp` logger at debug level.
+
+    llama.cpp writes to stderr even for events that are not errors for kecil (it logs Gemma 3's
+    sliding-window cache choice at error level); real failures reach the user as KecilErrors,
+    so its lines are only shown when asked for (`logging.getLogger("kecil.llamacpp")`).
+    """
+    global _log_callback
+
+    @llama_cpp.llama_log_callback
+    def forward(level, text, user_data):
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(text.decode("utf-8", errors="replace").rstrip("\n"))
+
+    _log_callback = forward
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+
+
 def import_llama_cpp():
     """Import llama_cpp with a CPU backend registered; a clear error if that is impossible."""
     global _ready
@@ -89,8 +111,7 @@ def import_llama_cpp():
         ) from None
     if _ready:
         return llama_cpp
-    # ggml logs through llama-cpp-python's logger, which prints everything until a Llama is made.
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    _route_logs(llama_cpp)
     package_dir = Path(llama_cpp.__file__).parent
     # The wheel holds copies (not symlinks) of libggml.so*: open the very file libllama links
     # against (its NEEDED soname), or ggml would be loaded twice and libllama see no backend.
