@@ -1,0 +1,251 @@
+"""Generation speed of kecil's two backends against the engines under them and llama.cpp itself.
+
+On the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF), on one machine, with one
+prompt, this measures prompt processing (tokens/s over a 512-token prompt), decoding (tokens/s
+over 128 greedy tokens), load time and peak RSS for:
+
+  kecil-llamacpp    kecil's llamacpp backend, through kecil's API
+  kecil-torch       kecil's torch backend, through kecil's API
+  llama-cpp-python  llama-cpp-python used directly (eval + create_completion)
+  transformers      transformers used directly (from_pretrained(gguf_file=...) + generate)
+  llama-bench       llama.cpp's own benchmark tool, built from the same sources (the anchor)
+
+then this machine's memory-bandwidth limit for decoding, and the ratios that say how close
+kecil gets. Each engine runs in its own process (so peak RSS is its own); speeds are medians
+of --runs generations after one warm-up, and load time is the median over --load-runs fresh
+processes. Results are JSON lines on stdout, a table on stderr. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common when run from anywhere
+
+from _common.isolation import run_isolated  # noqa: E402
+from _common.llama_tools import ensure_tools, last_line, run_llama_bench  # noqa: E402
+from _common.machine import cpu_model, physical_cores  # noqa: E402
+from _common.model import MODEL_NAME, default_gguf, weight_bytes_per_token  # noqa: E402
+from _common.report import emit, median, table  # noqa: E402
+
+BENCH = "generate"
+ALL_ENGINES = ("kecil-llamacpp", "kecil-torch", "llama-cpp-python", "transformers", "llama-bench")
+LLAMA_BENCH_REPETITIONS = 5  # llama-bench's own default
+BANDWIDTH_BUFFER_BYTES = 1 << 30  # far larger than any cache, so this is DRAM bandwidth
+TIMEOUT_SECONDS = 1800
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        return _worker(args)
+
+    threads = args.threads or physical_cores()
+    gguf = default_gguf()
+    engines = args.engines.split(",") if args.engines else list(ALL_ENGINES)
+    unknown = set(engines) - set(ALL_ENGINES)
+    if unknown:
+        raise SystemExit(f"unknown engine(s) {sorted(unknown)}; choose from {', '.join(ALL_ENGINES)}")
+    print(f"{BENCH}: {MODEL_NAME} ({gguf.name}) on {cpu_model()}, {threads} threads", file=sys.stderr, flush=True)
+
+    common = {"bench": BENCH, "model": MODEL_NAME, "threads": threads}
+    results: dict[str, dict] = {}
+    failed = False
+    for engine in engines:
+        print(f"  {engine} ...", file=sys.stderr, flush=True)
+        try:
+            results[engine] = (
+                _bench_llama_bench(args, gguf, threads, common)
+                if engine == "llama-bench"
+                else _bench_python_engine(engine, args, threads, common)
+            )
+        except RuntimeError as exc:
+            emit(**common, engine=engine, status="failed", reason=str(exc))
+            failed = True
+
+    _check_same_prompt(results, args, common)
+    limit = _bandwidth_limit(gguf, threads, common, args)
+    _ratios(results, limit, common, args)
+    _table(results, args)
+    return 1 if failed else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", help=f"comma-separated subset of: {', '.join(ALL_ENGINES)} (default: all)")
+    p.add_argument("--runs", type=int, default=3, help="measured generations per engine (median reported)")
+    p.add_argument("--load-runs", type=int, default=3, help="fresh processes whose load time is the median")
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length, the same ids count everywhere")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per generation (EOS ignored)")
+    p.add_argument("--threads", type=int, help="threads for every engine (default: physical cores)")
+    p.add_argument("--no-build", action="store_true", help="skip llama-bench instead of building llama.cpp's tools")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one engine in this process
+    p.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _worker(args) -> int:
+    if args.worker == "bandwidth":
+        from _common.machine import read_bandwidth_gb_per_s
+
+        print(json.dumps({"gb_per_s": read_bandwidth_gb_per_s(args.threads, BANDWIDTH_BUFFER_BYTES)}))
+        return 0
+    from _common.engines import measure
+
+    result = measure(
+        args.worker, threads=args.threads, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+        runs=args.runs, load_only=args.load_only,
+    )  # fmt: skip
+    print(json.dumps(result))
+    return 0
+
+
+def _run_worker(name: str, args, threads: int, *, load_only: bool = False) -> tuple[dict, float]:
+    """Run one worker process; returns its result and its peak RSS in MiB."""
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads", str(threads),
+        "--runs", str(args.runs), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+    ] + (["--load-only"] if load_only else [])  # fmt: skip
+    run = run_isolated(cmd, timeout=TIMEOUT_SECONDS)
+    if run.returncode != 0:
+        raise RuntimeError(f"{name} worker exited with {run.returncode}: {last_line(run.stderr)}")
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.peak_rss_mib
+
+
+def _bench_python_engine(engine: str, args, threads: int, common: dict) -> dict:
+    full, peak_rss = _run_worker(engine, args, threads)
+    if full["status"] == "skipped":
+        emit(**common, engine=engine, status="skipped", reason=full["reason"])
+        return full
+    # The first process also warmed the page cache, as any later start of the engine would find it.
+    loads = [full["load_seconds"]] + [
+        _run_worker(engine, args, threads, load_only=True)[0]["load_seconds"] for _ in range(args.load_runs - 1)
+    ]
+    counts = set(full["prompt_tokens"])
+    if counts != {args.prompt_tokens}:
+        raise RuntimeError(f"{engine} processed prompts of {sorted(counts)} tokens, not {args.prompt_tokens}")
+    produced = full["new_tokens"]
+    out = {
+        "prompt_tokens_per_s": median(full["prompt_tokens_per_s"]),
+        "decode_tokens_per_s": median(full["decode_d0_tokens_per_s"]),
+        "decode_tokens_per_s_at_depth": median(full["decode_tokens_per_s"]),
+        "load_seconds": median(loads),
+        "peak_rss_mib": peak_rss,
+    }
+    extra = {"cpu_variant": full["cpu_variant"]} if full.get("cpu_variant") else {}
+    runs = args.runs
+    emit(**common, engine=engine, metric="prompt_tokens_per_s", value=round(out["prompt_tokens_per_s"], 2),
+         runs=runs, prompt_tokens=args.prompt_tokens, **extra)  # fmt: skip
+    # Decoding from an empty context (as llama-bench's tg) and after the prompt (depth).
+    for key, depth in (("decode_tokens_per_s", 0), ("decode_tokens_per_s_at_depth", args.prompt_tokens)):
+        emit(**common, engine=engine, metric="decode_tokens_per_s", value=round(out[key], 2),
+             runs=runs, new_tokens=min(produced), depth=depth, **extra)  # fmt: skip
+    emit(**common, engine=engine, metric="load_seconds", value=round(out["load_seconds"], 3), runs=len(loads))
+    emit(**common, engine=engine, metric="peak_rss_mib", value=round(peak_rss, 1), runs=1)
+    return {**full, **out, "new_tokens": produced}
+
+
+def _bench_llama_bench(args, gguf: Path, threads: int, common: dict) -> dict:
+    bin_dir = ensure_tools(build=not args.no_build)
+    if bin_dir is None:
+        reason = "llama.cpp's tools are not built (--no-build); run bench/build_llama_tools.sh"
+        emit(**common, engine="llama-bench", status="skipped", reason=reason)
+        return {"status": "skipped"}
+    # Depth 0 is llama-bench's standard tg128; depth 512 decodes after a 512-token context, like
+    # the Python engines do after their prompt.
+    depths = [0, args.prompt_tokens]
+    records, variant, run = run_llama_bench(
+        bin_dir, gguf, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, depths=depths,
+        threads=threads, repetitions=LLAMA_BENCH_REPETITIONS, timeout=TIMEOUT_SECONDS,
+    )  # fmt: skip
+    out: dict = {"status": "ok", "peak_rss_mib": run.peak_rss_mib, "cpu_variant": variant}
+    shared = {**common, "engine": "llama-bench", "runs": LLAMA_BENCH_REPETITIONS, "cpu_variant": variant}
+    for r in records:
+        if r["n_prompt"] and not r["n_depth"]:
+            out["prompt_tokens_per_s"] = r["avg_ts"]
+            emit(**shared, metric="prompt_tokens_per_s", value=round(r["avg_ts"], 2), prompt_tokens=r["n_prompt"],
+                 test=f"pp{r['n_prompt']}")  # fmt: skip
+        elif r["n_gen"]:
+            key = "decode_tokens_per_s" if not r["n_depth"] else "decode_tokens_per_s_at_depth"
+            out[key] = r["avg_ts"]
+            test = f"tg{r['n_gen']}" + (f" @ d{r['n_depth']}" if r["n_depth"] else "")
+            emit(**shared, metric="decode_tokens_per_s", value=round(r["avg_ts"], 2), new_tokens=r["n_gen"],
+                 depth=r["n_depth"], test=test)  # fmt: skip
+    emit(**common, engine="llama-bench", metric="peak_rss_mib", value=round(run.peak_rss_mib, 1), runs=1,
+         note="one process for every test, context sized for the largest")  # fmt: skip
+    return out
+
+
+def _check_same_prompt(results: dict, args, common: dict) -> None:
+    """Every Python engine must have seen the same number of prompt ids; report whether the ids
+    themselves matched (each engine tokenizes the same text with its own tokenizer)."""
+    digests = {e: r["prompt_digest"] for e, r in results.items() if r.get("prompt_digest")}
+    if digests:
+        emit(**common, metric="prompt_tokens", value=args.prompt_tokens, engines=sorted(digests),
+             same_ids=len(set(digests.values())) == 1, digests=digests)  # fmt: skip
+
+
+def _bandwidth_limit(gguf: Path, threads: int, common: dict, args) -> dict:
+    """Decode reads every weight once per token, so memory bandwidth / weight bytes per token
+    is the fastest any engine can decode on this machine (ignoring caches and the KV cache)."""
+    (bw, _), weights = _run_worker("bandwidth", args, threads), weight_bytes_per_token(gguf)
+    gb_per_s = bw["gb_per_s"]
+    emit(**common, metric="memory_read_gb_per_s", value=round(gb_per_s, 2), buffer_gib=BANDWIDTH_BUFFER_BYTES / 2**30,
+         method="best of 7 torch sums")  # fmt: skip
+    limits = {}
+    for kind, engines in (("stored", "llama.cpp engines"), ("float32", "torch engines")):
+        limits[kind] = gb_per_s * 1e9 / weights[kind]
+        emit(**common, metric="decode_limit_tokens_per_s", value=round(limits[kind], 1), weights=kind,
+             weight_bytes_per_token=weights[kind], applies_to=engines)  # fmt: skip
+    return limits
+
+
+def _ratios(results: dict, limits: dict, common: dict, args) -> None:
+    pp, tg, depth = f"pp{args.prompt_tokens}", f"tg{args.new_tokens}", args.prompt_tokens
+    # (engine, result key, label) pairs: numerator / denominator.
+    d0, dp = "decode_tokens_per_s", "decode_tokens_per_s_at_depth"
+    pairs = [
+        (("kecil-llamacpp", d0, "decode"), ("llama-cpp-python", d0, "decode")),
+        (("kecil-llamacpp", dp, f"decode@d{depth}"), ("llama-cpp-python", dp, f"decode@d{depth}")),
+        (("kecil-llamacpp", d0, "decode"), ("llama-bench", d0, tg)),
+        (("kecil-llamacpp", dp, f"decode@d{depth}"), ("llama-bench", dp, f"{tg}@d{depth}")),
+        (("kecil-llamacpp", "prompt_tokens_per_s", "pp"), ("llama-bench", "prompt_tokens_per_s", pp)),
+        (("kecil-torch", d0, "decode"), ("transformers", d0, "decode")),
+        (("kecil-torch", dp, f"decode@d{depth}"), ("transformers", dp, f"decode@d{depth}")),
+        (("kecil-torch", "prompt_tokens_per_s", "pp"), ("transformers", "prompt_tokens_per_s", "pp")),
+    ]  # fmt: skip
+    for (a, ka, la), (b, kb, lb) in pairs:
+        num, den = results.get(a, {}).get(ka), results.get(b, {}).get(kb)
+        if num is None or den is None:
+            emit(**common, metric="ratio", of=f"{a} {la}", to=f"{b} {lb}", status="skipped",
+                 reason="a side was not measured")  # fmt: skip
+        else:
+            emit(**common, metric="ratio", of=f"{a} {la}", to=f"{b} {lb}", value=round(num / den, 3))
+    # From an empty context, where decoding reads little but the weights.
+    for engine, kind, at in (("kecil-llamacpp", "stored", 0), ("llama-bench", "stored", 0),
+                             ("kecil-torch", "float32", 0)):  # fmt: skip
+        decode = results.get(engine, {}).get("decode_tokens_per_s")
+        if decode is not None:
+            emit(**common, metric="fraction_of_decode_limit", engine=engine, value=round(decode / limits[kind], 3),
+                 weights=kind, depth=at)  # fmt: skip
+
+
+def _table(results: dict, args) -> None:
+    rows = []
+    for engine, r in results.items():
+        if r.get("status") != "ok":
+            rows.append([engine, r.get("status"), None, None, None, None])
+            continue
+        after_prompt, empty = r.get("decode_tokens_per_s_at_depth"), r.get("decode_tokens_per_s")
+        rows.append([engine, r.get("prompt_tokens_per_s"), after_prompt, empty, r.get("load_seconds"),
+                     r.get("peak_rss_mib")])  # fmt: skip
+    n, p = args.new_tokens, args.prompt_tokens
+    header = ["engine", f"pp{p} tok/s", f"tg{n} @d{p} tok/s", f"tg{n} @d0 tok/s", "load s", "peak RSS MiB"]
+    table(f"\n{BENCH}: medians of {args.runs} runs; tg{n} @d{p} = decoding after the {p}-token prompt", header, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
