@@ -5,14 +5,14 @@
 #
 # Usage: bench/build_llama_tools.sh [VERSION]      (prints the tools' bin directory when done)
 #
-# The result lives in ${KECIL_CACHE:-$HOME/.cache/kecil}/llama.cpp-tools/VERSION/bin: the
+# The result lives in ${KECIL_HOME:-$HOME/.cache/kecil}/llama.cpp-tools/VERSION/bin: the
 # executables, their shared libraries and every libggml-cpu-<variant>.so next to them. Running it
 # again when the tools exist does nothing. A build takes ~10-15 minutes on 2 cores, so run it in
 # the background: nohup bench/build_llama_tools.sh > /tmp/llama-tools-build.log 2>&1 &
 set -euo pipefail
 
 VERSION="${1:-0.3.36}"
-CACHE="${KECIL_CACHE:-$HOME/.cache/kecil}"
+CACHE="${KECIL_HOME:-$HOME/.cache/kecil}"
 SRC_DIR="$CACHE/src"
 DEST="$CACHE/llama.cpp-tools/$VERSION"
 BIN="$DEST/bin"

@@ -68,13 +68,15 @@ class LlamaCppPython:
     """llama-cpp-python used directly: the engine under kecil's llamacpp backend, minus kecil."""
 
     def __init__(self, gguf: Path, threads: int):
-        try:
-            import llama_cpp
-        except ImportError as exc:
-            raise Skipped(f"llama_cpp is not installed ({exc})") from None
-        from _common.ggml_cpu import register_cpu_backend
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise Skipped("llama_cpp is not installed")
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        # kecil's build keeps ggml's CPU variants where ggml does not look, so a bare Llama()
+        # finds no backend: register the same variant kecil would (setup only, not the hot path).
+        from kecil.infer.llamacpp_runtime import import_llama_cpp
 
-        register_cpu_backend(llama_cpp)
+        llama_cpp = import_llama_cpp()
         # n_threads_batch is given too: its default is every logical CPU, n_threads' is half.
         self.llm = llama_cpp.Llama(
             model_path=str(gguf), n_ctx=CONTEXT_LENGTH, n_threads=threads, n_threads_batch=threads,

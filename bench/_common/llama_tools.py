@@ -21,7 +21,7 @@ BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "build_llama_tools.sh"
 
 
 def tools_bin() -> Path:
-    cache = Path(os.environ.get("KECIL_CACHE") or Path.home() / ".cache" / "kecil")
+    cache = Path(os.environ.get("KECIL_HOME") or Path.home() / ".cache" / "kecil")
     return cache / "llama.cpp-tools" / LLAMA_CPP_PYTHON_VERSION / "bin"
 
 
