@@ -52,19 +52,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{BENCH}: {MODEL_NAME} ({gguf.name}) on {cpu_model()}, {threads} threads", file=sys.stderr, flush=True)
 
     common = {"bench": BENCH, "model": MODEL_NAME, "threads": threads}
+    # Engines take turns, round after round: this VM's speed drifts by 10% and more over minutes,
+    # and running each engine's measurements back to back would turn that drift into a ratio.
+    raw: dict[str, list] = {engine: [] for engine in engines}
+    failed: set[str] = set()
+    for round_no in range(1, args.rounds + 1):
+        for engine in engines:
+            if engine in failed:
+                continue
+            print(f"  round {round_no}/{args.rounds}: {engine} ...", file=sys.stderr, flush=True)
+            try:
+                raw[engine].append(
+                    _llama_bench_round(args, gguf, threads) if engine == "llama-bench" else _run_worker(engine, args, threads)
+                )
+            except RuntimeError as exc:
+                emit(**common, engine=engine, status="failed", reason=str(exc))
+                failed.add(engine)
     results: dict[str, dict] = {}
-    failed = False
     for engine in engines:
-        print(f"  {engine} ...", file=sys.stderr, flush=True)
-        try:
-            results[engine] = (
-                _bench_llama_bench(args, gguf, threads, common)
-                if engine == "llama-bench"
-                else _bench_python_engine(engine, args, threads, common)
-            )
-        except RuntimeError as exc:
-            emit(**common, engine=engine, status="failed", reason=str(exc))
-            failed = True
+        if engine in failed:
+            continue
+        results[engine] = (
+            _report_llama_bench(raw[engine], common) if engine == "llama-bench" else _report_python_engine(engine, raw[engine], args, common)
+        )
 
     _check_same_prompt(results, args, common)
     limit = _bandwidth_limit(gguf, threads, common, args)
@@ -76,14 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", help=f"comma-separated subset of: {', '.join(ALL_ENGINES)} (default: all)")
-    p.add_argument("--runs", type=int, default=3, help="measured generations per engine (median reported)")
-    p.add_argument("--load-runs", type=int, default=3, help="fresh processes whose load time is the median")
+    p.add_argument("--rounds", type=int, default=3, help="rounds in which every engine takes a turn in a fresh process")
+    p.add_argument("--runs", type=int, default=1, help="measured generations per engine per round")
     p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length, the same ids count everywhere")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per generation (EOS ignored)")
     p.add_argument("--threads", type=int, help="threads for every engine (default: physical cores)")
     p.add_argument("--no-build", action="store_true", help="skip llama-bench instead of building llama.cpp's tools")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one engine in this process
-    p.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -97,33 +106,35 @@ def _worker(args) -> int:
 
     result = measure(
         args.worker, threads=args.threads, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-        runs=args.runs, load_only=args.load_only,
+        runs=args.runs,
     )  # fmt: skip
     print(json.dumps(result))
     return 0
 
 
-def _run_worker(name: str, args, threads: int, *, load_only: bool = False) -> tuple[dict, float]:
+def _run_worker(name: str, args, threads: int) -> tuple[dict, float]:
     """Run one worker process; returns its result and its peak RSS in MiB."""
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads", str(threads),
         "--runs", str(args.runs), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-    ] + (["--load-only"] if load_only else [])  # fmt: skip
+    ]  # fmt: skip
     run = run_isolated(cmd, timeout=TIMEOUT_SECONDS)
     if run.returncode != 0:
         raise RuntimeError(f"{name} worker exited with {run.returncode}: {last_line(run.stderr)}")
     return json.loads(run.stdout.strip().splitlines()[-1]), run.peak_rss_mib
 
 
-def _bench_python_engine(engine: str, args, threads: int, common: dict) -> dict:
-    full, peak_rss = _run_worker(engine, args, threads)
-    if full["status"] == "skipped":
-        emit(**common, engine=engine, status="skipped", reason=full["reason"])
-        return full
-    # The first process also warmed the page cache, as any later start of the engine would find it.
-    loads = [full["load_seconds"]] + [
-        _run_worker(engine, args, threads, load_only=True)[0]["load_seconds"] for _ in range(args.load_runs - 1)
-    ]
+def _report_python_engine(engine: str, rounds: list[tuple[dict, float]], args, common: dict) -> dict:
+    """Medians over every round's runs; load time is each round's fresh process."""
+    if any(full["status"] == "skipped" for full, _ in rounds):
+        reason = next(full["reason"] for full, _ in rounds if full["status"] == "skipped")
+        emit(**common, engine=engine, status="skipped", reason=reason)
+        return {"status": "skipped"}
+    merged = {key: [v for full, _ in rounds for v in full[key]]
+              for key in ("prompt_tokens", "prompt_tokens_per_s", "decode_tokens_per_s", "decode_d0_tokens_per_s", "new_tokens")}  # fmt: skip
+    full = {**rounds[0][0], **merged}
+    loads = [r["load_seconds"] for r, _ in rounds]
+    peak_rss = max(rss for _, rss in rounds)
     counts = set(full["prompt_tokens"])
     if counts != {args.prompt_tokens}:
         raise RuntimeError(f"{engine} processed prompts of {sorted(counts)} tokens, not {args.prompt_tokens}")
@@ -136,7 +147,7 @@ def _bench_python_engine(engine: str, args, threads: int, common: dict) -> dict:
         "peak_rss_mib": peak_rss,
     }
     extra = {"cpu_variant": full["cpu_variant"]} if full.get("cpu_variant") else {}
-    runs = args.runs
+    runs = len(full["prompt_tokens_per_s"])
     emit(**common, engine=engine, metric="prompt_tokens_per_s", value=round(out["prompt_tokens_per_s"], 2),
          runs=runs, prompt_tokens=args.prompt_tokens, **extra)  # fmt: skip
     # Decoding from an empty context (as llama-bench's tg) and after the prompt (depth).
@@ -148,33 +159,43 @@ def _bench_python_engine(engine: str, args, threads: int, common: dict) -> dict:
     return {**full, **out, "new_tokens": produced}
 
 
-def _bench_llama_bench(args, gguf: Path, threads: int, common: dict) -> dict:
+def _llama_bench_round(args, gguf: Path, threads: int):
     bin_dir = ensure_tools(build=not args.no_build)
     if bin_dir is None:
+        return None
+    # Depth 0 is llama-bench's standard tg128; depth 512 decodes after a 512-token context, like
+    # the Python engines do after their prompt.
+    return run_llama_bench(
+        bin_dir, gguf, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, depths=[0, args.prompt_tokens],
+        threads=threads, repetitions=LLAMA_BENCH_REPETITIONS, timeout=TIMEOUT_SECONDS,
+    )  # fmt: skip
+
+
+def _report_llama_bench(rounds: list, common: dict) -> dict:
+    """Median over rounds of llama-bench's own per-round mean (avg_ts of its repetitions)."""
+    if any(r is None for r in rounds):
         reason = "llama.cpp's tools are not built (--no-build); run bench/build_llama_tools.sh"
         emit(**common, engine="llama-bench", status="skipped", reason=reason)
         return {"status": "skipped"}
-    # Depth 0 is llama-bench's standard tg128; depth 512 decodes after a 512-token context, like
-    # the Python engines do after their prompt.
-    depths = [0, args.prompt_tokens]
-    records, variant, run = run_llama_bench(
-        bin_dir, gguf, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, depths=depths,
-        threads=threads, repetitions=LLAMA_BENCH_REPETITIONS, timeout=TIMEOUT_SECONDS,
-    )  # fmt: skip
-    out: dict = {"status": "ok", "peak_rss_mib": run.peak_rss_mib, "cpu_variant": variant}
-    shared = {**common, "engine": "llama-bench", "runs": LLAMA_BENCH_REPETITIONS, "cpu_variant": variant}
-    for r in records:
-        if r["n_prompt"] and not r["n_depth"]:
-            out["prompt_tokens_per_s"] = r["avg_ts"]
-            emit(**shared, metric="prompt_tokens_per_s", value=round(r["avg_ts"], 2), prompt_tokens=r["n_prompt"],
-                 test=f"pp{r['n_prompt']}")  # fmt: skip
-        elif r["n_gen"]:
-            key = "decode_tokens_per_s" if not r["n_depth"] else "decode_tokens_per_s_at_depth"
-            out[key] = r["avg_ts"]
-            test = f"tg{r['n_gen']}" + (f" @ d{r['n_depth']}" if r["n_depth"] else "")
-            emit(**shared, metric="decode_tokens_per_s", value=round(r["avg_ts"], 2), new_tokens=r["n_gen"],
-                 depth=r["n_depth"], test=test)  # fmt: skip
-    emit(**common, engine="llama-bench", metric="peak_rss_mib", value=round(run.peak_rss_mib, 1), runs=1,
+    variant = rounds[0][1]
+    peak = max(run.peak_rss_mib for _, _, run in rounds)
+    out: dict = {"status": "ok", "peak_rss_mib": peak, "cpu_variant": variant}
+    n = LLAMA_BENCH_REPETITIONS * len(rounds)
+    shared = {**common, "engine": "llama-bench", "runs": n, "cpu_variant": variant}
+    tests: dict[tuple, list[float]] = {}
+    for records, _, _ in rounds:
+        for r in records:
+            tests.setdefault((r["n_prompt"], r["n_gen"], r["n_depth"]), []).append(r["avg_ts"])
+    for (n_prompt, n_gen, n_depth), values in tests.items():
+        value = median(values)
+        if n_prompt and not n_depth:
+            out["prompt_tokens_per_s"] = value
+            emit(**shared, metric="prompt_tokens_per_s", value=round(value, 2), prompt_tokens=n_prompt, test=f"pp{n_prompt}")
+        elif n_gen:
+            out["decode_tokens_per_s" if not n_depth else "decode_tokens_per_s_at_depth"] = value
+            test = f"tg{n_gen}" + (f" @ d{n_depth}" if n_depth else "")
+            emit(**shared, metric="decode_tokens_per_s", value=round(value, 2), new_tokens=n_gen, depth=n_depth, test=test)
+    emit(**common, engine="llama-bench", metric="peak_rss_mib", value=round(peak, 1), runs=len(rounds),
          note="one process for every test, context sized for the largest")  # fmt: skip
     return out
 
@@ -244,7 +265,7 @@ def _table(results: dict, args) -> None:
                      r.get("peak_rss_mib")])  # fmt: skip
     n, p = args.new_tokens, args.prompt_tokens
     header = ["engine", f"pp{p} tok/s", f"tg{n} @d{p} tok/s", f"tg{n} @d0 tok/s", "load s", "peak RSS MiB"]
-    table(f"\n{BENCH}: medians of {args.runs} runs; tg{n} @d{p} = decoding after the {p}-token prompt", header, rows)
+    table(f"\n{BENCH}: medians over {args.rounds} interleaved rounds; tg{n} @d{p} = decoding after the {p}-token prompt", header, rows)
 
 
 if __name__ == "__main__":

@@ -150,8 +150,8 @@ ENGINES = {
 }
 
 
-def measure(engine: str, *, threads: int, prompt_tokens: int, new_tokens: int, runs: int, load_only: bool) -> dict:
-    """Load `engine` (timed from before its imports) and, unless `load_only`, time one warm-up and
+def measure(engine: str, *, threads: int, prompt_tokens: int, new_tokens: int, runs: int) -> dict:
+    """Load `engine` (timed from before its imports), then time one warm-up and
     `runs` measured generations, each on a different window of the same text."""
     gguf = default_gguf()
     start = time.perf_counter()
@@ -160,8 +160,6 @@ def measure(engine: str, *, threads: int, prompt_tokens: int, new_tokens: int, r
     except Skipped as exc:
         return {"engine": engine, "status": "skipped", "reason": str(exc)}
     result = {"engine": engine, "status": "ok", "load_seconds": time.perf_counter() - start}
-    if load_only:
-        return result
 
     text = benchmark_text()
     with_bos, body = session.tokenize(text, True), session.tokenize(text, False)
