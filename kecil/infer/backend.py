@@ -1,8 +1,8 @@
 """The one interface every inference engine implements, and the shared logic on top of it.
 
-A backend only has to tokenize, stream tokens for a list of prompt ids, and say what its chat
-template and special tokens are. Prompt building, context checks and chat formatting live
-here once, so the llama.cpp and torch engines format the same prompt to the same token ids.
+A backend only has to tokenize, detokenize and stream tokens for a list of prompt ids. The chat
+template, prompt building, context checks and chat formatting live here once, taken from the
+model file, so the llama.cpp and torch engines turn a conversation into the same token ids.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import ClassVar
 from kecil.errors import BackendError, PromptTooLongError
 from kecil.infer.chat_template import ChatTemplate, Message
 from kecil.infer.generation import Chunk, Completion, GenerationConfig, collect
+from kecil.models.info import ModelInfo
 from kecil.models.reference import ModelRef
 
 
@@ -23,9 +24,16 @@ class Backend(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, ref: ModelRef, context_length: int):
+    def __init__(self, ref: ModelRef, info: ModelInfo, context_length: int):
         self.ref = ref
+        self.info = info
         self.context_length = context_length
+        # Template and special tokens come from the model file, not the engine, so both engines
+        # build the same prompt for the same conversation.
+        self.chat_template = (
+            ChatTemplate(info.chat_template, info.bos_token, info.eos_token) if info.chat_template else None
+        )
+        self.adds_bos = info.add_bos  # whether the tokenizer expects a BOS before every prompt
         # A built-in's preset system prompt, used when a conversation has none (see builtins.py).
         self.default_system: str | None = None
 
@@ -42,16 +50,6 @@ class Backend(ABC):
     def stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
         """Generate after `prompt_ids`, yielding text pieces; the last chunk is final.
         Implementations start with `config = self.fit_to_context(prompt_ids, config)`."""
-
-    @property
-    @abstractmethod
-    def chat_template(self) -> ChatTemplate | None:
-        """The model's own chat template, or None for a base model without one."""
-
-    @property
-    @abstractmethod
-    def adds_bos(self) -> bool:
-        """Whether this model's tokenizer expects a BOS token in front of every prompt."""
 
     def close(self) -> None:
         """Free the model's memory. The backend must not be used afterwards."""

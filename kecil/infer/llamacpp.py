@@ -8,7 +8,6 @@ from time import perf_counter
 
 from kecil.errors import BackendError
 from kecil.infer.backend import Backend
-from kecil.infer.chat_template import ChatTemplate
 from kecil.infer.generation import Chunk, GenerationConfig
 from kecil.infer.llamacpp_runtime import import_llama_cpp
 from kecil.infer.streaming import stream_tokens
@@ -26,8 +25,7 @@ class LlamaCppBackend(Backend):
         return None
 
     def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int):
-        super().__init__(ref, context_length)
-        self.info = info
+        super().__init__(ref, info, context_length)
         llama_cpp = import_llama_cpp()
         self._llama_cpp = llama_cpp
         try:
@@ -50,17 +48,6 @@ class LlamaCppBackend(Backend):
                 " or try --backend torch"
             ) from None
         self._vocab = self._llm._model.vocab
-        self._template = (
-            ChatTemplate(info.chat_template, info.bos_token, info.eos_token) if info.chat_template else None
-        )
-
-    @property
-    def chat_template(self) -> ChatTemplate | None:
-        return self._template
-
-    @property
-    def adds_bos(self) -> bool:
-        return self.info.add_bos
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)

@@ -12,7 +12,6 @@ from time import perf_counter
 
 from kecil.errors import BackendError
 from kecil.infer.backend import Backend
-from kecil.infer.chat_template import ChatTemplate
 from kecil.infer.generation import Chunk, GenerationConfig
 from kecil.infer.streaming import stream_tokens
 from kecil.models.info import ModelInfo
@@ -26,8 +25,7 @@ class TorchBackend(Backend):
         return None  # transformers reads both Hugging Face folders and GGUF files
 
     def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int):
-        super().__init__(ref, context_length)
-        self.info = info
+        super().__init__(ref, info, context_length)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -53,22 +51,11 @@ class TorchBackend(Backend):
         if self._model.dtype == torch.bfloat16 or self._model.dtype == torch.float16:
             # Half-precision matmuls are slow or missing on most CPUs; compute in float32.
             self._model = self._model.float()
-        self._template = (
-            ChatTemplate(info.chat_template, info.bos_token, info.eos_token) if info.chat_template else None
-        )
         eos = self._model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         if self._tokenizer.eos_token_id is not None:
             eos.append(self._tokenizer.eos_token_id)
         self._end_ids = frozenset(eos)
-
-    @property
-    def chat_template(self) -> ChatTemplate | None:
-        return self._template
-
-    @property
-    def adds_bos(self) -> bool:
-        return self.info.add_bos
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
