@@ -190,7 +190,6 @@ def info(
 ) -> None:
     """Architecture, size, quantization, context length and RAM needed for a model."""
     from kecil.infer.load import DEFAULT_BACKEND, LoadOptions
-    from kecil.models.builtins import get_builtin
     from kecil.models.info import describe, estimate_memory, inspect_model
     from kecil.models.reference import resolve
 
@@ -199,9 +198,8 @@ def info(
     details = inspect_model(ref)
     estimate = estimate_memory(details, context, backend or DEFAULT_BACKEND[ref.format])
     rows = describe(details, estimate)
-    preset = get_builtin(ref.name) if ref.builtin else None
-    if preset and preset.system_prompt:
-        rows.append(("Default system prompt", preset.system_prompt))
+    if ref.system_prompt:
+        rows.append(("Default system prompt", ref.system_prompt))
     if as_json:
         print(json.dumps(dict(rows)))
         return

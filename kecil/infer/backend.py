@@ -35,7 +35,7 @@ class Backend(ABC):
         )
         self.adds_bos = info.add_bos  # whether the tokenizer expects a BOS before every prompt
         # A built-in's preset system prompt, used when a conversation has none (see builtins.py).
-        self.default_system: str | None = None
+        self.default_system = ref.system_prompt
 
     # --- what each engine provides -------------------------------------------------------
     @abstractmethod

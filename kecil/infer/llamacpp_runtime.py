@@ -123,11 +123,6 @@ def import_llama_cpp():
         variant = choose_cpu_variant(cpu_variants(package_dir))
         if not ggml.ggml_backend_load(os.fsencode(variant)):
             raise BackendError(f"llama.cpp could not load its CPU library {variant}; reinstall it with `make setup`")
-    if ggml.ggml_backend_reg_count() == 0:
-        raise BackendError(
-            "llama.cpp found no CPU backend library for this machine in "
-            f"{', '.join(map(str, _variant_dirs(package_dir)))}; reinstall it with `make setup`"
-        )
     _ready = True
     return llama_cpp
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from kecil.errors import BackendError, ConfigError
 from kecil.infer.backend import Backend
-from kecil.models.builtins import get_builtin
 from kecil.models.info import inspect_model
 from kecil.models.reference import ModelRef, resolve
 
@@ -79,7 +78,4 @@ def load_model(
         raise ConfigError(
             f"{ref.name} was trained for a context of {info.context_length} tokens; --context {n_ctx} is beyond it"
         )
-    engine = cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores())
-    preset = get_builtin(ref.name) if ref.builtin else None
-    engine.default_system = preset.system_prompt if preset else None
-    return engine
+    return cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores())

@@ -10,7 +10,7 @@ from typing import Literal
 
 from kecil.errors import InvalidModelError, ModelNotFoundError
 from kecil.models.architectures import normalise_architecture
-from kecil.models.builtins import DEFAULT_MODEL, builtin_names, builtin_path
+from kecil.models.builtins import DEFAULT_MODEL, builtin_names, builtin_path, get_builtin
 from kecil.models.hf_dir import check_hf_dir
 
 ModelFormat = Literal["gguf", "hf"]
@@ -32,6 +32,7 @@ class ModelRef:
     format: ModelFormat
     architecture: str  # normalised, see kecil.models.architectures
     builtin: bool = False
+    system_prompt: str | None = None  # a built-in's preset, used when a conversation has none
 
 
 def resolve(spec: str | None = None) -> ModelRef:
@@ -53,7 +54,8 @@ def resolve(spec: str | None = None) -> ModelRef:
 def _resolve(spec: str) -> ModelRef:
     if spec in builtin_names():
         path = builtin_path(spec)
-        return ModelRef(spec, spec, path, "gguf", _gguf_architecture(path), builtin=True)
+        preset = get_builtin(spec).system_prompt
+        return ModelRef(spec, spec, path, "gguf", _gguf_architecture(path), builtin=True, system_prompt=preset)
     path = Path(spec).expanduser()
     if path.exists():
         path = path.resolve()
