@@ -39,6 +39,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
+	$(PIP) install --quiet $(TORCH) -e '.[bench]'
 	@for script in bench/*.py; do $(PY) $$script || exit 1; done
 
 clean-venv:
