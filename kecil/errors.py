@@ -48,3 +48,7 @@ class PromptTooLongError(KecilError):
             + (f" (and {max_tokens} are reserved for the answer)" if max_tokens else "")
             + ": shorten the prompt, lower --max-tokens, or raise --context"
         )
+
+
+class KnowledgeBaseError(KecilError):
+    """A RAG knowledge base is missing, was built with another embedding model, or is damaged."""
