@@ -1,0 +1,127 @@
+"""Rewrite a GGUF file at another quantization type: metadata copied, every weight re-rounded by ggml.
+
+The source's weights are dequantized to float (ggml's own `to_float`), each tensor gets the
+type llama.cpp's policy gives it (`quant_types.choose_types`), and is quantized by ggml's
+`ggml_quantize_chunk` — plain, with an importance vector, or through GPTQ. Output goes to a
+temporary file renamed only when complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf.constants import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, Keys
+
+from kecil.compress import ggml_kernels
+from kecil.compress.calibration import LayerStats
+from kecil.compress.gptq import quantize_gptq
+from kecil.compress.quant_types import FLOAT_TYPES, QuantType, choose_types, tensor_order
+from kecil.errors import InvalidModelError
+from kecil.models.formats.gguf_io import atomic_output
+
+Progress = Callable[[int, int], None]
+METHODS = ("none", "imatrix", "gptq")
+# Keys that describe the old file's encoding rather than the model: rewritten, never copied.
+_NOT_COPIED = (Keys.General.ARCHITECTURE, Keys.General.FILE_TYPE, Keys.General.QUANTIZATION_VERSION)
+
+
+@dataclass
+class RequantizeSummary:
+    tensor_types: dict[str, str] = field(default_factory=dict)  # ggml type name -> tensor count
+    calibrated_tensors: int = 0
+
+
+def read_source(path: Path) -> GGUFReader:
+    try:
+        return GGUFReader(path)
+    except (ValueError, OSError, IndexError, KeyError) as error:
+        raise InvalidModelError(f"cannot read {path} as GGUF ({error}): the file is truncated or corrupt; get a fresh copy") from None
+
+
+def requantize(
+    source: Path, output: Path, qtype: QuantType, *, stats: dict[str, LayerStats] | None = None, method: str = "imatrix",
+    metadata: dict[str, tuple[object, GGUFValueType]] | None = None, threads: int = 1, progress: Progress | None = None,
+) -> RequantizeSummary:
+    """Write `source` (a GGUF file) to `output` at `qtype`. With `stats` from calibration, `method`
+    "imatrix" weights ggml's rounding by the importance vector and "gptq" also compensates errors."""
+    reader = read_source(source)
+    arch = _field(reader, Keys.General.ARCHITECTURE)
+    n_layers = int(_field(reader, Keys.LLM.BLOCK_COUNT.format(arch=arch)))
+    n_head = _field(reader, Keys.Attention.HEAD_COUNT.format(arch=arch))
+    n_head_kv = _field(reader, Keys.Attention.HEAD_COUNT_KV.format(arch=arch), n_head)
+    n_gqa = int(n_head) // max(1, int(n_head_kv)) if n_head else 1
+    tensors = sorted(reader.tensors, key=lambda t: tensor_order(t.name))
+    use_stats = stats if method != "none" else None
+    plan = [(t.name, tuple(int(d) for d in t.shape), GGMLQuantizationType(t.tensor_type)) for t in tensors]
+    types = choose_types(plan, qtype, n_layers=n_layers, n_gqa=n_gqa, has_imatrix=bool(use_stats))
+
+    writer = GGUFWriter(None, arch)
+    _copy_metadata(reader, writer)
+    writer.add_file_type(int(qtype.file_type))
+    writer.add_quantization_version(GGML_QUANT_VERSION)
+    for key, (value, vtype) in (metadata or {}).items():
+        writer.add_key_value(key, value, vtype)
+    summary = RequantizeSummary()
+    for t in tensors:
+        new = types[t.name]
+        shape = tuple(int(d) for d in reversed(t.shape))  # torch order: rows first
+        block, type_size = GGML_QUANT_SIZES[new]
+        nbytes = int(np.prod(shape)) // block * type_size
+        writer.add_tensor_info(t.name, (*shape[:-1], shape[-1] // block * type_size), np.dtype(np.uint8), nbytes, raw_dtype=new)
+        summary.tensor_types[new.name] = summary.tensor_types.get(new.name, 0) + 1
+    with atomic_output(output) as temp:
+        writer.write_header_to_file(path=temp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for done, t in enumerate(tensors, start=1):
+            layer_stats = use_stats.get(t.name) if use_stats else None
+            data = _encode(t, types[t.name], layer_stats, method, threads)
+            summary.calibrated_tensors += layer_stats is not None and types[t.name] not in FLOAT_TYPES
+            writer.write_tensor_data(data)
+            if progress:
+                progress(done, len(tensors))
+        writer.close()
+    return summary
+
+
+def _encode(tensor, new: GGMLQuantizationType, stats: LayerStats | None, method: str, threads: int) -> np.ndarray:
+    current = GGMLQuantizationType(tensor.tensor_type)
+    raw = np.asarray(tensor.data)
+    if new == current:
+        return raw.reshape(-1).view(np.uint8)
+    n_per_row = int(tensor.shape[0])
+    values = ggml_kernels.dequantize(raw, current, n_per_row)
+    if new == GGMLQuantizationType.F32:
+        return values.reshape(-1).view(np.uint8)
+    if new == GGMLQuantizationType.F16:
+        return values.astype(np.float16).reshape(-1).view(np.uint8)
+    if new == GGMLQuantizationType.BF16:
+        return ggml_kernels.quantize(values, new).reshape(-1)
+    importance = None if stats is None else stats.importance
+    if importance is not None and importance.shape[0] != n_per_row:
+        importance = None  # e.g. statistics of a different model: never guess
+    if method == "gptq" and stats is not None and stats.hessian is not None and importance is not None:
+        return quantize_gptq(values, stats.hessian, new, importance).reshape(-1)
+    return ggml_kernels.quantize(values, new, importance, threads=threads).reshape(-1)
+
+
+def _field(reader: GGUFReader, key: str, default=None):
+    found = reader.get_field(key)
+    if found is None:
+        if default is not None:
+            return default
+        raise InvalidModelError(f"{reader.data.filename if hasattr(reader.data, 'filename') else 'the GGUF'} has no {key}: not a llama.cpp model file")
+    return found.contents()
+
+
+def _copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
+    for key, item in reader.fields.items():
+        if key.startswith("GGUF.") or key in _NOT_COPIED or key.startswith("quantize."):
+            continue
+        vtype = item.types[0]
+        sub_type = item.types[-1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, item.contents(), vtype, sub_type)
