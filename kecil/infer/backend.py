@@ -51,6 +51,28 @@ class Backend(ABC):
         """Generate after `prompt_ids`, yielding text pieces; the last chunk is final.
         Implementations start with `config = self.fit_to_context(prompt_ids, config)`."""
 
+    def logits(self, ids: Sequence[int], *, start: int = 0):
+        """Next-token logits: a float32 numpy array of shape (len(ids) - start, n_vocab) whose row
+        i is the logits for the token after ids[:start + i + 1].
+
+        Engines that can give them override this; they may keep the cache of the previous call
+        and evaluate only what follows the longest prefix it shares with `ids`, which is what
+        makes scoring several continuations of one question cheap. `start` skips rows the caller
+        does not need. Scoring tasks are refused (not skipped) on an engine without logits.
+        """
+        raise BackendError(
+            f"the {self.name} backend cannot give token logits, so log-likelihood tasks (perplexity, "
+            "multiple choice) cannot run on it: use --backend llamacpp or --backend torch"
+        )
+
+    def check_logits_request(self, ids: Sequence[int], start: int) -> None:
+        if not ids:
+            raise BackendError("logits need at least one token id")
+        if not 0 <= start < len(ids):
+            raise BackendError(f"start must be in [0, {len(ids)}), got {start}")
+        if len(ids) > self.context_length:
+            raise PromptTooLongError(len(ids), self.context_length)
+
     def close(self) -> None:
         """Free the model's memory. The backend must not be used afterwards."""
 
@@ -114,3 +136,13 @@ class Backend(ABC):
             return self.stream(prompt, config)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return self.stream_chat(messages, config)
+
+
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids `a` and `b` have in common (how much of a cache can be kept)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from time import perf_counter
 
 from kecil.errors import BackendError
-from kecil.infer.backend import Backend
+from kecil.infer.backend import Backend, shared_prefix_length
 from kecil.infer.generation import Chunk, GenerationConfig
 from kecil.infer.llamacpp_runtime import import_llama_cpp
 from kecil.infer.streaming import stream_tokens
@@ -24,7 +25,7 @@ class LlamaCppBackend(Backend):
             return "the llamacpp backend runs GGUF files; use --backend torch for a Hugging Face folder"
         return None
 
-    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int):
+    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, adapter: Path | None = None):
         super().__init__(ref, info, context_length)
         llama_cpp = import_llama_cpp()
         self._llama_cpp = llama_cpp
@@ -40,6 +41,7 @@ class LlamaCppBackend(Backend):
                 # Measured here with llama-bench: prompt +7% (+16% after 512 tokens of context),
                 # decode +3% from an empty context and -3% after 512 tokens.
                 flash_attn=True,
+                lora_path=str(adapter) if adapter is not None else None,  # a GGUF LoRA file
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -48,6 +50,8 @@ class LlamaCppBackend(Backend):
                 " or try --backend torch"
             ) from None
         self._vocab = self._llm._model.vocab
+        self._score_batch = None  # a llama_batch for logits(), made on first use
+        self._scored_ids: list[int] = []  # what logits() left in the KV cache
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
@@ -84,8 +88,55 @@ class LlamaCppBackend(Backend):
             started=started,
         )
 
+    def logits(self, ids: Sequence[int], *, start: int = 0):
+        """Logits for every position from `start` on, through llama.cpp's batch API on this
+        model's own context (the high-level Llama keeps only the last row). The KV cache of the
+        previous call is reused up to the prefix it shares with `ids`."""
+        import numpy as np
+
+        self.check_logits_request(ids, start)
+        ids = [int(t) for t in ids]
+        lib, llm = self._llama_cpp, self._llm
+        ctx = llm._ctx.ctx
+        memory = lib.llama_get_memory(ctx)
+        # generate() leaves n_tokens > 0: then the cache holds its tokens, not the last scoring's.
+        cached = self._scored_ids if llm.n_tokens == 0 else []
+        keep = min(shared_prefix_length(cached, ids), start)
+        if not lib.llama_memory_seq_rm(memory, -1, keep, -1):  # some caches cannot cut mid-way
+            lib.llama_memory_clear(memory, True)
+            keep = 0
+        llm.reset()  # generate() must not trust its own record of the cache after this
+        self._scored_ids = ids[:keep]
+        n_batch = lib.llama_n_batch(ctx)
+        if self._score_batch is None:
+            self._score_batch = lib.llama_batch_init(n_batch, 0, 1)
+        batch = self._score_batch
+        n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        out = np.empty((len(ids) - start, n_vocab), dtype=np.float32)
+        for begin in range(keep, len(ids), n_batch):
+            piece = ids[begin : begin + n_batch]
+            for k, token in enumerate(piece):
+                batch.token[k] = token
+                batch.pos[k] = begin + k
+                batch.n_seq_id[k] = 1
+                batch.seq_id[k][0] = 0
+                batch.logits[k] = begin + k >= start
+            batch.n_tokens = len(piece)
+            status = lib.llama_decode(ctx, batch)
+            if status != 0:
+                self._scored_ids = []
+                lib.llama_memory_clear(memory, True)
+                raise BackendError(f"llama.cpp failed to evaluate {len(piece)} tokens (llama_decode returned {status})")
+            for k in range(max(0, start - begin), len(piece)):
+                row = lib.llama_get_logits_ith(ctx, k)
+                out[begin + k - start] = np.ctypeslib.as_array(row, shape=(n_vocab,))
+            self._scored_ids = ids[: begin + len(piece)]
+        return out
+
     def close(self) -> None:
+        batch, self._score_batch = getattr(self, "_score_batch", None), None
+        if batch is not None:
+            self._llama_cpp.llama_batch_free(batch)
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()
-

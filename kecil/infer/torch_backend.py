@@ -8,14 +8,73 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from time import perf_counter
 
 from kecil.errors import BackendError
-from kecil.infer.backend import Backend
+from kecil.infer.backend import Backend, shared_prefix_length
 from kecil.infer.generation import Chunk, GenerationConfig
 from kecil.infer.streaming import stream_tokens
 from kecil.models.info import ModelInfo
 from kecil.models.reference import ModelRef
+
+def load_transformers(ref: ModelRef):
+    """(model, tokenizer) for `ref` in float32 through transformers; GGUF weights are dequantized.
+
+    The model comes back as a plain float model: a GGUF source's quantization config is dropped,
+    since the weights are now ordinary float tensors and transformers would otherwise refuse to
+    train or save them (fine-tuning and merging start from here too).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if ref.format == "gguf":
+        # transformers dequantizes GGUF weights to float32: exact weights, float speed.
+        where = dict(pretrained_model_name_or_path=str(ref.path.parent), gguf_file=ref.path.name)
+        dtype = torch.float32
+    else:
+        where = dict(pretrained_model_name_or_path=str(ref.path))
+        dtype = "auto"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(**where)
+        model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(f"transformers could not load {ref.path} ({first_line}); check it with `kecil info {ref.spec}`") from None
+    if model.dtype == torch.bfloat16 or model.dtype == torch.float16:
+        # Half-precision matmuls are slow or missing on most CPUs; compute in float32.
+        model = model.float()
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config.__dict__.pop("quantization_config", None)
+    return model, tokenizer
+
+
+def apply_peft_adapter(model, adapter: Path):
+    """`model` with the PEFT LoRA adapter in folder `adapter` merged into its weights.
+
+    Merged rather than kept as side branches: the same outputs (to float rounding) at the base
+    model's speed, since every decode step would otherwise pay for the extra low-rank matmuls.
+    """
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise BackendError(
+            f"{adapter} is not a PEFT adapter folder (no adapter_config.json): pass the -o folder of `kecil tune`"
+        )
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(
+            f"the adapter in {adapter} does not fit {model.config.model_type} model ({first_line}): "
+            "use the base model it was trained on"
+        ) from None
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -24,38 +83,23 @@ class TorchBackend(Backend):
     def unsupported_reason(ref: ModelRef) -> str | None:
         return None  # transformers reads both Hugging Face folders and GGUF files
 
-    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int):
+    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, adapter: Path | None = None):
         super().__init__(ref, info, context_length)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         torch.set_num_threads(threads)
         self._torch = torch
-        if ref.format == "gguf":
-            # transformers dequantizes GGUF weights to float32: exact weights, float speed.
-            where = dict(pretrained_model_name_or_path=str(ref.path.parent), gguf_file=ref.path.name)
-            dtype = torch.float32
-        else:
-            where = dict(pretrained_model_name_or_path=str(ref.path))
-            dtype = "auto"
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(**where)
-            self._model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"transformers could not load {ref.path} ({first_line}); check it with `kecil info {ref.spec}`") from None
+        self._model, self._tokenizer = load_transformers(ref)
+        if adapter is not None:
+            self._model = apply_peft_adapter(self._model, adapter)
         self._model.eval()
-        if self._model.dtype == torch.bfloat16 or self._model.dtype == torch.float16:
-            # Half-precision matmuls are slow or missing on most CPUs; compute in float32.
-            self._model = self._model.float()
         eos = self._model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         if self._tokenizer.eos_token_id is not None:
             eos.append(self._tokenizer.eos_token_id)
         self._end_ids = frozenset(eos)
+        self._score_cache = None  # the KV cache logits() left, for the ids in _scored_ids
+        self._scored_ids: list[int] = []
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -129,6 +173,35 @@ class TorchBackend(Backend):
                 if config.repetition_penalty != 1.0:  # only the penalty looks back at the text
                     seen = torch.cat([seen, token], dim=1)
 
+    def logits(self, ids: Sequence[int], *, start: int = 0):
+        """Logits for every position from `start` on; the previous call's KV cache is cropped to
+        the prefix it shares with `ids` and only the rest is run through the model."""
+        torch = self._torch
+        from transformers import DynamicCache
+
+        self.check_logits_request(ids, start)
+        ids = [int(t) for t in ids]
+        keep = min(shared_prefix_length(self._scored_ids, ids), start)
+        cache = self._score_cache
+        if cache is not None and keep > 0 and keep < len(self._scored_ids):
+            try:
+                cache.crop(keep - len(self._scored_ids))
+            except (RuntimeError, ValueError):  # a sliding-window layer past its window cannot roll back
+                keep = 0
+        if cache is None or keep == 0:
+            cache, keep = DynamicCache(config=self._model.config), 0
+        self._score_cache, self._scored_ids = None, []
+        with torch.inference_mode():
+            out = self._model(
+                input_ids=torch.tensor([ids[keep:]]),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=len(ids) - start,
+            )
+        self._score_cache, self._scored_ids = cache, ids
+        return out.logits[0].float().numpy()
+
     def close(self) -> None:
+        self._score_cache = None
         self._model = None
         self._tokenizer = None
