@@ -36,6 +36,7 @@ TopK = Annotated[int, typer.Option("--top-k", help="Sample among the K most like
 RepetitionPenalty = Annotated[float, typer.Option("--repetition-penalty", help="Penalty for repeating tokens; 1 = off.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: the same seed gives the same output.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
+Adapter = Annotated[Optional[str], typer.Option("--adapter", help="A LoRA adapter to apply: the -o folder of `kecil tune` (or a GGUF LoRA file with the llamacpp backend).")]
 
 
 def _config(max_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop):
@@ -80,6 +81,7 @@ def generate(
     threads: Threads = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (chat models).")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as plain text, without the model's chat template.")] = False,
+    adapter: Adapter = None,
     stats: Annotated[bool, typer.Option(help="Print token counts and speed to stderr.")] = True,
 ) -> None:
     """Generate an answer to a prompt and stream it to stdout.
@@ -94,7 +96,7 @@ def generate(
     config = _config(max_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop)
     from kecil.infer.load import load_model
 
-    with load_model(model, backend=backend, context_length=context, threads=threads) as engine:
+    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter) as engine:
         stream = engine.stream(prompt, config) if raw else engine.stream_instruction(prompt, config, system=system)
         for chunk in stream:
             sys.stdout.write(chunk.text)
@@ -118,6 +120,7 @@ def chat(
     backend: Backend = None,
     context: Context = None,
     threads: Threads = None,
+    adapter: Adapter = None,
 ) -> None:
     """Chat with a model in the terminal. /reset clears the history, /exit leaves."""
     from kecil.infer.chat import ChatSession
@@ -125,7 +128,7 @@ def chat(
 
     config = _config(max_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop)
     interactive = sys.stdin.isatty()
-    with load_model(model, backend=backend, context_length=context, threads=threads) as engine:
+    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter) as engine:
         session = ChatSession(engine, config, system=system)
         _err(f"kecil chat with {engine.ref.name} ({engine.name}, {engine.context_length}-token context). /reset clears, /exit leaves.")
         while True:
@@ -233,6 +236,357 @@ def demo(
         sys.stdout.flush()
 
     run_demo(model, backend=backend, on_question=question, on_text=text, on_answer=answered)
+
+
+@app.command()
+def serve(
+    models: Annotated[Optional[list[str]], typer.Argument(metavar="[MODEL]...", help="Models to serve (built-in names, .gguf files, Hugging Face folders); default: the embedded model. Each loads on its first request.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs --api-key or --api-keys-file.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 = any free port).")] = 8000,
+    api_key: Annotated[Optional[list[str]], typer.Option("--api-key", help="A key clients must send as 'Authorization: Bearer KEY' (repeatable).")] = None,
+    api_keys_file: Annotated[Optional[str], typer.Option("--api-keys-file", help="File with one key per line, 'name:key' or 'key'; the name goes to the audit log.")] = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory all loaded models may use, e.g. 4GB; least-recently-used models are unloaded to stay under it (default: 75% of RAM).")] = None,
+    context: Context = None,
+    parallel: Annotated[int, typer.Option("--parallel", "-p", help="Requests per model decoded together (continuous batching slots).")] = 4,
+    threads: Threads = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting per model before the server answers 429.")] = 64,
+    max_body: Annotated[str, typer.Option("--max-body", help="Largest request body, e.g. 1MB.")] = "1MB",
+    max_tokens_limit: Annotated[Optional[int], typer.Option("--max-tokens-limit", help="Largest max_tokens a request may ask for (default: the context length).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds one request may take, queueing included.")] = 300.0,
+    log_requests: Annotated[bool, typer.Option("--log-requests", help="Log prompts and completions (off: they are never logged).")] = False,
+    audit_log: Annotated[Optional[str], typer.Option("--audit-log", help="Append-only JSON audit log (default: $KECIL_HOME/serve/audit.jsonl).")] = None,
+    embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Serve /v1/embeddings with the bundled all-minilm-l6-v2.")] = True,
+    preload: Annotated[bool, typer.Option("--preload/--no-preload", help="Load the first model at start-up (then /ready means ready).")] = True,
+) -> None:
+    """Serve models over an OpenAI-compatible HTTP API, privately, on this machine."""
+    from pathlib import Path
+
+    from kecil.models.info import parse_bytes
+    from kecil.serve.config import DEFAULT_EMBEDDING_MODEL, ServeConfig, make_key, read_keys_file
+    from kecil.serve.server import serve as run_server
+
+    keys = [make_key(k) for k in api_key or ()]
+    if api_keys_file:
+        keys += read_keys_file(Path(api_keys_file))
+    config = ServeConfig(
+        models=tuple(models or ()), host=host, port=port, api_keys=tuple(keys),
+        max_memory=parse_bytes(max_memory) if max_memory else None, context_length=context, parallel=parallel,
+        threads=threads, max_queue=max_queue, max_body_bytes=parse_bytes(max_body), max_tokens_limit=max_tokens_limit,
+        request_timeout=timeout, log_requests=log_requests, audit_log=Path(audit_log) if audit_log else None,
+        embedding_model=DEFAULT_EMBEDDING_MODEL if embeddings else None, preload=preload,
+    )
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="kecil serve: %(message)s")
+    run_server(config, on_start=lambda url: _err(f"kecil serve: listening on {url} (Ctrl-C stops)"))
+
+
+# --- tune: LoRA fine-tuning, merging (kecil/tune) ---------------------------------------------
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help="Base model: built-in name, .gguf file (trained as float) or Hugging Face folder.")],
+    data: Annotated[str, typer.Argument(help="JSONL training data: chat ('messages'), instruction ('instruction'/'input'/'output') or plain 'text', one object per line.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the adapter (and its checkpoints).")],
+    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 3,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: 2 x rank).")] = None,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    target_modules: Annotated[Optional[str], typer.Option("--target-modules", help="Comma-separated module names to adapt (default: every linear layer of the architecture).")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 2e-4,
+    warmup: Annotated[float, typer.Option(help="Share of steps spent warming the learning rate up.")] = 0.05,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Packed rows per micro-batch.")] = 4,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per packed row; longer examples are cut.")] = 512,
+    val_split: Annotated[float, typer.Option("--val-split", help="Share of examples held out for validation loss.")] = 0.1,
+    val_data: Annotated[Optional[str], typer.Option("--val-data", help="A separate JSONL validation file (instead of --val-split).")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between validation losses.")] = 50,
+    save_every: Annotated[int, typer.Option("--save-every", help="Steps between checkpoints.")] = 50,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed and data give the same adapter.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
+    threads: Threads = None,
+) -> None:
+    """Fine-tune MODEL on DATA with LoRA and write a PEFT adapter folder.
+
+    Use it with `kecil generate/chat MODEL --adapter OUT`, or bake it in with `kecil merge`."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from kecil.tune.lora import TuneConfig, tune as run_tune
+
+    config = TuneConfig(
+        model=model, data=Path(data), output=Path(output), epochs=epochs, rank=rank, alpha=alpha, dropout=dropout,
+        target_modules=tuple(t.strip() for t in target_modules.split(",") if t.strip()) if target_modules else None,
+        lr=lr, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, val_split=val_split,
+        val_data=Path(val_data) if val_data else None, eval_every=eval_every, save_every=save_every, max_steps=max_steps,
+        seed=seed, resume=resume, threads=threads,
+    )
+    columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("tune", total=None, status="loading model and data")
+
+        def report(p) -> None:
+            val = f" val {p.val_loss:.3f}" if p.val_loss is not None else ""
+            eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s"
+            bar.update(task, total=p.total_steps, completed=p.step, status=f"loss {p.loss:.3f}{val} | {p.tokens_per_second:.0f} tok/s | ETA {eta}")
+
+        result = run_tune(config, progress=report)
+    if result.resumed_from_step is not None:
+        _err(f"resumed from step {result.resumed_from_step}")
+    if result.cut_examples or result.dropped_examples:
+        _err(f"{result.cut_examples} examples were longer than --max-length {max_length} and cut; {result.dropped_examples} had nothing left to learn and were skipped")
+    val = f", validation loss {result.first_val_loss:.3f} -> {result.val_loss:.3f}" if result.val_loss is not None and result.first_val_loss is not None else ""
+    _err(f"trained {result.steps} steps on {result.train_examples} {result.format} examples ({result.tokens_per_second:.0f} tok/s){val}")
+    print(result.output)
+
+
+@app.command()
+def merge(
+    model: Annotated[str, typer.Argument(help="The base model the adapter was trained on.")],
+    adapter: Annotated[str, typer.Argument(help="The adapter folder written by `kecil tune`.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the merged Hugging Face model.")],
+    export_gguf: Annotated[Optional[str], typer.Option("--export-gguf", help="Also write the merged model as GGUF of this type (f16, q8_0, q4_k_m, ...) into the output folder.")] = None,
+) -> None:
+    """Bake a LoRA adapter into its base model and write a standalone Hugging Face model folder."""
+    from pathlib import Path
+
+    from kecil.tune.merge import MergeConfig, merge as run_merge
+
+    def quantizer(f16: Path, out_type: str, target: Path) -> Path:
+        from kecil.compress.quantize import QuantizeConfig, quantize
+
+        return quantize(QuantizeConfig(model=str(f16), to=out_type, output=target, report=False)).output
+
+    config = MergeConfig(model=model, adapter=Path(adapter), output=Path(output), export_gguf=export_gguf)
+    result = run_merge(config, quantizer=quantizer)
+    print(result.output)
+    if result.gguf is not None:
+        print(result.gguf)
+
+
+# --- rag: knowledge bases and grounded answers -----------------------------------------------
+rag_app = typer.Typer(help="Knowledge bases of your documents: ingest, search, evaluate, and `kecil ask` them.", no_args_is_help=True)
+app.add_typer(rag_app, name="rag")
+KbName = Annotated[str, typer.Option("--kb", help="Knowledge base name (kept under $KECIL_HOME/kb).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+TopK_ = Annotated[int, typer.Option("--k", "-k", help="How many chunks to retrieve.")]
+PathFilter = Annotated[Optional[str], typer.Option("--path", help="Only chunks of this file, or of the files in this folder.")]
+
+
+@rag_app.command("ingest")
+def rag_ingest(
+    folder: Annotated[str, typer.Argument(help="Folder (or one file) of .txt .md .html .pdf .docx .csv .json documents.")],
+    kb: KbName,
+    embedder: Annotated[Optional[str], typer.Option("--embedder", help="Embedding model for a new knowledge base: all-minilm-l6-v2 (default, English) or multilingual-e5-small.")] = None,
+    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Largest chunk, in model tokens (about).")] = 200,
+    overlap: Annotated[int, typer.Option("--overlap", help="Tokens repeated from the end of one chunk at the start of the next.")] = 40,
+    max_file_mb: Annotated[float, typer.Option("--max-file-mb", help="Skip files bigger than this.")] = 50.0,
+    as_json: AsJson = False,
+) -> None:
+    """Add a folder of documents to a knowledge base; a second run only re-reads what changed."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from kecil.rag.chunking import ChunkConfig
+    from kecil.rag.ingest import IngestConfig, ingest
+
+    config = IngestConfig(Path(folder), kb, embedder=embedder, chunking=ChunkConfig(chunk_tokens, overlap), max_file_mb=max_file_mb)
+    with Progress(transient=True, disable=as_json) as bar:
+        task = bar.add_task("ingesting", total=None)
+        report = ingest(config, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps({**report.__dict__, "skipped": [{"path": p, "reason": r} for p, r in report.skipped]}))
+        return
+    for path, reason in report.skipped:
+        _err(f"skipped {path}: {reason}")
+    rate = f" ({report.chunks / report.seconds:.0f} chunks/s)" if report.chunks else ""
+    print(f"{kb}: {len(report.added)} files added, {len(report.updated)} updated, {report.unchanged} unchanged, "
+          f"{len(report.removed)} removed, {len(report.skipped)} skipped; {report.chunks} chunks written in {report.seconds:.1f} s{rate}")
+    if report.other_types:
+        print(f"{report.other_types} files of other types were left out")
+
+
+def _where(citation_or_chunk) -> str:
+    from kecil.rag.ask import Citation
+    from kecil.rag.loaders import unit_of
+
+    c = citation_or_chunk
+    if not isinstance(c, Citation):
+        c = Citation(0, c.path, c.page, c.start, c.end, unit_of(c.path), c.section, c.text, 0.0)
+    where = c.where
+    cwd = os.getcwd() + os.sep
+    return where[len(cwd):] if where.startswith(cwd) else where
+
+
+@rag_app.command("search")
+def rag_search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    kb: KbName,
+    k: TopK_ = 5,
+    method: Annotated[str, typer.Option("--method", help="hybrid, bm25 or dense.")] = "hybrid",
+    path: PathFilter = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show the chunks that best match QUERY, with scores and sources."""
+    from kecil.rag.retrieve import SearchConfig, search
+
+    hits = search(query, kb, SearchConfig(k=k, method=method, path=path))
+    if as_json:
+        for rank, h in enumerate(hits, start=1):
+            c = h.chunk
+            print(json.dumps({"rank": rank, "score": h.score, "similarity": h.similarity, "bm25_rank": h.bm25_rank, "dense_rank": h.dense_rank,
+                              "file": c.path, "page": c.page, "lines": [c.start, c.end], "section": c.section, "text": c.text}, ensure_ascii=False))
+        return
+    if not hits:
+        print("no matching chunks")
+    for rank, h in enumerate(hits, start=1):
+        sim = f", similarity {h.similarity:.2f}" if h.similarity is not None else ""
+        print(f"[{rank}] {_where(h.chunk)}  (score {h.score:.4g}{sim})")
+        text = h.chunk.text if len(h.chunk.text) <= 400 else h.chunk.text[:400] + " ..."
+        print("    " + text.replace("\n", "\n    ") + "\n")
+
+
+@rag_app.command("eval")
+def rag_eval(
+    kb: KbName,
+    qa: Annotated[str, typer.Option("--qa", help='JSON Lines file: {"question": ..., "answers": [...]} per line.')],
+    k: TopK_ = 5,
+    method: Annotated[str, typer.Option("--method", help="hybrid, bm25 or dense.")] = "hybrid",
+    as_json: AsJson = False,
+) -> None:
+    """recall@k and MRR of a knowledge base on questions with known answers."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from kecil.rag.evaluate import evaluate_kb
+    from kecil.rag.retrieve import SearchConfig
+
+    with Progress(transient=True, disable=as_json) as bar:
+        task = bar.add_task("questions", total=None)
+        result = evaluate_kb(kb, Path(qa), SearchConfig(k=k, method=method), progress=lambda n: bar.advance(task, n))
+    if as_json:
+        print(json.dumps(result.as_dict()))
+        return
+    print(f"{kb} ({method}, {result.questions} questions): recall@{k} {result.recall:.3f}, MRR {result.mrr:.3f}, median {result.median_ms:.1f} ms per query")
+
+
+@rag_app.command("list")
+def rag_list(as_json: AsJson = False) -> None:
+    """The knowledge bases on this machine."""
+    from kecil.rag.store import KnowledgeBase, list_kbs
+
+    for name in list_kbs():
+        with KnowledgeBase.open(name) as opened:
+            s = opened.stats()
+        print(json.dumps(s) if as_json else f"{name}: {s['files']} files, {s['chunks']} chunks, {s['embedder']}")
+
+
+@rag_app.command("stats")
+def rag_stats(name: Annotated[str, typer.Argument(help="Knowledge base name.")], as_json: AsJson = False) -> None:
+    """Files, chunks, embedding model and size of a knowledge base."""
+    from kecil.rag.store import KnowledgeBase
+
+    with KnowledgeBase.open(name) as opened:
+        s = opened.stats()
+    if as_json:
+        print(json.dumps(s))
+        return
+    for key, value in s.items():
+        print(f"{key}: {value}")
+
+
+@rag_app.command("remove")
+def rag_remove(name: Annotated[str, typer.Argument(help="Knowledge base name.")]) -> None:
+    """Delete a knowledge base (its documents on disk are not touched)."""
+    from kecil.rag.store import remove_kb
+
+    print(f"removed {remove_kb(name)}")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question; '-' reads it from stdin.")],
+    kb: KbName,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model to answer with (default: the embedded model).")] = None,
+    k: TopK_ = 5,
+    max_tokens: MaxTokens = 256,
+    backend: Backend = None,
+    context: Context = None,
+    as_json: AsJson = False,
+) -> None:
+    """Answer a question from a knowledge base, citing the documents used."""
+    from kecil.rag.ask import Answer, AskConfig, stream_ask
+
+    if question == "-":
+        question = sys.stdin.read()
+    config = AskConfig(k=k, max_tokens=max_tokens, backend=backend, context_length=context)
+    answer = None
+    for piece in stream_ask(question, kb, model=model, config=config):
+        if isinstance(piece, Answer):
+            answer = piece
+        elif not as_json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    if as_json:
+        print(json.dumps(answer.as_dict(), ensure_ascii=False))
+        return
+    sys.stdout.write("\n")
+    if answer.citations:
+        print("\nSources:")
+        for c in answer.citations:
+            print(f"  [{c.number}] {_where(c)}")
+
+
+# --- quantize (kecil/compress) ------------------------------------------------------------
+_QUANT_STAGES = {"convert": "converting to GGUF", "calibrate": "calibrating", "quantize": "quantizing", "report": "measuring"}
+
+
+@app.command()
+def quantize(
+    model: Annotated[str, typer.Argument(help="Built-in name, .gguf file or Hugging Face folder.")],
+    to: Annotated[str, typer.Option("--to", help="f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m or q2_k.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The GGUF file to write.")],
+    calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text or JSONL (default: kecil's multilingual set).")] = None,
+    method: Annotated[str, typer.Option("--method", help="auto, gptq, imatrix, or none (no calibration).")] = "auto",
+    heldout: Annotated[Optional[str], typer.Option("--heldout", help="Text for the report's perplexity (default: kecil's held-out set).")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity, speed and RAM after writing.")] = True,
+    threads: Threads = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Quantize MODEL to a smaller GGUF file that llama.cpp (and Ollama) loads, and report what it cost."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from kecil.compress.quantize import QuantizeConfig, quantize as run_quantize
+
+    config = QuantizeConfig(
+        model=model, to=to, output=Path(output), calib=Path(calib) if calib else None, report=report, method=method,
+        heldout=Path(heldout) if heldout else None, threads=threads,
+    )
+    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), transient=as_json) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(_QUANT_STAGES.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = run_quantize(config, progress=progress)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    mb = 1024 * 1024
+    print(f"wrote {result.output} ({result.type}, {result.method}) in {result.seconds:.1f}s")
+    print(f"  size        {result.source_bytes / mb:8.1f} MiB -> {result.output_bytes / mb:8.1f} MiB ({result.ratio:.0%})")
+    if result.report:
+        r = result.report
+        print(f"  perplexity  {r.source_perplexity:8.3f}     -> {r.quantized_perplexity:8.3f}     ({r.perplexity_increase:+.3f} on {r.perplexity_tokens} held-out tokens)")
+        print(f"  decode      {r.decode_tokens_per_second:8.1f} tok/s")
+        print(f"  peak RAM    {r.peak_ram_bytes / mb:8.0f} MiB")
 
 
 def _version(value: bool) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from kecil.errors import ConfigError
 
-FINISH_REASONS = ("stop", "length")
+FINISH_REASONS = ("stop", "length", "error")
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,26 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, with the most likely alternatives when asked for."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One streamed piece of text. The last chunk of a stream carries finish_reason, usage and
-    timings (its text may be empty)."""
+    timings (its text may be empty). finish_reason "error" (with `error` set) only comes from an
+    engine that failed mid-stream, e.g. a model unloaded while serving."""
 
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    error: str | None = None
 
 
 @dataclass(frozen=True)

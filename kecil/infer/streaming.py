@@ -69,6 +69,45 @@ class StopScanner:
         return out
 
 
+class TokenText:
+    """The text side of one generation, fed one token id at a time: incremental decoding, stop
+    sequences, the finish reason and token counts. `stream_tokens` drives it from an engine's
+    iterator; the batched engine drives one per sequence from its decode loop."""
+
+    def __init__(
+        self,
+        config: GenerationConfig,
+        detokenize: Callable[[Sequence[int]], str],
+        is_end: Callable[[int], bool],
+    ):
+        self.config = config
+        self._is_end = is_end
+        self._decoder, self._scanner = IncrementalDecoder(detokenize), StopScanner(config.stop)
+        self.produced = 0  # tokens that became part of the answer
+        self.received = 0  # decode steps, the end token too
+        self.finish_reason: str | None = None  # set when the generation is over
+
+    def push(self, token: int) -> str:
+        """Text this token releases; afterwards `finish_reason` says whether generation is over."""
+        self.received += 1
+        if self._is_end(token) and not self.config.ignore_eos:
+            self.finish_reason = "stop"
+            return ""
+        self.produced += 1
+        text, hit = self._scanner.push(self._decoder.push(token))
+        if hit:
+            self.finish_reason = "stop"
+        elif self.produced >= self.config.max_tokens:
+            self.finish_reason = "length"
+        return text
+
+    def flush(self) -> str:
+        """Text held back for a possible stop sequence that never completed."""
+        if self.finish_reason is None:
+            self.finish_reason = "length"
+        return self._scanner.flush()
+
+
 def stream_tokens(
     tokens: Iterator[int],
     *,
@@ -84,37 +123,28 @@ def stream_tokens(
     first new token arrives, and every later token counts as decoding.
     """
     started = perf_counter() if started is None else started
-    decoder, scanner = IncrementalDecoder(detokenize), StopScanner(config.stop)
-    produced, received, finish = 0, 0, "length"
+    state = TokenText(config, detokenize, is_end)
     first = last = None
     try:
         for token in tokens:
             last = perf_counter()
             first = first or last
-            received += 1  # timing counts every decode step, the end token too
-            if is_end(token) and not config.ignore_eos:
-                finish = "stop"
-                break
-            produced += 1
-            text, hit = scanner.push(decoder.push(token))
+            text = state.push(token)
             if text:
                 yield Chunk(text)
-            if hit:
-                finish = "stop"
-                break
-            if produced >= config.max_tokens:
+            if state.finish_reason:
                 break
     finally:
         close = getattr(tokens, "close", None)
         if close is not None:
             close()  # stop the engine at once: a break here must not leave it generating
-    tail = scanner.flush()
+    tail = state.flush()
     end = last or perf_counter()
     first = first or end
     timings = Timings(
         prompt_tokens=prompt_tokens,
         prompt_seconds=first - started,
-        decode_tokens=max(received - 1, 0),
+        decode_tokens=max(state.received - 1, 0),
         decode_seconds=end - first,
     )
-    yield Chunk(tail, finish_reason=finish, usage=Usage(prompt_tokens, produced), timings=timings)
+    yield Chunk(tail, finish_reason=state.finish_reason, usage=Usage(prompt_tokens, state.produced), timings=timings)

@@ -142,6 +142,21 @@ def format_count(n: int) -> str:
     return str(n)
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": MiB, "MB": MiB, "MIB": MiB,
+               "G": 1024**3, "GB": 1024**3, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4, "TIB": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """'4GB' -> 4294967296. Memory sizes are binary, as RAM is sold: 1 GB here is 1 GiB."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ConfigError(f"cannot read {text!r} as a memory size: write it like 300MB, 4GB or 1.5GiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
 def format_bytes(n: int) -> str:
     """98362432 -> '93.8 MiB'."""
     for scale, suffix in ((1024**3, "GiB"), (MiB, "MiB"), (1024, "KiB")):

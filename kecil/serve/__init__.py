@@ -1,0 +1,1 @@
+"""kecil serve: a private, OpenAI-compatible HTTP server for the models on this machine."""

@@ -1,0 +1,253 @@
+"""The FastAPI application of `kecil serve`: routes, the OpenAI error format for every failure,
+health and readiness probes, metrics, and the audit trail of each request."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kecil.errors import ConfigError, KecilError, PromptTooLongError
+from kecil.serve.completions import Call, run_generation
+from kecil.serve.config import ServeConfig
+from kecil.serve.metrics import Metrics
+from kecil.serve.pool import ModelPool
+from kecil.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from kecil.serve.security import AuditLog, GuardMiddleware
+
+log = logging.getLogger("kecil.serve")
+STATUS_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error",
+                413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+@dataclass
+class Server:
+    """What the routes share: settings, models, metrics and the audit log."""
+
+    config: ServeConfig
+    pool: ModelPool
+    metrics: Metrics
+    audit: AuditLog
+    ready: bool = False
+    load_error: str | None = None
+
+    def finish(self, call: Call) -> None:
+        """Account for a finished request: metrics and one audit line (no content)."""
+        elapsed = time.perf_counter() - call.started
+        m = self.metrics
+        m.requests.labels(call.endpoint, call.model, str(call.status)).inc()
+        m.latency.labels(call.endpoint, call.model).observe(elapsed)
+        m.prompt_tokens.labels(call.model).inc(call.prompt_tokens)
+        m.completion_tokens.labels(call.model).inc(call.completion_tokens)
+        if call.first_token is not None:
+            m.ttft.labels(call.model).observe(call.first_token - call.started)
+        self.audit.record(request=call.id, caller=call.caller, client=call.client, endpoint=call.endpoint,
+                          model=call.model, status=call.status, stream=call.stream, prompt_tokens=call.prompt_tokens,
+                          completion_tokens=call.completion_tokens, duration_ms=round(elapsed * 1000, 1))
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """A ready-to-run app; model names are resolved now, so a bad one fails before serving."""
+    from kecil.paths import kecil_home
+
+    pool = ModelPool(config)
+    server = Server(config, pool, Metrics(pool), AuditLog(config.audit_log or kecil_home() / "serve" / "audit.jsonl"))
+
+    async def preload() -> None:
+        try:
+            await pool.get(pool.default)
+            server.ready = True
+        except (APIError, KecilError) as exc:
+            server.load_error = str(exc)
+            log.error("could not load %s: %s", pool.default, exc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(preload()) if config.preload else None
+        if task is None:
+            server.ready = True
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            await asyncio.to_thread(pool.close)
+            server.audit.close()
+
+    app = FastAPI(title="kecil", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    app.add_middleware(GuardMiddleware, keys=config.api_keys, max_body=config.max_body_bytes, send_error=_send_error)
+    _errors(app, server)
+    _routes(app, server)
+    return app
+
+
+def _version() -> str:
+    from kecil import __version__
+
+    return __version__
+
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _send_error(scope, send, error: APIError) -> None:
+    async def no_body():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await _error_response(error)(scope, no_body, send)
+
+
+def _errors(app: FastAPI, server: Server) -> None:
+    """Every failure leaves as OpenAI's error object, and the server keeps serving."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        _account_failure(server, request, exc.status)
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        _account_failure(server, request, 400)
+        return _error_response(APIError(400, _describe(exc.errors()), param=_param(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "bad request"
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "the request body is not valid UTF-8 JSON: send a JSON object encoded as UTF-8"
+        code = "request_too_large" if exc.status_code == 413 else None
+        _account_failure(server, request, exc.status_code)
+        return _error_response(APIError(exc.status_code, message, type=STATUS_TYPES.get(exc.status_code, "invalid_request_error"),
+                                        code=code, headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(KecilError)
+    async def kecil_error(request: Request, exc: KecilError):
+        status = 400 if isinstance(exc, (ConfigError, PromptTooLongError)) else 503
+        _account_failure(server, request, status)
+        return _error_response(APIError(status, str(exc), type="invalid_request_error" if status == 400 else "server_error"))
+
+
+def _account_failure(server: Server, request: Request, status: int) -> None:
+    call = getattr(request.state, "call", None)
+    if call is None:  # failed before a route ran: still counted and audited
+        call = Call(endpoint=request.url.path, model="", caller=request.scope.get("state", {}).get("caller", "anonymous"),
+                    client=request.client.host if request.client else "")
+    call.status = status
+    server.finish(call)
+
+
+def _describe(errors) -> str:
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON: send a JSON object"
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    if first.get("type") == "missing":
+        return f"{where} is required"
+    return f"{where or 'body'}: {first.get('msg', 'invalid value')}"
+
+
+def _param(errors) -> str | None:
+    if errors and errors[0].get("type") != "json_invalid":
+        parts = [str(p) for p in errors[0].get("loc", ()) if p != "body"]
+        return parts[0] if parts else None
+    return None
+
+
+def _call(request: Request, endpoint: str, model: str) -> Call:
+    call = Call(endpoint=endpoint, model=model, caller=request.scope.get("state", {}).get("caller", "anonymous"),
+                client=request.client.host if request.client else "")
+    request.state.call = call
+    return call
+
+
+def _routes(app: FastAPI, server: Server) -> None:
+    pool, config = server.pool, server.config
+
+    @app.get("/health")
+    async def health():
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        """Readiness: the first model is loaded and requests will be served."""
+        if server.ready:
+            return {"status": "ready", "loaded": [m.name for m in pool.loaded()]}
+        status = {"status": "error", "error": server.load_error} if server.load_error else {"status": "loading"}
+        return JSONResponse(status, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def model_entry(name: str, kind: str, loaded: bool) -> dict:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "kecil", "kind": kind, "loaded": loaded}
+
+    def model_list() -> list[dict]:
+        entries = [model_entry(name, "chat", pool.is_loaded(name)) for name in pool.refs]
+        if config.embedding_model:
+            entries.append(model_entry(config.embedding_model, "embedding", config.embedding_model in pool._embedders))
+        return entries
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": model_list()}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str):
+        for entry in model_list():
+            if entry["id"] == model_id:
+                return entry
+        raise APIError(404, f"the model {model_id!r} is not served here", code="model_not_found", param="model")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        call = _call(request, "/v1/chat/completions", body.model)
+        return await run_generation(server, request, body, call, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        call = _call(request, "/v1/completions", body.model)
+        return await run_generation(server, request, body, call, "completion")
+
+    embed_lock = asyncio.Lock()  # one embedding batch at a time: the model is not thread-safe
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request):
+        call = _call(request, "/v1/embeddings", body.model)
+        embedder = await asyncio.to_thread(pool.embedder, body.model)
+        if body.dimensions is not None and body.dimensions != embedder.dimension:
+            raise APIError(400, f"{body.model} makes {embedder.dimension}-dimensional embeddings; "
+                           f"dimensions={body.dimensions} is not available", param="dimensions")
+        async with embed_lock:
+            counts = await asyncio.to_thread(embedder.count_tokens, body.input)
+            for i, n in enumerate(counts):
+                if n > embedder.max_tokens:
+                    raise APIError(400, f"input {i} is {n} tokens but {body.model} reads at most {embedder.max_tokens}: "
+                                   "split the text into smaller pieces", code="context_length_exceeded", param="input")
+            vectors = await asyncio.to_thread(embedder.embed, body.input)
+        call.prompt_tokens = sum(counts)
+        data = []
+        for i, vector in enumerate(vectors):
+            if body.encoding_format == "base64":
+                encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+            else:
+                encoded = vector.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        server.finish(call)
+        return {"object": "list", "data": data, "model": body.model,
+                "usage": {"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens}}

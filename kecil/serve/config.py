@@ -1,0 +1,95 @@
+"""Everything `kecil serve` can be told, validated once at start-up (a bad setting never
+surfaces as a failed request later)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kecil.errors import ConfigError
+
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class APIKey:
+    name: str  # who this key belongs to: what the audit log records, never the key itself
+    secret: str
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of one server. Defaults suit a laptop serving its owner on loopback."""
+
+    models: tuple[str, ...] = ()  # model specs (built-in names, .gguf files, HF folders); () = the default model
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[APIKey, ...] = ()
+    max_memory: int | None = None  # bytes all loaded models may take; None = 75% of this machine's RAM
+    context_length: int | None = None  # tokens per request; None = the model's, at most 4096
+    parallel: int = 4  # sequences of one model decoded together (continuous batching slots)
+    threads: int | None = None  # None = physical cores
+    max_queue: int = 64  # requests waiting for a slot, per model, before 429
+    max_body_bytes: int = 1_000_000
+    max_tokens_limit: int | None = None  # largest max_tokens accepted; None = the context length
+    request_timeout: float = 300.0  # seconds for one request, queueing included
+    log_requests: bool = False  # prompts and completions go to the log only when this is set
+    audit_log: Path | None = None  # None = $KECIL_HOME/serve/audit.jsonl
+    embedding_model: str | None = DEFAULT_EMBEDDING_MODEL
+    preload: bool = True  # load the first model at start-up, so /ready means ready
+    knowledge_bases: tuple[str, ...] = field(default=())  # served as models named rag:NAME
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
+        for name, value, low in (("parallel", self.parallel, 1), ("max_queue", self.max_queue, 0),
+                                 ("max_body_bytes", self.max_body_bytes, 1024)):
+            if value < low:
+                raise ConfigError(f"{name} must be at least {low}, got {value}")
+        if self.request_timeout <= 0:
+            raise ConfigError(f"the request timeout must be positive, got {self.request_timeout}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError(f"--max-memory must be positive, got {self.max_memory}")
+        if self.max_tokens_limit is not None and self.max_tokens_limit < 1:
+            raise ConfigError(f"the max_tokens limit must be at least 1, got {self.max_tokens_limit}")
+        if not is_loopback(self.host) and not self.api_keys:
+            raise ConfigError(
+                f"binding to {self.host} lets other machines reach the server, so it needs a key: "
+                "pass --api-key KEY or --api-keys-file FILE (or bind to 127.0.0.1)"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def read_keys_file(path: Path) -> list[APIKey]:
+    """One key per line, `name:key` or a bare key; blank lines and # comments are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the API keys file {path} ({exc}): give a readable text file, one key per line") from None
+    keys = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, secret = line.partition(":")
+        keys.append(make_key(secret.strip(), name.strip()) if sep else make_key(line, None, where=f"{path}:{number}"))
+    if not keys:
+        raise ConfigError(f"the API keys file {path} holds no keys: add one per line (name:key or key)")
+    return keys
+
+
+def make_key(secret: str, name: str | None = None, *, where: str = "--api-key") -> APIKey:
+    import hashlib
+
+    if len(secret) < 8:
+        raise ConfigError(f"the API key at {where} is shorter than 8 characters: use a longer random key (e.g. `openssl rand -hex 24`)")
+    return APIKey(name or "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8], secret)

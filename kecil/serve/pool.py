@@ -1,0 +1,234 @@
+"""The models a server offers, each loaded on its first request and unloaded least-recently-used
+when loading another would pass the memory budget.
+
+A GGUF model runs on the continuous-batching llama.cpp engine; a Hugging Face folder runs on the
+torch backend one request at a time (torch has no batched KV cache here), behind the same
+`submit` interface so the HTTP layer does not care which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any
+
+from kecil.errors import BackendError, ConfigError, KecilError
+from kecil.infer.generation import Chunk, GenerationConfig
+from kecil.models.info import estimate_memory, format_bytes, inspect_model
+from kecil.models.reference import ModelRef, resolve
+from kecil.serve.config import ServeConfig
+from kecil.serve.protocol import APIError
+
+log = logging.getLogger("kecil.serve")
+
+
+class SerialEngine:
+    """Any Backend behind a queue: one generation at a time, in a worker thread."""
+
+    def __init__(self, backend, max_queue: int):
+        self.backend = backend
+        self.parallel = 1
+        self._jobs: queue.Queue = queue.Queue()
+        self._waiting = 0
+        self._busy = False
+        self._thread = threading.Thread(target=self._work, name=f"kecil-serial-{backend.ref.name}", daemon=True)
+        self._thread.start()
+
+    def __getattr__(self, name: str) -> Any:  # tokenize, chat_prompt_ids, context_length, ...
+        return getattr(self.backend, name)
+
+    @property
+    def load(self) -> tuple[int, int]:
+        return int(self._busy), self._waiting
+
+    def submit(self, prompt_ids, config: GenerationConfig, emit: Callable[[Chunk], None], extras=None):
+        from kecil.infer.llamacpp_batched import GenerationHandle
+
+        if extras is not None and (extras.grammar or extras.logprobs or extras.frequency_penalty or extras.presence_penalty):
+            raise APIError(400, f"{self.backend.ref.name} runs on the torch backend, which serves no grammar, logprobs or "
+                           "frequency/presence penalties; serve a GGUF file for those (`kecil quantize` makes one)")
+        config = self.backend.fit_to_context(prompt_ids, config)
+        handle = GenerationHandle(self)
+        self._waiting += 1
+        self._jobs.put((list(prompt_ids), config, emit, handle))
+        return handle
+
+    def _wake(self) -> None:
+        pass
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            prompt_ids, config, emit, handle = job
+            self._waiting -= 1
+            if handle.cancelled:
+                handle.done.set()
+                continue
+            self._busy = True
+            stream = self.backend.stream_ids(prompt_ids, config)
+            try:
+                for chunk in stream:
+                    if handle.cancelled:
+                        break
+                    emit(chunk)
+            except Exception as exc:  # reported to the client, never a dead worker
+                emit(Chunk("", finish_reason="error", error=str(exc)))
+            finally:
+                stream.close()
+                self._busy = False
+                handle.done.set()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+        self.backend.close()
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    engine: Any
+    memory_bytes: int
+    last_used: float
+
+
+class ModelPool:
+    """Named models: resolved at start-up (a typo fails at once), loaded lazily, evicted LRU."""
+
+    def __init__(self, config: ServeConfig):
+        import psutil
+
+        from kecil.models.builtins import DEFAULT_MODEL
+
+        self.config = config
+        self.refs: dict[str, ModelRef] = {}
+        for spec in config.models or (DEFAULT_MODEL,):
+            ref = resolve(spec)
+            name = served_name(ref)
+            if name in self.refs:
+                raise ConfigError(f"two models would both be served as {name!r}: pass each model once")
+            self.refs[name] = ref
+        self.budget = config.max_memory or int(psutil.virtual_memory().total * 0.75)
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._embedders: dict[str, Any] = {}
+
+    @property
+    def default(self) -> str:
+        return next(iter(self.refs))
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def memory_needed(self, ref: ModelRef) -> int:
+        info = inspect_model(ref)
+        context = self.context_for(info)
+        if ref.format == "gguf":
+            return estimate_memory(info, context * self.config.parallel, "llamacpp").total_bytes
+        return estimate_memory(info, context, "torch").total_bytes
+
+    def context_for(self, info) -> int:
+        from kecil.infer.load import DEFAULT_CONTEXT
+
+        context = self.config.context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        if info.context_length and context > info.context_length:
+            raise ConfigError(f"{info.ref.name} was trained for a context of {info.context_length} tokens; --context {context} is beyond it")
+        return context
+
+    async def get(self, name: str):
+        """The engine serving `name`, loading it (and unloading idle models) if needed."""
+        ref = self.refs.get(name)
+        if ref is None:
+            served = ", ".join(self.refs)
+            raise APIError(404, f"the model {name!r} is not served here; models: {served}", code="model_not_found", param="model")
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            lock = self._locks.setdefault(name, asyncio.Lock())
+            async with lock:  # concurrent first requests load the model once
+                loaded = self._loaded.get(name)
+                if loaded is None:
+                    loaded = await self._load(name, ref)
+        loaded.last_used = monotonic()
+        self._loaded.move_to_end(name)
+        return loaded.engine
+
+    async def _load(self, name: str, ref: ModelRef) -> LoadedModel:
+        need = self.memory_needed(ref)
+        if need > self.budget:
+            raise APIError(503, f"{name} needs about {format_bytes(need)} but the server's memory budget is "
+                           f"{format_bytes(self.budget)}: restart with a larger --max-memory, fewer --parallel slots or a smaller --context",
+                           type="server_error", code="insufficient_memory")
+        while sum(m.memory_bytes for m in self._loaded.values()) + need > self.budget:
+            idle = [m for m in self._loaded.values() if m.engine.load == (0, 0)]
+            if not idle:
+                raise APIError(503, f"{name} does not fit next to the models busy answering requests "
+                               f"(budget {format_bytes(self.budget)}); retry shortly", type="server_error",
+                               code="insufficient_memory", headers={"Retry-After": "5"})
+            victim = min(idle, key=lambda m: m.last_used)
+            log.info("unloading %s to make room for %s", victim.name, name)
+            del self._loaded[victim.name]
+            await asyncio.to_thread(victim.engine.close)
+        log.info("loading %s", name)
+        engine = await asyncio.to_thread(self._open, ref)
+        loaded = LoadedModel(name, engine, need, monotonic())
+        self._loaded[name] = loaded
+        return loaded
+
+    def _open(self, ref: ModelRef):
+        from kecil.infer.load import choose_backend, physical_cores
+
+        info = inspect_model(ref)
+        context = self.context_for(info)
+        threads = self.config.threads or physical_cores()
+        if ref.format == "gguf":
+            from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend
+
+            return BatchedLlamaCppBackend(ref, info, context_length=context, threads=threads, parallel=self.config.parallel)
+        backend = choose_backend(ref, None)(ref, info, context_length=context, threads=threads)
+        return SerialEngine(backend, self.config.max_queue)
+
+    def embedder(self, name: str):
+        """The embedding model `name` (loaded once; small, so never evicted)."""
+        if not self.config.embedding_model or name != self.config.embedding_model:
+            served = self.config.embedding_model or "none (started with --no-embeddings)"
+            raise APIError(404, f"the embedding model {name!r} is not served here; embedding models: {served}",
+                           code="model_not_found", param="model")
+        if name not in self._embedders:
+            try:
+                from kecil.infer.embeddings import load_embedder
+            except ImportError:
+                raise APIError(501, "this kecil has no embedding support installed; run `make setup`", type="server_error") from None
+            try:
+                self._embedders[name] = load_embedder(name)
+            except KecilError as exc:
+                raise APIError(503, str(exc), type="server_error") from None
+        return self._embedders[name]
+
+    def close(self) -> None:
+        for loaded in list(self._loaded.values()):
+            try:
+                loaded.engine.close()
+            except BackendError:
+                pass
+        self._loaded.clear()
+        for embedder in self._embedders.values():
+            embedder.close()
+        self._embedders.clear()
+
+
+def served_name(ref: ModelRef) -> str:
+    """The id clients use: a built-in's name, else the file or folder name without .gguf."""
+    if ref.builtin:
+        return ref.name
+    return ref.path.name[:-5] if ref.path.name.endswith(".gguf") else ref.path.name
