@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from kecil.errors import BackendError, ConfigError
 from kecil.infer.backend import Backend
@@ -20,6 +21,7 @@ BACKENDS: dict[str, str] = {
     "torch": "kecil.infer.torch_backend:TorchBackend",
 }
 DEFAULT_BACKEND = {"gguf": "llamacpp", "hf": "torch"}
+ADAPTER_GGUF = "adapter.gguf"  # the GGUF LoRA that `kecil tune` writes next to the PEFT adapter
 DEFAULT_CONTEXT = 4096  # enough for chat and RAG prompts; the KV cache stays small on a laptop
 
 
@@ -67,15 +69,46 @@ def load_model(
     backend: str | None = None,
     context_length: int | None = None,
     threads: int | None = None,
+    adapter: str | Path | None = None,
 ) -> Backend:
-    """Load MODEL (a built-in name, a GGUF path or a Hugging Face folder; None = the default)."""
+    """Load MODEL (a built-in name, a GGUF path or a Hugging Face folder; None = the default),
+    with the LoRA `adapter` applied if given (a `kecil tune` output folder, or a GGUF LoRA file)."""
     options = LoadOptions(backend, context_length, threads)
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
     info = inspect_model(ref)
-    cls = choose_backend(ref, options.backend)
+    requested = options.backend
+    if adapter is not None and requested is None and not _has_gguf_adapter(Path(adapter).expanduser()):
+        requested = "torch"  # a PEFT folder without its GGUF twin runs through transformers
+    cls = choose_backend(ref, requested)
+    extra = {} if adapter is None else {"adapter": adapter_for_backend(Path(adapter).expanduser(), cls.name)}
     n_ctx = options.context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if info.context_length and n_ctx > info.context_length:
         raise ConfigError(
             f"{ref.name} was trained for a context of {info.context_length} tokens; --context {n_ctx} is beyond it"
         )
-    return cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores())
+    return cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores(), **extra)
+
+
+def _has_gguf_adapter(adapter: Path) -> bool:
+    return adapter.is_file() or (adapter / ADAPTER_GGUF).is_file()
+
+
+def adapter_for_backend(adapter: Path, backend: str) -> Path:
+    """The file or folder of `adapter` that `backend` reads: the PEFT folder for torch, the GGUF
+    LoRA file for llamacpp (`kecil tune` writes both, the GGUF as ADAPTER_GGUF inside the folder)."""
+    if not adapter.exists():
+        raise ConfigError(f"no such adapter: {adapter}; pass the -o folder of a finished `kecil tune` run")
+    if backend == "torch":
+        if adapter.is_dir() and (adapter / "adapter_config.json").is_file():
+            return adapter
+        raise ConfigError(
+            f"{adapter} is not a PEFT adapter folder (no adapter_config.json); the torch backend needs the "
+            "-o folder of `kecil tune` (a GGUF LoRA file runs with --backend llamacpp)"
+        )
+    gguf = adapter / ADAPTER_GGUF if adapter.is_dir() else adapter
+    if not gguf.is_file():
+        raise ConfigError(
+            f"{adapter} has no {ADAPTER_GGUF} for llama.cpp (kecil tune writes it for architectures "
+            "llama.cpp can load as GGUF): use --backend torch"
+        )
+    return gguf

@@ -1,0 +1,1 @@
+"""Fine-tuning small models on your own data: LoRA training, checkpoints, merging and adapter export."""

@@ -1,0 +1,100 @@
+"""Training checkpoints that survive a kill: everything a run needs to continue bit for bit.
+
+A checkpoint holds the adapter weights, the optimizer and scheduler state, every random number
+generator the run draws from, and how many micro-batches were consumed. It is written into a
+temporary folder and renamed into place, so a kill mid-write leaves the previous checkpoint
+intact and never a half-written one. Only the newest few are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from kecil.errors import ConfigError
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "state.json"
+KEEP = 2
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Where a run is: optimizer steps and micro-batches done, tokens seen, time spent."""
+
+    step: int
+    batches_done: int
+    tokens_seen: int
+    seconds: float
+    fingerprint: dict  # settings and data hash: a resume must not change any of them
+
+
+def checkpoint_dirs(output: Path) -> list[Path]:
+    """Complete checkpoints of the run in `output`, oldest first."""
+    root = output / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler) -> Path:
+    import torch
+
+    root = output / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step:07d}"
+    temporary = root / f".tmp-step-{state.step:07d}-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    model.save_pretrained(str(temporary))
+    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+    torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, temporary / "rng.pt")
+    # state.json last: a folder without it is not a checkpoint (see checkpoint_dirs).
+    (temporary / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
+    _fsync_tree(temporary)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    for old in checkpoint_dirs(output)[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainState:
+    """Restore adapter weights, optimizer, scheduler and RNGs from `directory`; return its state."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(directory / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, weights)
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    rng = torch.load(directory / "rng.pt", weights_only=False)  # python's RNG state is a tuple
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    return TrainState(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def check_resumable(directory: Path, fingerprint: dict) -> None:
+    """Refuse a resume whose data or settings differ from the checkpointed run's."""
+    saved = json.loads((directory / STATE_FILE).read_text())["fingerprint"]
+    changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume from {directory}: the run was started with different settings or data ({detail}); "
+            "resume with the original ones, or start a new run in another -o folder"
+        )
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
