@@ -136,6 +136,8 @@ def token_loss_sum(model, input_ids, position_ids, predict, targets):
 
     # No attention mask and no cache: transformers then reads the restarting position ids as
     # packed sequences and masks across them (see packing.py).
+    device = next(model.parameters()).device
+    input_ids, position_ids, predict, targets = (t.to(device) for t in (input_ids, position_ids, predict, targets))
     out = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=predict, use_cache=False)
     return F.cross_entropy(out.logits.float(), targets, reduction="sum")
 
@@ -193,7 +195,9 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
     from kecil.infer.load import physical_cores
     from kecil.infer.torch_backend import load_transformers
 
-    accelerator = Accelerator(cpu=True)
+    # One process normally; under `accelerate launch --multi_gpu` one per GPU, or per CPU process
+    # over gloo when there is no GPU (accelerate only goes multi-CPU when told cpu=True).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
     model, tokenizer = load_transformers(ref)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
