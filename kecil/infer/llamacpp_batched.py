@@ -195,9 +195,11 @@ class BatchedLlamaCppBackend(Backend):
     # --- submitting work -------------------------------------------------------------------
     @property
     def load(self) -> tuple[int, int]:
-        """(running sequences, queued sequences)."""
+        """(running sequences, queued sequences); cancelled ones no longer count, though the
+        engine frees their slots only at its next step."""
         with self._cond:
-            return len(self._running), len(self._pending)
+            return (sum(not s.handle.cancelled for s in self._running),
+                    sum(not s.handle.cancelled for s in self._pending))
 
     def submit(
         self,
