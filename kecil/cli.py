@@ -353,10 +353,10 @@ def merge(
 
     from kecil.tune.merge import MergeConfig, merge as run_merge
 
-    def quantizer(f16: Path, out_type: str, target: Path) -> Path:
+    def quantizer(hf_dir: Path, out_type: str, target: Path) -> Path:
         from kecil.compress.quantize import QuantizeConfig, quantize
 
-        return quantize(QuantizeConfig(model=str(f16), to=out_type, output=target, report=False)).output
+        return quantize(QuantizeConfig(model=str(hf_dir), to=out_type, output=target, report=False)).output
 
     config = MergeConfig(model=model, adapter=Path(adapter), output=Path(output), export_gguf=export_gguf)
     result = run_merge(config, quantizer=quantizer)
@@ -587,6 +587,65 @@ def quantize(
         print(f"  perplexity  {r.source_perplexity:8.3f}     -> {r.quantized_perplexity:8.3f}     ({r.perplexity_increase:+.3f} on {r.perplexity_tokens} held-out tokens)")
         print(f"  decode      {r.decode_tokens_per_second:8.1f} tok/s")
         print(f"  peak RAM    {r.peak_ram_bytes / mb:8.0f} MiB")
+
+
+# --- eval and fit (kecil/eval) -------------------------------------------------------------
+def _eval_progress(bar):
+    """A callback for kecil.eval that drives one rich progress bar per (model, task)."""
+    bars: dict[tuple[str, str], int] = {}
+
+    def progress(model: str, task: str, done: int, total: int) -> None:
+        if (model, task) not in bars:
+            bars[(model, task)] = bar.add_task(f"{model} {task}", total=total)
+        bar.update(bars[(model, task)], completed=done, total=total)
+
+    return progress
+
+
+@app.command(name="eval")
+def eval_(
+    models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare: built-in names, .gguf files or Hugging Face folders.")],
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated: mmlu, arc_easy, arc_challenge, hellaswag, piqa, boolq, gsm8k, squad, humaneval, mbpp, wikitext-like-perplexity, perplexity (with --text), or a --task-file's name.")] = "mmlu",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per task: a fixed random subset (see --seed).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the subset and the few-shot examples.")] = 1234,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Few-shot examples per prompt (default: each task's own; 0 = zero-shot).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Text file for --tasks perplexity.")] = None,
+    context: Annotated[int, typer.Option("--context", "-c", help="Perplexity window in tokens.")] = 512,
+    task_file: Annotated[Optional[list[str]], typer.Option("--task-file", help="YAML spec of your own task (repeatable).")] = None,
+    backend: Backend = None,
+    threads: Threads = None,
+    system: Annotated[bool, typer.Option("--system/--no-system", help="Measure size, peak RAM, load time and speed.")] = True,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse per-item results from an earlier (or interrupted) run.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, one per (model, task).")] = False,
+    html: Annotated[Optional[str], typer.Option("--html", help="Also write an HTML report with plots to this file.")] = None,
+) -> None:
+    """Evaluate models on quality tasks and system figures, side by side, offline."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from kecil.eval.report import json_lines, table
+    from kecil.eval.run import EvalConfig, evaluate
+
+    config = EvalConfig(
+        models=tuple(models), tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), limit=limit, seed=seed,
+        shots=shots, text=Path(text) if text else None, context=context,
+        task_files=tuple(Path(f) for f in task_file or ()), backend=backend, threads=threads, system=system, cache=cache,
+    )
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        report = evaluate(config, progress=_eval_progress(bar))
+    if html:
+        from kecil.eval.html import write_html
+
+        written = write_html(report, Path(html))
+        _err(f"wrote {written}")
+    if as_json:
+        for line in json_lines(report):
+            print(line)
+    else:
+        Console().print(table(report))
 
 
 def _version(value: bool) -> None:

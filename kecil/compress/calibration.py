@@ -24,7 +24,7 @@ Progress = Callable[[int, int], None]
 
 
 def bundled_text(name: str) -> str:
-    return resources.files("kecil.compress").joinpath("data", name).read_text(encoding="utf-8")
+    return resources.files("kecil.compress").joinpath("data").joinpath(name).read_text(encoding="utf-8")
 
 
 def read_calibration_text(path: Path | None) -> str:

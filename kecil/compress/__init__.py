@@ -1,0 +1,1 @@
+"""Making models smaller: quantization (GGUF and torch weight-only), with calibration."""

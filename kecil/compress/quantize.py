@@ -1,0 +1,238 @@
+"""`kecil quantize`: turn a model into a smaller GGUF file and report, in the same run, what it cost.
+
+Pipeline: resolve MODEL (an HF folder is converted to a float GGUF first) → optionally
+calibrate (activation statistics of the float model on calibration text, see calibration.py)
+→ requantize every tensor with ggml's own quantizers, weighted by the importance matrix or
+error-compensated by GPTQ (requantize.py, gptq.py) → report size, held-out perplexity of
+both models, decode speed and peak RAM.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kecil.compress.calibration import HELD_OUT, Calibration, bundled_text, collect_statistics, read_calibration_text
+from kecil.compress.quant_types import QUANT_TYPES, quant_type
+from kecil.compress.requantize import METHODS, read_source, requantize
+from kecil.errors import ConfigError, InvalidModelError
+from kecil.models.reference import ModelRef, resolve
+
+# (stage, done, total): stages are "convert", "calibrate", "quantize", "report".
+Progress = Callable[[str, int, int], None]
+CALIBRATION_CONTEXT = 512  # tokens per calibration chunk, as llama-imatrix's default
+
+
+@dataclass
+class QuantizeConfig:
+    """What to quantize, to what, and how."""
+
+    model: str  # a built-in name, a .gguf file or a Hugging Face folder
+    to: str  # one of QUANT_TYPES: f16 q8_0 q6_k q5_k_m q4_k_m q4_0 q3_k_m q2_k
+    output: Path  # the GGUF file to write
+    calib: Path | None = None  # calibration text or JSONL; None = kecil's bundled multilingual set
+    report: bool = True  # measure perplexity, speed and RAM after writing
+    # "auto": GPTQ on the calibration statistics for 2-6 bit types, nothing for f16/q8_0 (which
+    # cannot use them); "gptq", "imatrix" (importance-weighted rounding only), "none" (no calibration).
+    method: str = "auto"
+    calib_chunks: int = 48  # most 512-token calibration chunks read (the rest of a long file is skipped)
+    heldout: Path | None = None  # report perplexity text; None = kecil's bundled held-out text
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        self.qtype = quant_type(self.to)  # validates the name
+        if self.method not in ("auto", *METHODS):
+            raise ConfigError(f"unknown quantization method {self.method!r}; choose one of: auto, {', '.join(METHODS)}")
+        if self.calib is not None and self.method == "none":
+            raise ConfigError("--calib was given with --method none: drop one of them")
+        if self.calib_chunks < 1:
+            raise ConfigError(f"calib_chunks must be at least 1, got {self.calib_chunks}")
+        if self.output.suffix.lower() != ".gguf":
+            raise ConfigError(f"the output {self.output} should end in .gguf (kecil quantize writes GGUF files)")
+
+    @property
+    def resolved_method(self) -> str:
+        if self.method != "auto":
+            return self.method
+        return "none" if self.qtype.name in ("f16", "q8_0") else "gptq"
+
+
+@dataclass
+class QuantizeReport:
+    """What the quantization cost: measured after writing, on text calibration never saw."""
+
+    source_perplexity: float
+    quantized_perplexity: float
+    perplexity_tokens: int
+    decode_tokens_per_second: float
+    peak_ram_bytes: int
+
+    @property
+    def perplexity_increase(self) -> float:
+        return self.quantized_perplexity - self.source_perplexity
+
+
+@dataclass
+class QuantizeResult:
+    output: Path
+    type: str
+    method: str
+    source: str
+    source_bytes: int
+    output_bytes: int
+    seconds: float  # conversion + calibration + quantization, without the report
+    calibration_tokens: int = 0
+    tensor_types: dict[str, int] = field(default_factory=dict)
+    report: QuantizeReport | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.output_bytes / self.source_bytes if self.source_bytes else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["output"] = str(self.output)
+        data["ratio"] = round(self.ratio, 4)
+        if self.report:
+            data["report"]["perplexity_increase"] = self.report.perplexity_increase
+        return data
+
+
+def quantize(config: QuantizeConfig, progress: Progress | None = None) -> QuantizeResult:
+    """Quantize `config.model` to `config.to` and write `config.output`; see QuantizeConfig."""
+    started = time.perf_counter()
+    if not config.output.parent.is_dir():
+        raise ConfigError(f"the output folder {config.output.parent} does not exist: create it or pick another -o path")
+    ref = resolve(config.model)
+    method = config.resolved_method
+    calib_text = read_calibration_text(config.calib) if method != "none" else None
+    heldout_text = _heldout_text(config) if config.report else None
+    threads = config.threads or _cores()
+    with tempfile.TemporaryDirectory(prefix=".kecil-quantize-", dir=config.output.parent if config.output.parent.is_dir() else None) as tmp:
+        source = _as_gguf(ref, Path(tmp), progress)
+        calibration = _calibrate(ref, source, calib_text, method, config, threads, progress) if calib_text else None
+        stats = calibration.stats if calibration else None
+        summary = requantize(
+            source, config.output, config.qtype, stats=stats, method=method if stats else "none", threads=threads,
+            metadata=_calibration_metadata(config, calibration), progress=_stage(progress, "quantize"),
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        result = QuantizeResult(
+            output=config.output, type=config.qtype.name, method=method if stats else "none", source=str(ref.path),
+            source_bytes=_size(ref), output_bytes=config.output.stat().st_size, seconds=seconds,
+            calibration_tokens=calibration.tokens if calibration else 0, tensor_types=summary.tensor_types,
+        )  # fmt: skip
+        if heldout_text is not None:
+            result.report = _report(source, config.output, heldout_text, threads, progress)
+    return result
+
+
+def _cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def _stage(progress: Progress | None, stage: str):
+    return (lambda done, total: progress(stage, done, total)) if progress else None
+
+
+def _size(ref: ModelRef) -> int:
+    if ref.format == "gguf":
+        return ref.path.stat().st_size
+    return sum(p.stat().st_size for p in ref.path.iterdir() if p.suffix in (".safetensors", ".bin"))
+
+
+def _heldout_text(config: QuantizeConfig) -> str:
+    if config.heldout is None:
+        return bundled_text(HELD_OUT)
+    try:
+        return Path(config.heldout).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the held-out text {config.heldout} ({error}): pass a UTF-8 text file") from None
+
+
+def _as_gguf(ref: ModelRef, tmp: Path, progress: Progress | None) -> Path:
+    """The model as a GGUF file: itself, or an HF folder converted at its own float precision."""
+    if ref.format == "gguf":
+        read_source(ref.path)  # a corrupt file fails here, before any work
+        return ref.path
+    from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
+
+    return convert_hf_to_gguf(ref.path, tmp / "source.gguf", out_type="auto", progress=_stage(progress, "convert"))
+
+
+def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: QuantizeConfig, threads: int, progress) -> Calibration:
+    """Activation statistics of the float model on the calibration text, keyed by GGUF tensor name."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from kecil.models.info import inspect_model
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    where = {"pretrained_model_name_or_path": str(ref.path)}
+    if ref.format == "gguf":
+        where = {"pretrained_model_name_or_path": str(ref.path.parent), "gguf_file": ref.path.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(**where)
+        model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, local_files_only=True).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidModelError(
+            f"cannot load {ref.name} in transformers for calibration ({first}): use --method none to quantize without calibration"
+        ) from None
+    reader = read_source(source)
+    arch_name = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    n_layers = int(reader.get_field(gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch_name)).contents())
+    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch_name)
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    info = inspect_model(ref)
+    return collect_statistics(
+        model, tokenizer, text, lambda n: names.get_name(n, try_suffixes=(".weight",)), context=CALIBRATION_CONTEXT,
+        max_chunks=config.calib_chunks, hessian=method == "gptq", add_bos=info.add_bos, progress=_stage(progress, "calibrate"),
+    )  # fmt: skip
+
+
+def _calibration_metadata(config: QuantizeConfig, calibration: Calibration | None) -> dict:
+    from gguf import GGUFValueType
+
+    if calibration is None:
+        return {}
+    dataset = str(config.calib) if config.calib else "kecil default calibration set"
+    return {
+        "quantize.imatrix.dataset": (dataset, GGUFValueType.STRING),
+        "quantize.imatrix.chunks_count": (calibration.chunks, GGUFValueType.UINT32),
+        "quantize.imatrix.entries_count": (len(calibration.stats), GGUFValueType.UINT32),
+        "kecil.quantize.method": (config.resolved_method, GGUFValueType.STRING),
+    }
+
+
+def _report(source: Path, output: Path, heldout: str, threads: int, progress: Progress | None) -> QuantizeReport:
+    from kecil.infer.generation import GenerationConfig
+    from kecil.infer.load import load_model
+    from kecil.infer.scoring import perplexity
+
+    scores = []
+    for step, path in enumerate((source, output)):
+        with load_model(str(path), backend="llamacpp", context_length=CALIBRATION_CONTEXT, threads=threads) as model:
+            scores.append(perplexity(model, heldout, context=CALIBRATION_CONTEXT))
+            if step == 1:
+                reply = model.generate("The history of the city begins", GenerationConfig(temperature=0, max_tokens=64, seed=0))
+        if progress:
+            progress("report", step + 1, 2)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return QuantizeReport(scores[0].perplexity, scores[1].perplexity, scores[1].tokens, reply.timings.decode_tokens_per_second, peak)
+
+
+def supported_types() -> list[str]:
+    return list(QUANT_TYPES)
