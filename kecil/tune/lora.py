@@ -188,9 +188,14 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
     template = ChatTemplate(info.chat_template, info.bos_token, info.eos_token) if info.chat_template else None
     style = PromptStyle(template, info.add_bos, info.bos_token, info.eos_token, ref.system_prompt)
 
+    import warnings
+
     import torch
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
+
+    # peft asks transformers a deprecated question on every wrap; the warning is not the user's business.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     from kecil.infer.load import physical_cores
     from kecil.infer.torch_backend import load_transformers

@@ -38,7 +38,7 @@ class MergeResult:
 
 
 # Quantizing to k-quants lives in kecil.compress, a sibling floor tune must not import: the caller
-# (the CLI) passes kecil.compress.quantize in as (f16 GGUF, type, target) -> written GGUF.
+# (the CLI) passes kecil.compress.quantize in as (merged HF folder, type, target) -> written GGUF.
 Quantizer = Callable[[Path, str, Path], Path]
 CONVERTER_TYPES = ("f16", "q8_0")  # written by the converter itself, no quantizer needed
 
@@ -81,9 +81,4 @@ def export_gguf(hf_dir: Path, target: Path, out_type: str, quantizer: Quantizer 
 
     if out_type in CONVERTER_TYPES:
         return Path(convert_hf_to_gguf(hf_dir, target, out_type=out_type, progress=progress))
-    f16 = target.with_name(target.stem + ".f16-tmp.gguf")
-    convert_hf_to_gguf(hf_dir, f16, out_type="f16", progress=progress)
-    try:
-        return quantizer(f16, out_type, target)
-    finally:
-        f16.unlink(missing_ok=True)
+    return Path(quantizer(hf_dir, out_type, target))

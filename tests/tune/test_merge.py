@@ -103,3 +103,23 @@ def test_gguf_lora_in_llama_cpp_matches_the_peft_adapter(trained, tmp_path, arch
         llm.close()
     assert np.abs(results["adapted"] - expected).max() < 1e-3
     assert np.abs(results["base"] - expected).max() > 1e-2
+
+
+def test_generate_and_chat_commands_take_the_adapter(trained, tmp_path):
+    import subprocess
+    import sys
+
+    base_dir, adapter = trained("llama")
+    merged = merge(MergeConfig(model=str(base_dir), adapter=adapter, output=tmp_path / "merged")).output
+
+    def kecil(*args, stdin=None):
+        done = subprocess.run([sys.executable, "-m", "kecil", *args], input=stdin, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    greedy = ["--temperature", "0", "--max-tokens", "8"]
+    adapted = kecil("generate", str(base_dir), "What is the cat?", *greedy, "--adapter", str(adapter))
+    assert adapted == kecil("generate", str(merged), "What is the cat?", *greedy)
+    assert adapted != kecil("generate", str(base_dir), "What is the cat?", *greedy)
+    chatted = kecil("chat", str(base_dir), *greedy, "--adapter", str(adapter), stdin="What is the cat?\n/exit\n")
+    assert chatted.strip() == adapted.strip()
