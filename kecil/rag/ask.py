@@ -1,0 +1,215 @@
+"""`kecil ask`: answer a question from a knowledge base with a local model, citing the chunks used.
+
+The best chunks are retrieved (hybrid search), numbered, and given to the model with the
+instruction to answer only from them and to cite them as [n]. When even the best chunk is not
+similar enough to the question (a threshold measured on answerable vs unanswerable questions,
+see docs/benchmarks.md), no model is run: the answer says the documents do not cover it,
+rather than letting the model invent one. Small models often forget the [n] markers; then
+each answer sentence is given the marker of the source that shares the most words with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import regex
+
+from kecil.errors import ConfigError
+from kecil.rag.loaders import unit_of
+from kecil.rag.retrieve import Hit, Retriever, SearchConfig
+from kecil.rag.tokenise import tokenise
+
+if TYPE_CHECKING:
+    from kecil.infer.backend import Backend
+    from kecil.infer.generation import Timings, Usage
+
+# Below this cosine similarity between the question and the best chunk, the knowledge base is
+# taken not to cover the question. Measured with all-MiniLM-L6-v2 on SQuAD (bench/rag.py).
+MIN_SIMILARITY = 0.30
+SYSTEM = (
+    "You answer questions using only the numbered sources you are given. "
+    "Cite the sources you use like [1]. If the sources do not contain the answer, "
+    "say that you cannot answer from these documents."
+)
+_CITE = regex.compile(r"\[(\d+)\]")
+_SENTENCE = regex.compile(r"[^.!?。！？\n]+[.!?。！？]*")
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    """How to answer. The model and backend are chosen by the `model` argument of `ask`."""
+
+    k: int = 5
+    search: SearchConfig = field(default_factory=SearchConfig)
+    min_similarity: float = MIN_SIMILARITY
+    max_tokens: int = 256
+    temperature: float = 0.0  # answers from documents should not vary from run to run
+    context_length: int | None = None
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if not -1 <= self.min_similarity <= 1:
+            raise ConfigError(f"min_similarity is a cosine similarity in [-1, 1], got {self.min_similarity}")
+
+
+@dataclass(frozen=True)
+class Citation:
+    number: int
+    file: str
+    page: int | None
+    start: int
+    end: int
+    unit: str  # what start/end count: lines, paragraphs (.docx) or items (.json)
+    section: str
+    text: str
+    score: float
+
+    @property
+    def where(self) -> str:
+        """Human form of the location: "guide.pdf, page 3, lines 10-14"."""
+        span = f"{self.unit} {self.start}" + (f"-{self.end}" if self.end != self.start else "")
+        if span.startswith(("lines ", "paragraphs ", "items ")) and self.start == self.end:
+            span = span.replace("lines", "line", 1).replace("paragraphs", "paragraph", 1).replace("items", "item", 1)
+        return f"{self.file}, " + (f"page {self.page}, " if self.page else "") + span
+
+    def as_dict(self) -> dict:
+        return {"number": self.number, "file": self.file, "page": self.page, "lines": [self.start, self.end],
+                "unit": self.unit, "section": self.section, "text": self.text, "score": self.score}
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    citations: list[Citation]
+    answered: bool  # False when the documents held nothing relevant and no model was run
+    model: str | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "answered": self.answered, "model": self.model,
+                "citations": [c.as_dict() for c in self.citations]}
+
+
+def refusal(kb: str) -> str:
+    return f"I cannot answer that from the documents in the knowledge base '{kb}': none of them is about it."
+
+
+def _citations(hits: list[Hit]) -> list[Citation]:
+    return [
+        Citation(n, h.chunk.path, h.chunk.page, h.chunk.start, h.chunk.end, unit_of(h.chunk.path), h.chunk.section, h.chunk.text, h.score)
+        for n, h in enumerate(hits, start=1)
+    ]
+
+
+def build_messages(question: str, citations: list[Citation]) -> list[dict]:
+    sources = "\n\n".join(f"[{c.number}] ({c.where})\n{c.text}" for c in citations)
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}\nAnswer in one or two sentences, citing sources like [1]."},
+    ]
+
+
+def attribute(text: str, citations: list[Citation]) -> str:
+    """`text` with a [n] marker after each sentence that has none, n being the source sharing
+    the most words with that sentence (sentences sharing none are left alone)."""
+    if _CITE.search(text) or not citations:
+        return text
+    vocab = [set(tokenise(c.text)) | set(tokenise(c.section)) for c in citations]
+    pieces = []
+    for match in _SENTENCE.finditer(text):
+        sentence = match.group()
+        words = set(tokenise(sentence))
+        overlap = [len(words & v) for v in vocab]
+        best = max(range(len(citations)), key=lambda i: overlap[i])
+        marker = f" [{citations[best].number}]" if overlap[best] else ""
+        stripped = sentence.rstrip()
+        pieces.append((match.start(), match.end(), stripped + marker + sentence[len(stripped):]))
+    out, at = [], 0
+    for start, end, replacement in pieces:
+        out.append(text[at:start] + replacement)
+        at = end
+    return "".join(out) + text[at:]
+
+
+def _fit(backend: Backend, question: str, citations: list[Citation], max_tokens: int) -> list[Citation]:
+    """The leading citations whose prompt fits the model's window with room for the answer."""
+    while citations:
+        ids = backend.chat_prompt_ids(build_messages(question, citations))
+        if len(ids) + max_tokens <= backend.context_length:
+            return citations
+        citations = citations[:-1]
+    return citations
+
+
+def stream_ask(
+    question: str, kb: str | Retriever, *, model: str | Backend | None = None,
+    config: AskConfig | None = None, k: int | None = None,
+) -> Iterator[str | Answer]:
+    """Yield the answer's text pieces as the model writes them, then the finished Answer."""
+    from dataclasses import replace
+
+    from kecil.infer.backend import Backend
+    from kecil.infer.generation import GenerationConfig
+
+    config = config or AskConfig()
+    if k is not None:
+        config = replace(config, k=k)
+    if not question.strip():
+        raise ConfigError("the question is empty")
+    retriever = kb if isinstance(kb, Retriever) else Retriever(kb)
+    try:
+        hits = retriever.search(question, replace(config.search, k=config.k))
+        kb_name = retriever.kb.name
+    finally:
+        if retriever is not kb:
+            retriever.close()
+    best = max((h.similarity for h in hits if h.similarity is not None), default=None)
+    if not hits or best is None or best < config.min_similarity:
+        text = refusal(kb_name)
+        yield text
+        yield Answer(text, [], answered=False)
+        return
+
+    from kecil.infer.load import load_model
+
+    backend = model if isinstance(model, Backend) else load_model(model, backend=config.backend, context_length=config.context_length)
+    try:
+        citations = _fit(backend, question, _citations(hits), config.max_tokens)
+        generation = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature)
+        pieces: list[str] = []
+        last = None
+        for chunk in backend.stream_chat(build_messages(question, citations), generation):
+            if chunk.text:
+                pieces.append(chunk.text)
+                yield chunk.text
+            last = chunk
+        raw = "".join(pieces).strip()
+        text = attribute(raw, citations)
+        # Markers added after streaming reach a streaming caller as one last piece; the
+        # Answer's text has them after the sentences they belong to.
+        if text != raw:
+            yield _added_markers(raw, text)
+        cited = sorted({int(n) for n in _CITE.findall(text) if 1 <= int(n) <= len(citations)})
+        used = [c for c in citations if c.number in cited] or citations
+        yield Answer(text, used, answered=True, model=backend.ref.name, usage=last.usage if last else None, timings=last.timings if last else None)
+    finally:
+        if backend is not model:
+            backend.close()
+
+
+def _added_markers(raw: str, text: str) -> str:
+    """What to send a streaming reader after `raw` so that it reads `text`: the citations."""
+    return " " + " ".join(dict.fromkeys(_CITE.findall(text))).join(("[", "]")).replace(" ", "] [")
+
+
+def ask(question: str, kb: str | Retriever, *, model: str | Backend | None = None, config: AskConfig | None = None, k: int | None = None) -> Answer:
+    """Answer `question` from knowledge base `kb` (see stream_ask)."""
+    answer = None
+    for piece in stream_ask(question, kb, model=model, config=config, k=k):
+        if isinstance(piece, Answer):
+            answer = piece
+    assert answer is not None
+    return answer

@@ -1,0 +1,193 @@
+"""`kecil rag ingest`: read a folder into a knowledge base, incrementally and resumably.
+
+A second run reads again only the files whose size or timestamp changed, and re-chunks only
+those whose content hash changed; chunks of files that disappeared are removed. Each file goes
+in with one transaction, so killing an ingest loses at most the files not yet committed, and
+the next run picks up there with no duplicates. Files that cannot be read (corrupt, binary,
+empty, too big, not UTF-8) are skipped and listed in the report; the rest go in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kecil.errors import ConfigError
+from kecil.rag.chunking import ChunkConfig, TextChunk, chunk_blocks, index_text
+from kecil.rag.loaders import UnreadableFile, load, supported_suffixes
+from kecil.rag.store import KnowledgeBase, check_name, kb_path
+
+if TYPE_CHECKING:
+    from kecil.infer.embeddings import Embedder
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """What to ingest where. `embedder` is only for a new knowledge base (default all-minilm-l6-v2)."""
+
+    folder: Path
+    kb: str
+    embedder: str | None = None
+    chunking: ChunkConfig = field(default_factory=ChunkConfig)
+    max_file_mb: float = 50.0  # bigger files are skipped: a 200 MB log is rarely a document
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_name(self.kb)
+        if self.max_file_mb <= 0:
+            raise ConfigError(f"max_file_mb must be above 0, got {self.max_file_mb}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class IngestReport:
+    kb: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    removed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    other_types: int = 0  # files with a suffix kecil does not read
+    chunks: int = 0  # chunks written in this run
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+
+@dataclass
+class _Pending:
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    chunks: list[TextChunk]
+    known: bool
+
+
+# (files done, files to do) after each file; the CLI draws a bar from it
+Progress = Callable[[int, int], None]
+
+
+def _candidates(folder: Path) -> tuple[list[Path], int]:
+    """Supported files under `folder` (hidden files and folders left out), and how many others."""
+    if folder.is_file():
+        return ([folder], 0) if folder.suffix.lower() in supported_suffixes() else ([], 1)
+    suffixes = set(supported_suffixes())
+    found, other = [], 0
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        if path.suffix.lower() in suffixes:
+            found.append(path)
+        else:
+            other += 1
+    return found, other
+
+
+def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: Progress | None = None) -> IngestReport:
+    """Bring knowledge base `config.kb` up to date with `config.folder`."""
+    started = time.perf_counter()
+    folder = config.folder.expanduser().resolve()
+    if not folder.exists():
+        raise ConfigError(f"{config.folder} does not exist: give the folder of documents to ingest")
+    report = IngestReport(config.kb)
+    paths, report.other_types = _candidates(folder)
+
+    kb = KnowledgeBase.open(config.kb, embedder=config.embedder) if kb_path(config.kb).exists() else None
+    owned: Embedder | None = None
+    try:
+        stored = kb.files() if kb else {}
+        present = {str(p) for p in paths}
+        prefix = str(folder) + "/"
+        gone = [p for p in stored if (p == str(folder) or p.startswith(prefix)) and p not in present]
+
+        todo: list[tuple[Path, int, int]] = []
+        for path in paths:
+            stat = path.stat()
+            record = stored.get(str(path))
+            if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
+                report.unchanged += 1
+            else:
+                todo.append((path, stat.st_size, stat.st_mtime_ns))
+        if todo and embedder is None:
+            from kecil.infer.embeddings import load_embedder
+
+            embedder = owned = load_embedder(kb.embedder_name if kb else config.embedder)
+        if kb is None and embedder is not None:
+            kb = KnowledgeBase.open(config.kb, create=True, embedder=embedder.name, dimension=embedder.dimension)
+        if kb is not None and embedder is not None:
+            kb.check_embedder(embedder.name, embedder.dimension)
+        if kb is not None and gone:
+            kb.remove_files(gone)
+            report.removed = gone
+
+        pending: list[_Pending] = []
+        done = 0
+        for path, size, mtime_ns in todo:
+            record = stored.get(str(path))
+            item = _read(path, size, mtime_ns, config, report, known=record is not None)
+            if item is None:  # unreadable now: whatever it held before no longer stands
+                if record is not None:
+                    kb.remove_files([str(path)])
+                    report.removed.append(str(path))
+            elif record is not None and record.sha256 == item.sha256:
+                kb.touch_file(str(path), size, mtime_ns)
+                report.unchanged += 1
+            else:
+                pending.append(item)
+            done += 1
+            # Embedding many files' chunks together keeps batches full; each file still commits alone.
+            if sum(len(p.chunks) for p in pending) >= config.batch_size * 8:
+                _commit(kb, embedder, pending, config, report)
+                if progress:
+                    progress(done, len(todo))
+        _commit(kb, embedder, pending, config, report)
+        if progress:
+            progress(len(todo), len(todo))
+    finally:
+        if owned is not None:
+            owned.close()
+        if kb is not None:
+            kb.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _read(path: Path, size: int, mtime_ns: int, config: IngestConfig, report: IngestReport, *, known: bool) -> _Pending | None:
+    limit = int(config.max_file_mb * 1024 * 1024)
+    if size > limit:
+        report.skipped.append((str(path), f"{size / 2**20:.0f} MB is over the {config.max_file_mb:g} MB limit (raise --max-file-mb to take it)"))
+        return None
+    try:
+        data = path.read_bytes()
+        chunks = chunk_blocks(load(path, data), config.chunking)
+    except UnreadableFile as exc:
+        report.skipped.append((str(path), str(exc)))
+        return None
+    except OSError as exc:
+        report.skipped.append((str(path), f"cannot read it ({exc.strerror or exc})"))
+        return None
+    if not chunks:
+        report.skipped.append((str(path), "no text found in it"))
+        return None
+    return _Pending(str(path), hashlib.sha256(data).hexdigest(), size, mtime_ns, chunks, known)
+
+
+def _commit(kb: KnowledgeBase, embedder: Embedder, pending: list[_Pending], config: IngestConfig, report: IngestReport) -> None:
+    if not pending:
+        return
+    texts = [index_text(c.text, c.section) for item in pending for c in item.chunks]
+    started = time.perf_counter()
+    vectors = embedder.embed(texts, batch_size=config.batch_size)
+    report.embed_seconds += time.perf_counter() - started
+    at = 0
+    for item in pending:
+        kb.replace_file(item.path, item.sha256, item.size, item.mtime_ns, item.chunks, vectors[at : at + len(item.chunks)])
+        at += len(item.chunks)
+        report.chunks += len(item.chunks)
+        (report.updated if item.known else report.added).append(item.path)
+    pending.clear()

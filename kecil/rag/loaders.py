@@ -1,0 +1,323 @@
+"""Document loaders: each file type becomes a list of text blocks that remember where they came from.
+
+A block is a paragraph, heading, list item, table row or JSON item with its source position
+(page for PDF; lines for text formats; paragraph numbers for .docx; item numbers for .json),
+and the headings it sits under. Chunking (chunking.py) groups blocks; it never re-reads files.
+A file that cannot be read raises UnreadableFile with the reason, so ingest can skip and report it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Block:
+    text: str
+    start: int  # first line (or paragraph/item) of the block, 1-based; see `unit`
+    end: int  # last one, inclusive
+    page: int | None = None  # PDF page, 1-based
+    section: str = ""  # enclosing headings, outermost first, joined by " > "
+    heading: bool = False  # this block is itself a heading
+
+
+class UnreadableFile(Exception):
+    """The file is not something kecil can take text from; str() says why, for the report."""
+
+
+# suffix -> (loader, what `start`/`end` count). Loaders take the raw bytes and the path.
+def unit_of(path: str | Path) -> str:
+    return _LOADERS.get(Path(path).suffix.lower(), (None, "lines"))[1]
+
+
+def supported_suffixes() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load(path: Path, data: bytes) -> list[Block]:
+    """The text blocks of the file at `path`, whose bytes are `data`."""
+    loader = _LOADERS[path.suffix.lower()][0]
+    if not data.strip():
+        raise UnreadableFile("empty file")
+    blocks = [b for b in loader(data) if b.text.strip()]
+    if not blocks:
+        raise UnreadableFile("no text found in it")
+    return blocks
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 text (a BOM is allowed; UTF-16 with a BOM too); binary or other encodings are refused."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise UnreadableFile("broken UTF-16 text") from None
+    if b"\x00" in data[:8192]:
+        raise UnreadableFile("binary file (NUL bytes), not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile(
+            f"not UTF-8 text (bad byte at offset {exc.start}): convert it, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+
+
+# --- plain text and Markdown -----------------------------------------------------------------
+_ATX = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+
+
+def _paragraphs(lines: list[str], first_line: int = 1, page: int | None = None) -> list[Block]:
+    """Blank-line separated paragraphs of plain text."""
+    blocks: list[Block] = []
+    start = None
+    for number, line in enumerate(lines + [""], start=first_line):
+        if line.strip():
+            if start is None:
+                start = number
+        elif start is not None:
+            text = "\n".join(lines[start - first_line : number - first_line])
+            blocks.append(Block(text, start, number - 1, page=page))
+            start = None
+    return blocks
+
+
+def load_text(data: bytes) -> list[Block]:
+    return _paragraphs(decode_text(data).splitlines())
+
+
+def load_markdown(data: bytes) -> list[Block]:
+    lines = decode_text(data).splitlines()
+    blocks: list[Block] = []
+    headings: list[tuple[int, str]] = []  # (level, title) from the outermost in
+    para: list[tuple[int, str]] = []
+    fence: str | None = None
+
+    def flush() -> None:
+        if para:
+            section = " > ".join(t for _, t in headings)
+            blocks.append(Block("\n".join(t for _, t in para), para[0][0], para[-1][0], section=section))
+            para.clear()
+
+    for number, line in enumerate(lines, start=1):
+        if fence is not None:  # inside a code block: keep everything, blank lines too
+            para.append((number, line))
+            if line.strip().startswith(fence):
+                fence = None
+                flush()
+            continue
+        opened = _FENCE.match(line)
+        if opened:
+            flush()
+            fence = opened.group(1)
+            para.append((number, line))
+            continue
+        atx = _ATX.match(line)
+        setext = para and len(para) == 1 and re.fullmatch(r" {0,3}(=+|-+)\s*", line)
+        if atx or setext:
+            if setext:
+                level, title, start = (1 if line.strip()[0] == "=" else 2), para[0][1].strip(), para[0][0]
+                para.clear()
+            else:
+                flush()
+                level, title, start = len(atx.group(1)), atx.group(2), number
+            while headings and headings[-1][0] >= level:
+                headings.pop()
+            headings.append((level, title))
+            blocks.append(Block(title, start, number, section=" > ".join(t for _, t in headings), heading=True))
+        elif line.strip():
+            para.append((number, line))
+        else:
+            flush()
+    flush()
+    return blocks
+
+
+# --- HTML ----------------------------------------------------------------------------------
+_HTML_BLOCKS = {"p", "div", "li", "td", "th", "pre", "blockquote", "dd", "dt", "section", "article", "tr", "br", "table", "ul", "ol", "figcaption", "caption"}
+_HTML_SKIP = {"script", "style", "head", "noscript", "template", "svg"}
+
+
+class _HtmlText(HTMLParser):
+    """Collects the visible text of a page as blocks, closing a block at every block-level tag."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[Block] = []
+        self.headings: list[tuple[int, str]] = []
+        self.parts: list[str] = []
+        self.start_line = 1
+        self.skip = 0
+        self.heading_level = 0
+
+    def _flush(self) -> None:
+        text = re.sub(r"[ \t\r\f\v]+", " ", "".join(self.parts)).strip()
+        text = re.sub(r"\s*\n\s*", "\n", text)
+        end = self.getpos()[0]
+        if text:
+            if self.heading_level:
+                while self.headings and self.headings[-1][0] >= self.heading_level:
+                    self.headings.pop()
+                self.headings.append((self.heading_level, text))
+            section = " > ".join(t for _, t in self.headings)
+            self.blocks.append(Block(text, self.start_line, max(end, self.start_line), section=section, heading=bool(self.heading_level)))
+        self.parts.clear()
+        self.start_line = end
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag in _HTML_SKIP:
+            self.skip += 1
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self.heading_level = int(tag[1])
+        elif tag in _HTML_BLOCKS:
+            self._flush()
+
+    def handle_endtag(self, tag) -> None:
+        if tag in _HTML_SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self.heading_level = 0
+        elif tag in _HTML_BLOCKS:
+            self._flush()
+
+    def handle_data(self, data) -> None:
+        if not self.skip:
+            if not "".join(self.parts).strip():
+                self.start_line = self.getpos()[0]
+            self.parts.append(data)
+
+
+def load_html(data: bytes) -> list[Block]:
+    parser = _HtmlText()
+    parser.feed(decode_text(data))
+    parser.close()
+    parser._flush()
+    return parser.blocks
+
+
+# --- PDF, Word -----------------------------------------------------------------------------
+def load_pdf(data: bytes) -> list[Block]:
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # a broken PDF is reported once, by ingest
+    blocks: list[Block] = []
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise UnreadableFile("encrypted PDF: save a copy without a password")
+        for number, page in enumerate(reader.pages, start=1):
+            text = page.extract_text() or ""
+            blocks.extend(_paragraphs(text.splitlines(), page=number))
+    except UnreadableFile:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError) as exc:
+        raise UnreadableFile(f"not a readable PDF ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if not blocks:
+        raise UnreadableFile("PDF without a text layer (a scan?): run OCR on it first")
+    return blocks
+
+
+def load_docx(data: bytes) -> list[Block]:
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise UnreadableFile(f"not a readable .docx file ({type(exc).__name__})") from None
+    blocks: list[Block] = []
+    headings: list[tuple[int, str]] = []
+    for number, paragraph in enumerate(document.paragraphs, start=1):
+        text = paragraph.text.strip()
+        style = paragraph.style.name if paragraph.style is not None else ""
+        level = re.fullmatch(r"Heading (\d)", style or "")
+        if level or style == "Title":
+            depth = int(level.group(1)) if level else 0
+            while headings and headings[-1][0] >= depth:
+                headings.pop()
+            headings.append((depth, text))
+        blocks.append(Block(text, number, number, section=" > ".join(t for _, t in headings), heading=bool(level or style == "Title")))
+    after = len(document.paragraphs)
+    for table in document.tables:  # tables come after the body text, one block per row
+        for row in table.rows:
+            after += 1
+            cells = [c.text.strip() for c in row.cells]
+            blocks.append(Block(" | ".join(dict.fromkeys(c for c in cells if c)), after, after))
+    return blocks
+
+
+# --- CSV and JSON --------------------------------------------------------------------------
+def load_csv(data: bytes) -> list[Block]:
+    text = decode_text(data)
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    try:
+        header = next(reader, None)
+        blocks: list[Block] = []
+        start = reader.line_num + 1
+        for row in reader:
+            # "column: value" keeps each value next to its meaning, for BM25 and for the model
+            pairs = [f"{h.strip()}: {v.strip()}" if h.strip() else v.strip() for h, v in zip(header, row) if v.strip()]
+            blocks.append(Block("; ".join(pairs), start, reader.line_num))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise UnreadableFile(f"malformed CSV ({exc})") from None
+    return blocks
+
+
+def _flatten(value, prefix: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [line for k, v in value.items() for line in _flatten(v, f"{prefix}{k}.")]
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return [line for i, v in enumerate(value) for line in _flatten(v, f"{prefix}{i}.")]
+    shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return [f"{prefix[:-1]}: {shown}" if prefix else shown]
+
+
+def load_json(data: bytes) -> list[Block]:
+    text = decode_text(data)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:  # JSON Lines: one document per line
+            value = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise UnreadableFile(f"not valid JSON or JSON Lines ({exc.msg} at line {exc.lineno})") from None
+    items = list(value.items()) if isinstance(value, dict) else list(enumerate(value)) if isinstance(value, list) else [("", value)]
+    blocks = []
+    for number, (key, item) in enumerate(items, start=1):
+        lines = _flatten(item, f"{key}." if isinstance(key, str) and key else "")
+        blocks.append(Block("\n".join(lines), number, number))
+    return blocks
+
+
+_LOADERS: dict[str, tuple[Callable[[bytes], list[Block]], str]] = {
+    ".txt": (load_text, "lines"),
+    ".text": (load_text, "lines"),
+    ".md": (load_markdown, "lines"),
+    ".markdown": (load_markdown, "lines"),
+    ".html": (load_html, "lines"),
+    ".htm": (load_html, "lines"),
+    ".pdf": (load_pdf, "lines"),
+    ".docx": (load_docx, "paragraphs"),
+    ".csv": (load_csv, "lines"),
+    ".json": (load_json, "items"),
+    ".jsonl": (load_json, "items"),
+}

@@ -1,0 +1,167 @@
+"""Retrieval: BM25 (SQLite FTS5), dense (embedding dot product) and the two fused by weighted
+reciprocal rank (Cormack et al. 2009, https://doi.org/10.1145/1571941.1572114).
+
+Fusion scores a chunk  w_bm25 / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense)  over the
+top `depth` of each list. Plain RRF (equal weights, k=60) was measured *below* BM25 alone on
+paragraph QA, so the defaults here are the ones tuned by bench/rag.py (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kecil.errors import ConfigError
+from kecil.rag.store import KnowledgeBase, StoredChunk
+from kecil.rag.tokenise import fts_query
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from kecil.infer.embeddings import Embedder
+
+METHODS = ("hybrid", "bm25", "dense")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to search. Defaults are the measured best on the SQuAD QA set (bench/rag.py)."""
+
+    k: int = 5
+    method: str = "hybrid"  # hybrid | bm25 | dense
+    depth: int = 50  # candidates taken from each list before fusing
+    rrf_k: int = 60
+    bm25_weight: float = 1.0
+    dense_weight: float = 1.0
+    path: str | None = None  # only chunks of this file, or of files in this folder
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown search method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.k < 1:
+            raise ConfigError(f"k must be at least 1, got {self.k}")
+        if self.depth < self.k:
+            object.__setattr__(self, "depth", self.k)
+        if self.rrf_k < 0 or self.bm25_weight < 0 or self.dense_weight < 0:
+            raise ConfigError("rrf_k and the fusion weights must not be negative")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk, with the score of the method used and its rank in each list (1-based)."""
+
+    chunk: StoredChunk
+    score: float
+    bm25_rank: int | None = None
+    dense_rank: int | None = None
+    similarity: float | None = None  # cosine similarity of chunk and query (dense and hybrid)
+
+
+class Retriever:
+    """A knowledge base opened for searching, with its embedding model loaded once."""
+
+    def __init__(self, kb: str | KnowledgeBase, *, embedder: Embedder | str | None = None):
+        self.kb = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb)
+        self._owns_kb = not isinstance(kb, KnowledgeBase)
+        self._embedder = embedder
+        self._owns_embedder = False
+        if isinstance(embedder, str) or embedder is None:
+            name = embedder or self.kb.embedder_name
+            if name != self.kb.embedder_name:
+                self.kb.check_embedder(name, self.kb.dimension)  # raises: another model's vectors
+            self._embedder = None
+        else:
+            self.kb.check_embedder(embedder.name, embedder.dimension)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from kecil.infer.embeddings import load_embedder
+
+            self._embedder = load_embedder(self.kb.embedder_name)
+            self._owns_embedder = True
+            self.kb.check_embedder(self._embedder.name, self._embedder.dimension)
+        return self._embedder
+
+    def close(self) -> None:
+        if self._owns_embedder and self._embedder is not None:
+            self._embedder.close()
+        if self._owns_kb:
+            self.kb.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the three lists ------------------------------------------------------------------
+    def _allowed(self, config: SearchConfig) -> set[int] | None:
+        if config.path is None:
+            return None
+        return self.kb.chunk_ids_under(str(Path(config.path).expanduser().resolve()))
+
+    def bm25(self, query: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        match = fts_query(query)
+        return self.kb.bm25(match, limit, allowed) if match else []
+
+    def dense(self, query: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        import numpy as np
+
+        ids, matrix = self.kb.vectors()
+        if not len(ids):
+            return []
+        vector = self.query_vector(query)
+        scores = matrix @ vector
+        if allowed is not None:
+            scores = np.where(np.isin(ids, np.fromiter(allowed, np.int64, len(allowed))), scores, -np.inf)
+        limit = min(limit, len(ids))
+        top = np.argpartition(-scores, limit - 1)[:limit]
+        top = top[np.argsort(-scores[top])]
+        return [(int(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+    def query_vector(self, query: str) -> np.ndarray:
+        return self.embedder.embed([query], kind="query")[0]
+
+    # --- what callers use -----------------------------------------------------------------
+    def search(self, query: str, config: SearchConfig | None = None) -> list[Hit]:
+        """The best `config.k` chunks for `query`, best first."""
+        config = config or SearchConfig()
+        allowed = self._allowed(config)
+        if config.method == "bm25":
+            ranked = [(i, s, r, None) for r, (i, s) in enumerate(self.bm25(query, config.k, allowed), start=1)]
+            return self._hits(ranked, {})
+        dense = self.dense(query, config.depth if config.method == "hybrid" else config.k, allowed)
+        similarity = dict(dense)
+        if config.method == "dense":
+            return self._hits([(i, s, None, r) for r, (i, s) in enumerate(dense, start=1)], similarity)
+        bm25 = self.bm25(query, config.depth, allowed)
+        fused = fuse(bm25, dense, config)
+        return self._hits(fused[: config.k], similarity)
+
+    def _hits(self, ranked: list[tuple[int, float, int | None, int | None]], similarity: dict[int, float]) -> list[Hit]:
+        chunks = self.kb.chunks([r[0] for r in ranked])
+        return [Hit(chunks[i], s, b, d, similarity.get(i)) for i, s, b, d in ranked if i in chunks]
+
+
+def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], config: SearchConfig) -> list[tuple[int, float, int | None, int | None]]:
+    """Weighted reciprocal-rank fusion of two ranked lists: (id, score, bm25 rank, dense rank), best first."""
+    scores: dict[int, float] = {}
+    ranks: dict[int, list[int | None]] = {}
+    for which, (ranking, weight) in enumerate(((bm25, config.bm25_weight), (dense, config.dense_weight))):
+        for rank, (chunk_id, _) in enumerate(ranking, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (config.rrf_k + rank)
+            ranks.setdefault(chunk_id, [None, None])[which] = rank
+    order = sorted(scores, key=lambda i: (-scores[i], ranks[i][0] or 1 << 30))
+    return [(i, scores[i], ranks[i][0], ranks[i][1]) for i in order]
+
+
+def search(query: str, kb: str, config: SearchConfig | None = None) -> list[Hit]:
+    """One-off search of knowledge base `kb` (opens and closes it; use Retriever for many queries)."""
+    with Retriever(kb) as retriever:
+        return retriever.search(query, config)
+
+
+def with_method(config: SearchConfig, method: str) -> SearchConfig:
+    return replace(config, method=method)

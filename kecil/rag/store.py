@@ -1,0 +1,335 @@
+"""The knowledge-base store: one SQLite file per knowledge base holding files, chunks, an FTS5
+index for BM25 and the chunk embeddings, searched through an in-memory matrix.
+
+SQLite runs in WAL mode so a search reads while an ingest writes, and every file is replaced in
+one transaction, so an ingest killed midway leaves each file either fully in or fully out.
+Vectors are float32 BLOBs in the same file (the one source of truth) and are searched as a numpy
+matrix loaded once and topped up as rows are added: sqlite-vec cannot be loaded by this Python's
+sqlite3 (built without extension loading), and the matrix product measures well under the
+latency target at 100k chunks (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kecil.errors import ConfigError, KnowledgeBaseError
+from kecil.paths import kecil_home
+from kecil.rag.chunking import TextChunk, index_text
+from kecil.rag.tokenise import fts_document
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SCHEMA_VERSION = "1"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,          -- absolute, resolved
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    chunks INTEGER NOT NULL,
+    ingested_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so the vector matrix can be topped up
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    ord INTEGER NOT NULL,
+    section TEXT NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    line_start INTEGER NOT NULL,
+    line_end INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks(file_id);
+CREATE TABLE IF NOT EXISTS vectors (chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, embedding BLOB NOT NULL);
+-- Terms come pre-tokenised (tokenise.py); `ascii` only splits them at the spaces between them.
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms, tokenize = 'ascii');
+"""
+
+
+def kb_dir() -> Path:
+    folder = kecil_home() / "kb"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name or ""):
+        raise ConfigError(f"knowledge base name {name!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 64)")
+    return name
+
+
+def kb_path(name: str) -> Path:
+    return kb_dir() / f"{check_name(name)}.sqlite"
+
+
+def list_kbs() -> list[str]:
+    return sorted(p.stem for p in kb_dir().glob("*.sqlite"))
+
+
+def remove_kb(name: str) -> Path:
+    path = kb_path(name)
+    if not path.exists():
+        raise KnowledgeBaseError(_missing(name))
+    for extra in ("", "-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    return path
+
+
+def _missing(name: str) -> str:
+    known = list_kbs()
+    return (
+        f"there is no knowledge base named {name!r} (known: {', '.join(known) or 'none'}): "
+        f"create it with `kecil rag ingest DIR --kb {name}`"
+    )
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: int
+    path: str
+    section: str
+    text: str
+    page: int | None
+    start: int
+    end: int
+
+
+class KnowledgeBase:
+    """An open knowledge base. Use `KnowledgeBase.open(name)`; close it (or use `with`)."""
+
+    def __init__(self, name: str, path: Path, connection: sqlite3.Connection):
+        self.name = name
+        self.path = path
+        self._db = connection
+        self._lock = threading.RLock()  # one connection, shared by a server's threads
+        self._matrix_state: tuple[str, str] | None = None
+        self._ids = None
+        self._matrix = None
+
+    # --- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, name: str, *, create: bool = False, embedder: str | None = None, dimension: int | None = None) -> KnowledgeBase:
+        """Open knowledge base `name`; with `create`, make it if missing, recording `embedder`
+        and `dimension` (an existing one must have been built with the same embedder)."""
+        path = kb_path(name)
+        if not path.exists() and not create:
+            raise KnowledgeBaseError(_missing(name))
+        try:
+            db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+            db.execute("PRAGMA foreign_keys = ON")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise KnowledgeBaseError(f"{path} is not a usable knowledge base ({exc}): remove it with `kecil rag remove {name}` and ingest again") from None
+        kb = cls(name, path, db)
+        stored = kb.meta("embedder")
+        if stored is None:
+            if embedder is None or dimension is None:
+                kb.close()
+                raise KnowledgeBaseError(f"knowledge base {name!r} is empty: ingest documents with `kecil rag ingest DIR --kb {name}`")
+            with kb._write_txn():
+                for key, value in (("schema", SCHEMA_VERSION), ("embedder", embedder), ("dimension", str(dimension)),
+                                   ("created", str(time.time())), ("generation", "0"), ("removals", "0")):
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        elif embedder is not None and embedder != stored:
+            kb.close()
+            raise KnowledgeBaseError(
+                f"knowledge base {name!r} was built with the embedding model {stored}, not {embedder}: "
+                f"leave the embedder option out, or ingest into a new knowledge base"
+            )
+        return kb
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def embedder_name(self) -> str:
+        return self.meta("embedder") or ""
+
+    @property
+    def dimension(self) -> int:
+        return int(self.meta("dimension") or 0)
+
+    def check_embedder(self, name: str, dimension: int) -> None:
+        """Refuse to compare vectors from two different models: their spaces are unrelated."""
+        if name != self.embedder_name or dimension != self.dimension:
+            raise KnowledgeBaseError(
+                f"knowledge base {self.name!r} holds {self.embedder_name} vectors ({self.dimension} dimensions); "
+                f"it cannot be searched with {name} ({dimension} dimensions): use {self.embedder_name}, or re-ingest with {name} into a new knowledge base"
+            )
+
+    # --- writing -------------------------------------------------------------------------
+    class _write:
+        """BEGIN IMMEDIATE ... COMMIT, bumping the generation the vector matrix is keyed on."""
+
+        def __init__(self, kb: KnowledgeBase, removal: bool = False):
+            self.kb, self.removal = kb, removal
+
+        def __enter__(self):
+            self.kb._lock.acquire()
+            self.kb._db.execute("BEGIN IMMEDIATE")
+            return self.kb._db
+
+        def __exit__(self, kind, value, tb) -> None:
+            db = self.kb._db
+            try:
+                if kind is None:
+                    db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                    if self.removal:
+                        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'removals'")
+                    db.execute("COMMIT")
+                else:
+                    db.execute("ROLLBACK")
+            finally:
+                self.kb._lock.release()
+
+    def _write_txn(self, removal: bool = False):
+        return KnowledgeBase._write(self, removal)
+
+    def files(self) -> dict[str, FileRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, path, sha256, size, mtime_ns, chunks FROM files").fetchall()
+        return {row[1]: FileRecord(*row) for row in rows}
+
+    def replace_file(self, path: str, sha256: str, size: int, mtime_ns: int, chunks: Sequence[TextChunk], vectors: np.ndarray) -> None:
+        """Put `path` in with its chunks and vectors, replacing what it had, in one transaction."""
+        assert len(chunks) == len(vectors)
+        with self._write_txn(removal=True) as db:
+            self._delete_file(db, path)
+            file_id = db.execute(
+                "INSERT INTO files (path, sha256, size, mtime_ns, chunks, ingested_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (path, sha256, size, mtime_ns, len(chunks), time.time()),
+            ).lastrowid
+            for order, (chunk, vector) in enumerate(zip(chunks, vectors)):
+                chunk_id = db.execute(
+                    "INSERT INTO chunks (file_id, ord, section, text, page, line_start, line_end) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (file_id, order, chunk.section, chunk.text, chunk.page, chunk.start, chunk.end),
+                ).lastrowid
+                db.execute("INSERT INTO vectors VALUES (?, ?)", (chunk_id, vector.astype("<f4").tobytes()))
+                db.execute("INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)", (chunk_id, fts_document(index_text(chunk.text, chunk.section))))
+
+    def touch_file(self, path: str, size: int, mtime_ns: int) -> None:
+        """The file's bytes are unchanged (same hash) but its timestamp moved: remember the new one."""
+        with self._lock:
+            self._db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
+
+    def remove_files(self, paths: Sequence[str]) -> int:
+        if not paths:
+            return 0
+        with self._write_txn(removal=True) as db:
+            return sum(self._delete_file(db, p) for p in paths)
+
+    @staticmethod
+    def _delete_file(db: sqlite3.Connection, path: str) -> int:
+        row = db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return 0
+        db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", row)
+        db.execute("DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE file_id = ?)", row)
+        db.execute("DELETE FROM chunks WHERE file_id = ?", row)
+        db.execute("DELETE FROM files WHERE id = ?", row)
+        return 1
+
+    # --- reading -------------------------------------------------------------------------
+    def bm25(self, match: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score; higher is better) for an FTS5 MATCH expression, best first."""
+        with self._lock:
+            if allowed is None:
+                rows = self._db.execute(
+                    "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?",
+                    (match, limit),
+                ).fetchall()
+            else:  # a filter: rank every match, keep the allowed (rare, and still one index query)
+                rows = [r for r in self._db.execute(
+                    "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank", (match,)
+                ) if r[0] in allowed][:limit]
+        return rows
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, float32 matrix with one row per chunk), kept in memory and brought up to
+        date cheaply: new chunks are appended; after a removal the matrix is read again."""
+        import numpy as np
+
+        with self._lock:
+            generation, removals = self.meta("generation"), self.meta("removals")
+            if self._matrix_state == (generation, removals):
+                return self._ids, self._matrix
+            dim = self.dimension
+            if self._matrix_state is None or self._matrix_state[1] != removals:
+                after, ids, matrix = 0, np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+            else:
+                ids, matrix = self._ids, self._matrix
+                after = int(ids[-1]) if len(ids) else 0
+            rows = self._db.execute("SELECT chunk_id, embedding FROM vectors WHERE chunk_id > ? ORDER BY chunk_id", (after,)).fetchall()
+            if rows:
+                new_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+                new = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+                ids, matrix = np.concatenate([ids, new_ids]), np.concatenate([matrix, new])
+            self._ids, self._matrix, self._matrix_state = ids, matrix, (generation, removals)
+            return ids, matrix
+
+    def chunk_ids_under(self, path: str) -> set[int]:
+        """Ids of the chunks of the file `path`, or of every file in the folder `path`."""
+        like = path.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path = ? OR f.path LIKE ? ESCAPE '\\'",
+                (path.rstrip("/"), like),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT c.id, f.path, c.section, c.text, c.page, c.line_start, c.line_end FROM chunks c "
+                f"JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
+                list(ids),
+            ).fetchall()
+        return {row[0]: StoredChunk(*row) for row in rows}
+
+    def stats(self) -> dict:
+        with self._lock:
+            files, chunks = self._db.execute("SELECT COUNT(*), COALESCE(SUM(chunks), 0) FROM files").fetchone()
+            size = sum(Path(f"{self.path}{extra}").stat().st_size for extra in ("", "-wal") if Path(f"{self.path}{extra}").exists())
+        return {
+            "name": self.name, "path": str(self.path), "files": files, "chunks": chunks,
+            "embedder": self.embedder_name, "dimension": self.dimension, "bytes": size,
+        }

@@ -1,0 +1,131 @@
+"""Ingest on real files into real SQLite stores: incremental runs, bad files, a killed ingest
+resumed, and searches running while an ingest writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from kecil.errors import KnowledgeBaseError
+from kecil.rag.ingest import IngestConfig, ingest
+from kecil.rag.retrieve import Retriever, SearchConfig
+from kecil.rag.store import KnowledgeBase, kb_path
+from tests.rag.documents import write_bad_folder, write_mixed_folder
+
+
+def counts(kb: str) -> dict[str, int]:
+    db = sqlite3.connect(kb_path(kb))
+    try:
+        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("files", "chunks", "vectors", "chunks_fts")}
+    except sqlite3.OperationalError:  # created a moment ago, tables not there yet
+        return dict.fromkeys(("files", "chunks", "vectors", "chunks_fts"), 0)
+    finally:
+        db.close()
+
+
+def test_every_type_is_ingested_and_found(tmp_path, embedder):
+    phrases = write_mixed_folder(tmp_path / "docs")
+    report = ingest(IngestConfig(tmp_path / "docs", "mixed"), embedder=embedder)
+    assert len(report.added) == len(phrases) and not report.skipped
+    with Retriever("mixed", embedder=embedder) as retriever:
+        for name, phrase in phrases.items():
+            hits = retriever.search(phrase, SearchConfig(k=1, method="bm25"))
+            assert hits and hits[0].chunk.path.endswith(name) and phrase in hits[0].chunk.text, name
+
+
+def test_second_run_reads_only_changes_and_drops_deleted_files(tmp_path, embedder):
+    docs = tmp_path / "docs"
+    write_mixed_folder(docs)
+    ingest(IngestConfig(docs, "incremental"), embedder=embedder)
+    before = counts("incremental")
+    again = ingest(IngestConfig(docs, "incremental"), embedder=embedder)
+    assert (again.added, again.updated, again.removed, again.chunks) == ([], [], [], 0) and again.unchanged == 7
+    assert counts("incremental") == before
+
+    (docs / "notes.txt").write_text("The backup server was renamed to badger.\n")
+    os.utime(docs / "guide.md", ns=(1, 1))  # touched, content unchanged: no re-chunking
+    (docs / "staff.csv").unlink()
+    third = ingest(IngestConfig(docs, "incremental"), embedder=embedder)
+    assert [p.rsplit("/", 1)[1] for p in third.updated] == ["notes.txt"]
+    assert [p.rsplit("/", 1)[1] for p in third.removed] == ["staff.csv"]
+    assert third.unchanged == 5 and third.chunks == 1
+    after = counts("incremental")
+    assert after["files"] == 6 and after["chunks"] == after["vectors"] == after["chunks_fts"]
+    with Retriever("incremental", embedder=embedder) as retriever:
+        assert not retriever.search("ferret", SearchConfig(method="bm25"))
+        assert "badger" in retriever.search("badger", SearchConfig(k=1, method="bm25"))[0].chunk.text
+        assert not retriever.search("Budi room", SearchConfig(method="bm25"))
+
+
+def test_bad_files_are_skipped_and_reported_the_rest_ingested(tmp_path, embedder):
+    reasons = write_bad_folder(tmp_path / "bad", big_mb=200)
+    report = ingest(IngestConfig(tmp_path / "bad", "bad"), embedder=embedder)
+    skipped = {path.rsplit("/", 1)[1]: why for path, why in report.skipped}
+    assert set(skipped) == set(reasons)
+    for name, word in reasons.items():
+        assert word.lower() in skipped[name].lower(), (name, skipped[name])
+    assert [p.rsplit("/", 1)[1] for p in report.added] == ["good.md"] and report.other_types == 1
+    with Retriever("bad", embedder=embedder) as retriever:
+        assert "zebra" in retriever.search("zebra crossing", SearchConfig(k=1))[0].chunk.text
+
+
+def test_another_embedding_model_is_a_clear_error(tmp_path, embedder):
+    write_mixed_folder(tmp_path / "docs")
+    ingest(IngestConfig(tmp_path / "docs", "model-check"), embedder=embedder)
+    with pytest.raises(KnowledgeBaseError, match="all-minilm-l6-v2.*multilingual-e5-small"):
+        Retriever("model-check", embedder="multilingual-e5-small")
+    with pytest.raises(KnowledgeBaseError, match="built with the embedding model all-minilm-l6-v2"):
+        ingest(IngestConfig(tmp_path / "docs", "model-check", embedder="multilingual-e5-small"))
+    with KnowledgeBase.open("model-check") as kb:
+        with pytest.raises(KnowledgeBaseError, match="cannot be searched"):
+            kb.check_embedder("all-minilm-l6-v2", 768)
+
+
+SLOW_INGEST = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from kecil.rag.ingest import IngestConfig, ingest
+    # batch_size=1 commits every 8 chunks, so there is plenty of "midway" to kill it in
+    ingest(IngestConfig(Path(sys.argv[1]), sys.argv[2], batch_size=1))
+""")
+
+
+def test_killed_ingest_resumes_without_duplicates_and_search_works_meanwhile(tmp_path, embedder):
+    docs = tmp_path / "many"
+    docs.mkdir()
+    for i in range(60):
+        (docs / f"memo{i:02d}.md").write_text(f"# Memo {i}\n\nMemo number {i} is about project codename-{i}.\n\nIt was filed in room {100 + i}.\n")
+    child = subprocess.Popen([sys.executable, "-c", SLOW_INGEST, str(docs), "resume"], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while (not kb_path("resume").exists() or counts("resume")["files"] < 8) and time.monotonic() < deadline:
+            assert child.poll() is None, child.stderr.read().decode()
+            time.sleep(0.02)
+        # The ingest is writing: searches read the committed files meanwhile, without locking errors.
+        with Retriever("resume", embedder=embedder) as retriever:
+            for _ in range(5):
+                assert retriever.search("project codename-0", SearchConfig(k=1))[0].chunk.text.count("codename-0") == 1
+        assert child.poll() is None, "the ingest finished before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    partial = counts("resume")
+    assert 8 <= partial["files"] < 60
+    assert partial["chunks"] == partial["vectors"] == partial["chunks_fts"]  # no half-written file
+
+    report = ingest(IngestConfig(docs, "resume"), embedder=embedder)
+    assert report.unchanged >= partial["files"] - 1 and len(report.added) == 60 - report.unchanged
+    done = counts("resume")
+    assert done["files"] == 60 and done["chunks"] == done["vectors"] == done["chunks_fts"] == 60
+    with Retriever("resume", embedder=embedder) as retriever:
+        texts = [h.chunk.text for h in retriever.search("codename-59 room 159", SearchConfig(k=60, method="bm25"))]
+        assert len(texts) == len(set(texts))  # no duplicates

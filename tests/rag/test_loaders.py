@@ -1,0 +1,74 @@
+"""Every supported file type read into blocks with their positions, and chunked along headings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kecil.rag.chunking import ChunkConfig, approx_tokens, chunk_blocks
+from kecil.rag.loaders import UnreadableFile, load, unit_of
+from tests.rag.documents import write_bad_folder, write_mixed_folder
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixed")
+    return folder, write_mixed_folder(folder)
+
+
+def blocks_of(path: Path):
+    return load(path, path.read_bytes())
+
+
+def test_every_type_yields_its_text(mixed):
+    folder, phrases = mixed
+    for name, phrase in phrases.items():
+        text = "\n".join(b.text for b in blocks_of(folder / name))
+        assert phrase in text, name
+
+
+def test_positions_and_sections(mixed):
+    folder, _ = mixed
+    md = [b for b in blocks_of(folder / "guide.md") if "Kestrel" in b.text][0]
+    assert (md.start, md.end, md.section) == (7, 7, "Guide > Printers")
+    pdf = [b for b in blocks_of(folder / "manual.pdf") if "car park B" in b.text][0]
+    assert pdf.page == 2
+    html = [b for b in blocks_of(folder / "page.html") if "rendang" in b.text][0]
+    assert html.start == 3 and html.section == "Canteen"
+    assert "hidden" not in " ".join(b.text for b in blocks_of(folder / "page.html"))  # scripts are not text
+    docx = [b for b in blocks_of(folder / "policy.docx") if "rupiah" in b.text][0]
+    assert docx.section == "Travel policy > Hotels" and unit_of("policy.docx") == "paragraphs"
+    csv_row = [b for b in blocks_of(folder / "staff.csv") if "7C" in b.text][0]
+    assert csv_row.text == "name: Budi; room: 7C" and csv_row.start == 3
+
+
+def test_bad_files_raise_with_a_reason(tmp_path):
+    reasons = write_bad_folder(tmp_path, big_mb=1)
+    for name, word in reasons.items():
+        if name == "huge.txt":
+            continue  # the size limit is ingest's business (tested there)
+        with pytest.raises(UnreadableFile, match=f"(?i){word}"):
+            blocks_of(tmp_path / name)
+
+
+def test_chunks_follow_headings_keep_lines_and_overlap():
+    para = " ".join(f"Sentence number {i} talks about topic {i}." for i in range(40))
+    text = f"# Title\n\nShort intro.\n\n## Part A\n\n{para}\n\n## Part B\n\nThe end.\n"
+    chunks = chunk_blocks(load(Path("x.md"), text.encode()), ChunkConfig(max_tokens=80, overlap_tokens=20))
+    assert [c.section for c in chunks][0] == "Title" and chunks[-1].section == "Title > Part B"
+    part_a = [c for c in chunks if c.section == "Title > Part A"]
+    assert len(part_a) > 2 and all(approx_tokens(c.text) <= 80 for c in part_a)
+    assert all(c.start == c.end == 7 for c in part_a)  # one long line: every piece is on line 7
+    for before, after in zip(part_a, part_a[1:]):  # the last sentences of a chunk open the next
+        first_of_after = after.text.split(". ")[0] + "."
+        last_of_before = before.text.rsplit(". ", 1)[-1]
+        assert first_of_after in before.text and last_of_before in after.text
+    assert "Sentence number 39" in part_a[-1].text
+    assert not any("Part B" in c.text or "The end" in c.text for c in part_a)  # no chunk spans two sections
+
+
+def test_cjk_text_without_sentence_ends_is_cut_to_size():
+    text = "中" * 1000
+    chunks = chunk_blocks(load(Path("x.txt"), text.encode()), ChunkConfig(max_tokens=100, overlap_tokens=0))
+    assert "".join(c.text for c in chunks) == text and max(len(c.text) for c in chunks) <= 100

@@ -1,0 +1,81 @@
+"""Retrieval quality on the SQuAD knowledge base (real model, real SQLite), filters, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kecil.rag.evaluate import evaluate, first_answer_rank, read_qa
+from kecil.rag.retrieve import Retriever, SearchConfig, fuse
+from tests.test_cli import assert_clean_error, kecil
+
+
+@pytest.fixture(scope="module")
+def results(squad_kb, embedder):
+    name, _, items = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        return {m: evaluate(retriever, items, SearchConfig(k=5, method=m)) for m in ("bm25", "dense", "hybrid")}
+
+
+def test_hybrid_recall_is_at_least_each_single_method(results):
+    hybrid, bm25, dense = results["hybrid"], results["bm25"], results["dense"]
+    assert hybrid.questions == 170
+    assert hybrid.recall >= bm25.recall and hybrid.recall >= dense.recall, {m: r.recall for m, r in results.items()}
+    assert hybrid.recall >= 0.9 and hybrid.mrr >= 0.75
+
+
+def test_first_answer_rank_is_case_insensitive():
+    assert first_answer_rank(["nothing", "The DENVER Broncos won"], ("Denver Broncos",)) == 2
+    assert first_answer_rank(["nothing"], ("x y",)) is None
+
+
+def test_fusion_rewards_agreement_and_weights_count():
+    both = fuse([(1, 9.0), (2, 8.0)], [(2, 0.9), (3, 0.8)], SearchConfig())
+    assert [row[0] for row in both] == [2, 1, 3] and both[0][2:] == (2, 1)
+    dense_heavy = fuse([(1, 9.0)], [(3, 0.8)], SearchConfig(bm25_weight=0.5, dense_weight=1.0))
+    assert [row[0] for row in dense_heavy] == [3, 1]
+
+
+def test_path_filter_keeps_one_file_or_folder(squad_kb, embedder):
+    name, folder, _ = squad_kb
+    article = sorted(folder.glob("*.md"))[-1]
+    with Retriever(name, embedder=embedder) as retriever:
+        for method in ("bm25", "dense", "hybrid"):
+            hits = retriever.search("who was the first president", SearchConfig(k=5, method=method, path=str(article)))
+            assert hits and all(h.chunk.path == str(article) for h in hits), method
+        assert len(retriever.search("the", SearchConfig(k=3, path=str(folder)))) == 3
+        assert retriever.search("the", SearchConfig(k=3, path=str(folder / "nowhere"))) == []
+
+
+def test_cli_search_eval_list_stats_remove(squad_kb, tmp_path):
+    name, _, items = squad_kb
+    done = kecil("rag", "search", "Which team won Super Bowl 50?", "--kb", name, "--k", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 3 and rows[0]["file"].endswith(".md") and rows[0]["lines"][0] >= 1 and rows[0]["score"] > 0
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": i.question, "answers": list(i.answers)}) + "\n" for i in items[:20]))
+    assert len(read_qa(qa)) == 20
+    done = kecil("rag", "eval", "--kb", name, "--qa", str(qa), "--method", "bm25", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["questions"] == 20 and 0 < result["recall@5"] <= 1 and 0 < result["mrr"] <= result["recall@5"]
+    assert name in kecil("rag", "list").stdout
+    assert json.loads(kecil("rag", "stats", name, "--json").stdout)["chunks"] >= 100
+    assert_clean_error(kecil("rag", "search", "x", "--kb", "no-such-kb"), "no knowledge base", "kecil rag ingest")
+    assert_clean_error(kecil("rag", "search", "x", "--kb", name, "--method", "magic"), "hybrid")
+    bad_qa = tmp_path / "bad.jsonl"
+    bad_qa.write_text('{"question": "q"}\n')
+    assert_clean_error(kecil("rag", "eval", "--kb", name, "--qa", str(bad_qa)), "line 1")
+
+
+def test_cli_ingest_and_remove(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nThe quarterly report is due on the fifth.\n")
+    (tmp_path / "docs" / "b.txt").write_bytes(b"caf\xe9 au lait")
+    done = kecil("rag", "ingest", str(tmp_path / "docs"), "--kb", "cli-kb")
+    assert done.returncode == 0, done.stderr
+    assert "1 files added" in done.stdout and "skipped" in done.stderr and "b.txt" in done.stderr
+    assert "removed" in kecil("rag", "remove", "cli-kb").stdout
+    assert "cli-kb" not in kecil("rag", "list").stdout
