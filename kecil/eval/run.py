@@ -1,0 +1,172 @@
+"""`kecil eval`: quality and system figures of one or more models on a list of tasks, side by side.
+
+`evaluate(EvalConfig(...))` loads each model once, runs each task through the module for its
+kind, caches every item's result (an interrupted run resumes), and measures the system figures
+in a subprocess. A task that cannot run on a model (log-likelihood on an engine without logits,
+a missing data package) becomes a result row with its error, never a silent gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+
+from kecil.errors import ConfigError, KecilError
+from kecil.eval import code, generative, multiple_choice
+from kecil.eval import perplexity as perplexity_task
+from kecil.eval.cache import ResultCache, model_fingerprint
+from kecil.eval.system import SystemFigures
+from kecil.eval.tasks import Task, build_prompt, fewshot_examples, get_task, select_items
+
+DEFAULT_SEED = 1234
+RUNNERS = {"choice": multiple_choice, "generate": generative, "code": code}
+
+# (model, task, done, total): called after every item (and every perplexity chunk)
+Progress = Callable[[str, str, int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate. Every field but `models` and `tasks` has a default."""
+
+    models: tuple[str, ...]
+    tasks: tuple[str, ...]  # built-in task names, "perplexity" (needs text), or names from task_files
+    limit: int | None = None  # at most this many items per task: a fixed random subset (seed)
+    seed: int = DEFAULT_SEED  # picks the subset and the few-shot examples
+    shots: int | None = None  # few-shot examples per prompt; None = each task's default
+    text: Path | None = None  # the text for the `perplexity` task
+    context: int = perplexity_task.DEFAULT_CONTEXT  # perplexity window in tokens
+    task_files: tuple[Path, ...] = ()  # YAML specs of custom tasks (kecil/eval/custom.py)
+    backend: str | None = None
+    threads: int | None = None
+    system: bool = True  # measure size, RAM, load time and speed
+    cache: bool = True  # reuse and store per-item results under KECIL_HOME
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("name at least one model to evaluate")
+        if not self.tasks:
+            raise ConfigError("name at least one task with --tasks (e.g. --tasks mmlu,arc_easy)")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.shots is not None and self.shots < 0:
+            raise ConfigError(f"--shots must be 0 or more, got {self.shots}")
+        if self.context < 16:
+            raise ConfigError(f"--context must be at least 16 tokens, got {self.context}")
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    model: str
+    task: str
+    metric: str
+    value: float | None  # None when the task could not run (see error)
+    n: int
+    shots: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class EvalReport:
+    config: EvalConfig
+    results: list[TaskResult] = field(default_factory=list)
+    systems: dict[str, SystemFigures | None] = field(default_factory=dict)
+    system_errors: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_tasks(config: EvalConfig) -> list[Task]:
+    custom: dict[str, Task] = {}
+    if config.task_files:
+        from kecil.eval.custom import load_task_file
+
+        for path in config.task_files:
+            task = load_task_file(path)
+            custom[task.name] = task
+    tasks = []
+    for name in config.tasks:
+        if name in custom:
+            tasks.append(custom[name])
+        elif name == "perplexity":
+            if config.text is None:
+                raise ConfigError("--tasks perplexity needs --text FILE (or use wikitext-like-perplexity)")
+            tasks.append(perplexity_task.text_task(config.text))
+        else:
+            tasks.append(get_task(name))
+    # a custom task file names its own task: run it even if --tasks did not repeat the name
+    tasks += [t for name, t in custom.items() if name not in config.tasks]
+    return tasks
+
+
+def shots_for(task: Task, config: EvalConfig) -> int:
+    if task.kind in ("code", "perplexity"):
+        return 0  # code prompts are complete programs to continue; examples would be run as code
+    return task.default_shots if config.shots is None else config.shots
+
+
+def run_task(backend, name: str, task: Task, config: EvalConfig, cache: ResultCache, model_key: str, progress) -> TaskResult:
+    """Run one task on a loaded model; `name` is the model as the user named it."""
+    started = perf_counter()
+    if task.kind == "perplexity":
+        key = cache.key(model_key, backend.name, "perplexity", task.version, config.context,
+                        perplexity_task.text_digest(task.extra["text"]()))
+        cached = cache.get(key)
+        if cached is None:
+            value, n, extra = perplexity_task.run(
+                backend, task, context=config.context, progress=lambda d, t: progress(name, task.name, d, t)
+            )
+            cached = {"value": value, "n": n, "extra": extra}
+            cache.put(key, cached)
+        return TaskResult(name, task.name, task.metric, cached["value"], cached["n"], 0, perf_counter() - started, cached["extra"])
+    runner = RUNNERS[task.kind]
+    shots = shots_for(task, config)
+    items = select_items(task.items(), config.limit, config.seed)
+    pool: dict = {}
+    results = []
+    for done, item in enumerate(items, 1):
+        prompt = build_prompt(task, item, fewshot_examples(task, item, shots, config.seed, pool))
+        # the item and its exact prompt are in the key: a changed data file or format is never served stale
+        key = cache.key(model_key, backend.name, task.name, task.version, getattr(runner, "RESULT_FORMAT", 1), repr(item), prompt)
+        result = cache.get(key)
+        if result is None:
+            result = runner.evaluate_item(backend, task, item, prompt)
+            cache.put(key, result)
+        results.append(result)
+        progress(name, task.name, done, len(items))
+    cache.flush()
+    value, extra = runner.summarize(task, results)
+    return TaskResult(name, task.name, task.metric, value, len(results), shots, perf_counter() - started, extra)
+
+
+def evaluate(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
+    """Run every task on every model; see the module docstring."""
+    from kecil.infer.load import DEFAULT_CONTEXT, load_model
+    from kecil.models.reference import resolve
+
+    progress = progress or (lambda *args: None)
+    tasks = resolve_tasks(config)
+    needs_window = max((config.context for t in tasks if t.kind == "perplexity"), default=0)
+    report = EvalReport(config)
+    with ResultCache(enabled=config.cache) as cache:
+        for spec in config.models:
+            ref = resolve(spec)
+            model_key = model_fingerprint(ref.path)
+            window = needs_window if needs_window > DEFAULT_CONTEXT else None  # else the model's own
+            with load_model(ref, backend=config.backend, context_length=window, threads=config.threads) as backend:
+                for task in tasks:
+                    try:
+                        report.results.append(run_task(backend, spec, task, config, cache, model_key, progress))
+                    except KecilError as exc:
+                        report.results.append(TaskResult(spec, task.name, task.metric, None, 0, error=str(exc)))
+            if config.system:
+                from kecil.eval.system import measure
+
+                try:
+                    report.systems[spec] = measure(spec, backend=config.backend, threads=config.threads)
+                except KecilError as exc:
+                    report.systems[spec] = None
+                    report.system_errors[spec] = str(exc)
+    return report

@@ -1,0 +1,188 @@
+"""kecil eval end to end: tiny random models for the machinery (resume, errors, JSON, HTML, CLI),
+the bundled model for known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from kecil.cli import app
+from kecil.errors import BackendError
+from kecil.eval import multiple_choice
+from kecil.eval.custom import load_task_file
+from kecil.eval.html import pareto_front, render, write_html
+from kecil.eval.report import json_lines, table
+from kecil.eval.run import EvalConfig, evaluate, run_task
+from kecil.eval.cache import ResultCache
+from kecil.infer.backend import Backend
+from kecil.infer.load import load_model
+from tests.tiny_models import training_lines
+
+CHOICE_ITEMS = [
+    {"query": f"Line {i}: the cat sat on the", "choices": ["mat", "sun", "train"], "answer": i % 3} for i in range(6)
+]
+
+
+def choice_task(folder, items=CHOICE_ITEMS, name="cats"):
+    (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in items) + "\n")
+    spec = folder / f"{name}.yaml"
+    spec.write_text(f"name: {name}\nkind: choice\ndata: {name}.jsonl\n")
+    return spec
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh KECIL_HOME, so the result cache starts empty."""
+    monkeypatch.setenv("KECIL_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def two_model_report(tiny_hf_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    text = folder / "text.txt"
+    text.write_text(" ".join(training_lines()))
+    models = (str(tiny_hf_model("llama")), str(tiny_hf_model("qwen2")))
+    config = EvalConfig(models=models, tasks=("cats", "perplexity"), task_files=(choice_task(folder),), text=text, context=64)
+    return evaluate(config)
+
+
+def test_models_side_by_side_with_system_figures(two_model_report):
+    report = two_model_report
+    assert [(r.task, r.metric, r.n) for r in report.results] == [("cats", "acc", 6), ("perplexity", "perplexity", report.results[1].n)] * 2
+    assert all(r.error is None for r in report.results)
+    assert all(0 <= r.value <= 1 for r in report.results if r.task == "cats")
+    assert all(r.value > 1 and r.n > 0 for r in report.results if r.task == "perplexity")
+    for figures in report.systems.values():
+        assert figures.size_bytes > 0 and figures.peak_rss_bytes > 50e6 and figures.load_seconds > 0
+        assert figures.prompt_tokens_per_second > 0 and figures.decode_tokens_per_second > 0
+
+
+def test_json_lines_have_the_promised_fields(two_model_report):
+    rows = [json.loads(line) for line in json_lines(two_model_report)]
+    quality = [r for r in rows if r["task"] != "system"]
+    assert len(quality) == 4
+    for row in quality:
+        assert {"model", "task", "metric", "value", "n"} <= set(row)
+    system = {(r["model"], r["metric"]) for r in rows if r["task"] == "system"}
+    assert len(system) == 2 * 5
+
+
+def test_table_and_html_report(two_model_report, tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(table(two_model_report))
+    text = console.export_text()
+    assert "cats" in text and "peak RAM" in text and "decode speed" in text
+    path = write_html(two_model_report, tmp_path / "out" / "report.html")
+    page = path.read_text()
+    assert page.count("data:image/png;base64,") == 2
+    assert "Pareto front" in page and "Quality against size" in page
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def test_pareto_front():
+    points = [(100, 50.0), (200, 60.0), (300, 55.0), (100, 40.0)]
+    assert pareto_front(points, lower_x_better=True, higher_y_better=True) == [0, 1]
+    assert pareto_front(points, lower_x_better=False, higher_y_better=True) == [1, 2]
+
+
+def test_an_interrupted_run_resumes_from_cached_items(home, tiny_hf_model, monkeypatch):
+    spec = choice_task(home)
+    config = EvalConfig(models=(str(tiny_hf_model("llama")),), tasks=("cats",), task_files=(spec,), system=False)
+
+    def stop_after_three(model, task, done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(config, progress=stop_after_three)
+    with ResultCache() as cache:
+        assert cache.count() == 3
+    calls = []
+    real = multiple_choice.evaluate_item
+    monkeypatch.setattr(multiple_choice, "evaluate_item", lambda *a: calls.append(a[2].id) or real(*a))
+    resumed = evaluate(config).results[0]
+    assert calls == ["3", "4", "5"]  # only what the interrupted run had not finished
+    assert resumed.n == 6
+    calls.clear()
+    again = evaluate(config).results[0]
+    assert calls == [] and again.value == resumed.value
+
+
+def test_a_task_that_cannot_run_is_reported(home, tiny_hf_model):
+    config = EvalConfig(models=(str(tiny_hf_model("llama")),), tasks=("perplexity",), text=choice_task(home), context=64, system=False)
+    (result,) = evaluate(config).results
+    assert result.value is None and "needs at least" in result.error
+
+
+class GenerationOnly(Backend):
+    """An engine that can generate but gives no logits (as a remote completion API would)."""
+
+    name = "generation-only"
+
+    def __init__(self, inner):
+        super().__init__(inner.ref, inner.info, inner.context_length)
+        self.inner = inner
+
+    def tokenize(self, text, *, add_bos):
+        return self.inner.tokenize(text, add_bos=add_bos)
+
+    def detokenize(self, ids):
+        return self.inner.detokenize(ids)
+
+    def stream_ids(self, prompt_ids, config):
+        return self.inner.stream_ids(prompt_ids, config)
+
+
+def test_log_likelihood_on_an_engine_without_logits_is_refused_by_name(home, tiny_hf_model):
+    task = load_task_file(choice_task(home))
+    with load_model(str(tiny_hf_model("llama")), context_length=256) as inner, ResultCache(enabled=False) as cache:
+        with pytest.raises(BackendError, match="cannot give token logits.*--backend"):
+            run_task(GenerationOnly(inner), "tiny", task, EvalConfig(models=("x",), tasks=("cats",)), cache, "key", lambda *a: None)
+
+
+def test_cli_eval_json(home, tiny_hf_model):
+    spec = choice_task(home)
+    result = CliRunner().invoke(app, ["eval", str(tiny_hf_model("llama")), "--tasks", "cats", "--task-file", str(spec), "--json", "--no-system", "--limit", "4"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and rows[0]["task"] == "cats" and rows[0]["n"] == 4 and rows[0]["metric"] == "acc"
+
+
+# --- known answers on the bundled model ----------------------------------------------------
+KNOWN = [
+    {"query": "The capital of France is", "choices": ["Paris", "a banana", "the ocean floor"], "answer": 0},
+    {"query": "One, two, three, four,", "choices": ["five", "purple", "yesterday"], "answer": 0},
+    {"query": "The sun rises in the", "choices": ["east", "refrigerator", "sandwich"], "answer": 0},
+    {"query": "Cats and dogs are", "choices": ["animals", "planets", "numbers"], "answer": 0},
+]
+
+
+@pytest.mark.slow
+def test_known_answers_on_the_bundled_model(home):
+    folder = home
+    choice = choice_task(folder, KNOWN, name="known")
+    (folder / "copy.jsonl").write_text(json.dumps({"prompt": "The capital of France is", "answers": ["Paris"]}) + "\n")
+    (folder / "copy.yaml").write_text("name: copy\nkind: generate\ndata: copy.jsonl\nmatch: contains\nmax_tokens: 12\n")
+    config = EvalConfig(models=("smollm2-135m",), tasks=("known", "copy"), task_files=(choice, folder / "copy.yaml"), system=False)
+    results = {r.task: r for r in evaluate(config).results}
+    assert results["known"].value == 1.0 and results["known"].n == 4
+    assert results["copy"].value == 1.0 and results["copy"].metric == "contains"
+
+
+@pytest.mark.slow
+def test_cli_perplexity_on_a_text_file(home):
+    text = home / "doc.txt"
+    text.write_text(" ".join(training_lines()[:40]))
+    result = CliRunner().invoke(app, ["eval", "smollm2-135m", "--tasks", "perplexity", "--text", str(text), "--context", "64", "--json", "--no-system"])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert row["metric"] == "perplexity" and row["context"] == 64 and row["chunks"] >= 2
+    assert 1 < row["value"] < 100 and math.isclose(row["nll"], math.log(row["value"]), rel_tol=1e-9)
+    assert re.fullmatch(r"\d+", str(row["n"]))
