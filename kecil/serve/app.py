@@ -21,6 +21,7 @@ from kecil.serve.config import ServeConfig
 from kecil.serve.metrics import Metrics
 from kecil.serve.pool import ModelPool
 from kecil.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from kecil.serve.rag import PREFIX, knowledge_bases, run_rag, wants_rag
 from kecil.serve.security import AuditLog, GuardMiddleware
 
 log = logging.getLogger("kecil.serve")
@@ -201,6 +202,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         entries = [model_entry(name, "chat", pool.is_loaded(name)) for name in pool.refs]
         if config.embedding_model:
             entries.append(model_entry(config.embedding_model, "embedding", config.embedding_model in pool._embedders))
+        entries += [model_entry(PREFIX + kb, "knowledge-base", pool.is_loaded(pool.default)) for kb in knowledge_bases()]
         return entries
 
     @app.get("/v1/models")
@@ -217,14 +219,14 @@ def _routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         call = _call(request, "/v1/chat/completions", body.model)
+        if wants_rag(body):
+            return await run_rag(server, request, body, call)
         return await run_generation(server, request, body, call, "chat")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         call = _call(request, "/v1/completions", body.model)
         return await run_generation(server, request, body, call, "completion")
-
-    embed_lock = asyncio.Lock()  # one embedding batch at a time: the model is not thread-safe
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request):
@@ -233,13 +235,12 @@ def _routes(app: FastAPI, server: Server) -> None:
         if body.dimensions is not None and body.dimensions != embedder.dimension:
             raise APIError(400, f"{body.model} makes {embedder.dimension}-dimensional embeddings; "
                            f"dimensions={body.dimensions} is not available", param="dimensions")
-        async with embed_lock:
-            counts = await asyncio.to_thread(embedder.count_tokens, body.input)
-            for i, n in enumerate(counts):
-                if n > embedder.max_tokens:
-                    raise APIError(400, f"input {i} is {n} tokens but {body.model} reads at most {embedder.max_tokens}: "
-                                   "split the text into smaller pieces", code="context_length_exceeded", param="input")
-            vectors = await asyncio.to_thread(embedder.embed, body.input)
+        counts = await asyncio.to_thread(embedder.count_tokens, body.input)
+        for i, n in enumerate(counts):
+            if n > embedder.max_tokens:
+                raise APIError(400, f"input {i} is {n} tokens but {body.model} reads at most {embedder.max_tokens}: "
+                               "split the text into smaller pieces", code="context_length_exceeded", param="input")
+        vectors = await asyncio.to_thread(embedder.embed, body.input)
         call.prompt_tokens = sum(counts)
         data = []
         for i, vector in enumerate(vectors):

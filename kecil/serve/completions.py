@@ -69,6 +69,7 @@ def generation_config(body, engine, limit: int) -> GenerationConfig:
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
             seed=body.seed,
+            ignore_eos=body.ignore_eos,
         )
     except KecilError as exc:
         raise APIError(400, str(exc)) from None

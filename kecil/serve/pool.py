@@ -92,6 +92,26 @@ class SerialEngine:
         self.backend.close()
 
 
+class LockedEmbedder:
+    """An embedder used from several threads, one call at a time (the model is not thread-safe)."""
+
+    def __init__(self, embedder):
+        self._embedder, self._lock = embedder, threading.Lock()
+        self.name, self.dimension, self.max_tokens = embedder.name, embedder.dimension, embedder.max_tokens
+
+    def embed(self, texts, **kw):
+        with self._lock:
+            return self._embedder.embed(texts, **kw)
+
+    def count_tokens(self, texts):
+        with self._lock:
+            return self._embedder.count_tokens(texts)
+
+    def close(self) -> None:
+        with self._lock:
+            self._embedder.close()
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -119,7 +139,8 @@ class ModelPool:
         self.budget = config.max_memory or int(psutil.virtual_memory().total * 0.75)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._embedders: dict[str, Any] = {}
+        self._embedders: dict[str, LockedEmbedder] = {}
+        self._embedder_lock = threading.Lock()
 
     @property
     def default(self) -> str:
@@ -199,21 +220,26 @@ class ModelPool:
         return SerialEngine(backend, self.config.max_queue)
 
     def embedder(self, name: str):
-        """The embedding model `name` (loaded once; small, so never evicted)."""
+        """The embedding model served at /v1/embeddings (loaded once; small, so never evicted)."""
         if not self.config.embedding_model or name != self.config.embedding_model:
             served = self.config.embedding_model or "none (started with --no-embeddings)"
             raise APIError(404, f"the embedding model {name!r} is not served here; embedding models: {served}",
                            code="model_not_found", param="model")
-        if name not in self._embedders:
-            try:
-                from kecil.infer.embeddings import load_embedder
-            except ImportError:
-                raise APIError(501, "this kecil has no embedding support installed; run `make setup`", type="server_error") from None
-            try:
-                self._embedders[name] = load_embedder(name)
-            except KecilError as exc:
-                raise APIError(503, str(exc), type="server_error") from None
-        return self._embedders[name]
+        return self.any_embedder(name)
+
+    def any_embedder(self, name: str):
+        """Embedding model `name`, shared by /v1/embeddings and knowledge-base retrieval."""
+        with self._embedder_lock:
+            if name not in self._embedders:
+                try:
+                    from kecil.infer.embeddings import load_embedder
+                except ImportError:
+                    raise APIError(501, "this kecil has no embedding support installed; run `make setup`", type="server_error") from None
+                try:
+                    self._embedders[name] = LockedEmbedder(load_embedder(name))
+                except KecilError as exc:
+                    raise APIError(503, str(exc), type="server_error") from None
+            return self._embedders[name]
 
     def close(self) -> None:
         for loaded in list(self._loaded.values()):

@@ -78,6 +78,7 @@ class _Sampling(_Request):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)  # extension, as in llama.cpp's server
     repetition_penalty: float | None = Field(default=None, gt=0)  # extension
+    ignore_eos: bool = False  # extension, as llama.cpp's server: fixed-length answers for benchmarks
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)

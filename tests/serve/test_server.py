@@ -338,3 +338,45 @@ def test_a_hugging_face_folder_is_served_through_torch(tmp_path, tiny_hf_model):
         assert r.status_code == 400 and "torch" in r.json()["error"]["message"]
     finally:
         s.stop()
+
+
+# --- knowledge bases through the chat endpoint ------------------------------------------------
+HANDBOOK = {
+    "history.md": "# History\n\nThe Zorblat Institute was founded in 1987 in Penang by Dr. Amina Rahman.\n\n"
+                  "It began as a small library of tide charts.\n",
+    "canteen.txt": "The canteen of the Zorblat Institute serves laksa every Thursday.\n\nBreakfast starts at 7 am.\n",
+}
+
+
+@pytest.fixture(scope="module")
+def handbook(tmp_path_factory, server):
+    from kecil.rag.ingest import IngestConfig, ingest
+
+    folder = tmp_path_factory.mktemp("handbook")
+    for name, text in HANDBOOK.items():
+        (folder / name).write_text(text)
+    ingest(IngestConfig(folder=folder, kb="handbook"))
+    return "handbook"
+
+
+def test_rag_model_answers_with_citations(server, handbook):
+    assert f"rag:{handbook}" in [m.id for m in server.client().models.list().data]
+    r = post(server, {"model": f"rag:{handbook}", "messages": [{"role": "user", "content": "Who founded the Zorblat Institute?"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["answered"] is True and body["citations"]
+    assert any("Amina Rahman" in c["text"] and c["file"].endswith("history.md") for c in body["citations"])
+    assert body["choices"][0]["message"]["content"]
+
+
+def test_rag_through_the_kb_field_streams_and_refuses_what_it_does_not_cover(server, handbook):
+    client = server.client()
+    events = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What does the canteen serve on Thursday?"}],
+                                                 stream=True, extra_body={"kb": handbook}))
+    text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+    final = [e for e in events if e.choices and e.choices[0].finish_reason == "stop"][-1]
+    assert text and any(c["file"].endswith("canteen.txt") for c in final.model_extra["citations"])
+    refused = post(server, {"model": f"rag:{handbook}", "messages": [{"role": "user", "content": "How do volcanoes form on Mars?"}]}).json()
+    assert refused["answered"] is False and "cannot answer" in refused["choices"][0]["message"]["content"]
+    missing = post(server, {"model": "rag:no-such-kb", "messages": [{"role": "user", "content": "hi"}]})
+    assert missing.status_code == 404 and "kecil rag ingest" in missing.json()["error"]["message"]
