@@ -51,7 +51,7 @@ def quant_type(name: str) -> QuantType:
     """The QuantType called `name` (case-insensitive), or a ConfigError listing the choices."""
     found = QUANT_TYPES.get(name.strip().lower())
     if found is None:
-        raise ConfigError(f"unknown quantization type {name!r}; choose one of: {', '.join(QUANT_TYPES)}")
+        raise ConfigError(f"unknown quantization type {name!r}; pick one of: {', '.join(QUANT_TYPES)}")
     return found
 
 

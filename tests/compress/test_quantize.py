@@ -1,0 +1,152 @@
+"""`kecil quantize` end to end on tiny random models and the bundled model: every type, calibration,
+the report, files that llama.cpp and transformers load, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kecil.compress.quant_types import QUANT_TYPES
+from kecil.compress.quantize import QuantizeConfig, quantize
+from kecil.errors import ConfigError
+from kecil.infer.generation import GenerationConfig
+from kecil.infer.load import load_model
+from tests.models.helpers import assert_helpful
+
+
+def kecil(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kecil", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "KECIL_DEBUG": ""},
+    )  # fmt: skip
+
+
+def assert_clean_error(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kecil: error:"), done.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+def generates(path: Path) -> str:
+    with load_model(str(path), backend="llamacpp", context_length=128, threads=2) as model:
+        reply = model.generate("The cat sat on the", GenerationConfig(temperature=0, max_tokens=8))
+    assert reply.usage.completion_tokens == 8
+    return reply.text
+
+
+@pytest.mark.parametrize("name", list(QUANT_TYPES))
+def test_every_type_from_an_hf_folder_loads_and_generates(tiny_hf_model, tmp_path, name):
+    out = tmp_path / f"tiny-{name}.gguf"
+    result = quantize(QuantizeConfig(model=str(tiny_hf_model("qwen2")), to=name, output=out, method="none", report=False))
+    assert result.output == out and out.stat().st_size == result.output_bytes
+    assert result.type == name and result.method == "none"
+    generates(out)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary files left behind
+
+
+@pytest.mark.parametrize("method", ["gptq", "imatrix"])
+def test_calibrated_quantization_reports_what_it_cost(tiny_hf_model, tmp_path, method):
+    out = tmp_path / "tiny.gguf"
+    config = QuantizeConfig(model=str(tiny_hf_model("llama")), to="q4_k_m", output=out, method=method, calib_chunks=2)
+    stages = set()
+    result = quantize(config, progress=lambda stage, done, total: stages.add(stage))
+    assert stages == {"convert", "calibrate", "quantize", "report"}
+    assert result.method == method and result.calibration_tokens == 2 * 512
+    report = result.report
+    assert math.isfinite(report.source_perplexity) and math.isfinite(report.quantized_perplexity)
+    assert report.perplexity_tokens > 0 and report.decode_tokens_per_second > 0 and report.peak_ram_bytes > 0
+    generates(out)
+
+
+def test_output_loads_in_transformers(tiny_hf_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "tiny.gguf"
+    quantize(QuantizeConfig(model=str(tiny_hf_model("llama")), to="q8_0", output=out, report=False))
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out.name, dtype=torch.float32)
+    assert model.config.num_hidden_layers == 2
+
+
+def test_gguf_source_keeps_tokenizer_and_template(tiny_hf_model, tmp_path):
+    from gguf import GGUFReader
+
+    first = tmp_path / "a.gguf"
+    quantize(QuantizeConfig(model=str(tiny_hf_model("gemma3")), to="q8_0", output=first, report=False))
+    second = tmp_path / "b.gguf"
+    quantize(QuantizeConfig(model=str(first), to="q4_0", output=second, method="none", report=False))
+    a, b = GGUFReader(first), GGUFReader(second)
+    for key in ("tokenizer.chat_template", "tokenizer.ggml.tokens", "gemma3.attention.sliding_window"):
+        assert a.get_field(key).contents() == b.get_field(key).contents()
+    generates(second)
+
+
+def test_interrupted_run_leaves_nothing(tiny_hf_model, tmp_path):
+    def interrupt(stage, done, total):
+        if stage == "quantize" and done == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "tiny.gguf"
+    with pytest.raises(KeyboardInterrupt):
+        quantize(QuantizeConfig(model=str(tiny_hf_model("llama")), to="q4_0", output=out, method="none", report=False), progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        QuantizeConfig(model="smollm2-135m", to="q4_k_s", output=tmp_path / "x.gguf")
+    assert_helpful(error.value, "q4_k_s", "q4_k_m")
+    with pytest.raises(ConfigError):
+        QuantizeConfig(model="smollm2-135m", to="q4_0", output=tmp_path / "x.gguf", method="awq")
+
+
+def test_cli_json_on_a_tiny_model(tiny_hf_model, tmp_path):
+    out = tmp_path / "t.gguf"
+    done = kecil("quantize", str(tiny_hf_model("llama")), "--to", "q4_0", "-o", str(out), "--method", "none", "--no-report", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["output"] == str(out) and result["type"] == "q4_0" and result["output_bytes"] == out.stat().st_size
+
+
+def test_cli_errors_are_one_line(tiny_hf_model, tmp_path):
+    out = str(tmp_path / "o.gguf")
+    assert_clean_error(kecil("quantize", "smollm2-135m", "--to", "q5_9", "-o", out), "q5_9", "q4_k_m")
+    bert = tmp_path / "bert"
+    shutil.copytree(tiny_hf_model("llama"), bert)
+    config = json.loads((bert / "config.json").read_text())
+    (bert / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    assert_clean_error(kecil("quantize", str(bert), "--to", "q4_0", "-o", out), "bert", "supported")
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    assert_clean_error(kecil("quantize", str(corrupt), "--to", "q4_0", "-o", out))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    assert_clean_error(kecil("quantize", str(tiny_hf_model("llama")), "--to", "q4_0", "-o", out, "--calib", str(empty)), "calibration")
+    binary = tmp_path / "noise.bin"
+    binary.write_bytes(bytes(range(256)) * 8)
+    assert_clean_error(kecil("quantize", str(tiny_hf_model("llama")), "--to", "q4_0", "-o", out, "--calib", str(binary)), "not a text file")
+    assert not Path(out).exists()
+
+
+@pytest.mark.slow
+def test_perplexity_ordering_on_the_bundled_model(tmp_path):
+    from kecil.compress.calibration import HELD_OUT, bundled_text
+    from kecil.infer.scoring import perplexity
+
+    text = bundled_text(HELD_OUT)[:4000]
+    scores = {}
+    for name in ("q8_0", "q4_k_m", "q2_k"):
+        out = tmp_path / f"{name}.gguf"
+        quantize(QuantizeConfig(model="smollm2-135m", to=name, output=out, method="none", report=False, threads=2))
+        with load_model(str(out), backend="llamacpp", context_length=256, threads=2) as model:
+            scores[name] = perplexity(model, text, context=256).perplexity
+    assert scores["q8_0"] < scores["q4_k_m"] < scores["q2_k"], scores
