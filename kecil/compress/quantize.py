@@ -43,6 +43,9 @@ class QuantizeConfig:
     calib_chunks: int = 32  # most 512-token calibration chunks read (the rest of a long file is skipped)
     heldout: Path | None = None  # report perplexity text; None = kecil's bundled held-out text
     threads: int | None = None
+    # Statistics from an earlier `calibrate()` of the same model, reused instead of recomputed
+    # (quantizing one model to several types calibrates once).
+    statistics: Calibration | None = None
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -111,12 +114,14 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None) -> Quanti
         raise ConfigError(f"the output folder {config.output.parent} does not exist: create it or pick another -o path")
     ref = resolve(config.model)
     method = config.resolved_method
-    calib_text = read_calibration_text(config.calib) if method != "none" else None
+    calib_text = read_calibration_text(config.calib) if method != "none" and config.statistics is None else None
     heldout_text = _heldout_text(config) if config.report else None
     threads = config.threads or _cores()
     with tempfile.TemporaryDirectory(prefix=".kecil-quantize-", dir=config.output.parent if config.output.parent.is_dir() else None) as tmp:
         source = _as_gguf(ref, Path(tmp), progress)
-        calibration = _calibrate(ref, source, calib_text, method, config, threads, progress) if calib_text else None
+        calibration = config.statistics if method != "none" else None
+        if calibration is None and calib_text:
+            calibration = _calibrate(ref, source, calib_text, method, config, threads, progress)
         stats = calibration.stats if calibration else None
         summary = requantize(
             source, config.output, config.qtype, stats=stats, method=method if stats else "none", threads=threads,
@@ -174,6 +179,17 @@ def _as_gguf(ref: ModelRef, tmp: Path, progress: Progress | None) -> Path:
     from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
 
     return convert_hf_to_gguf(ref.path, tmp / "source.gguf", out_type="auto", progress=_stage(progress, "convert"))
+
+
+def calibrate(config: QuantizeConfig, progress: Progress | None = None) -> Calibration:
+    """Only the calibration step of `quantize(config)`: activation statistics to pass back as
+    `QuantizeConfig(statistics=...)` when quantizing the same model to several types."""
+    ref = resolve(config.model)
+    method = config.resolved_method if config.resolved_method != "none" else "gptq"
+    text = read_calibration_text(config.calib)
+    with tempfile.TemporaryDirectory(prefix=".kecil-quantize-") as tmp:
+        source = _as_gguf(ref, Path(tmp), progress)
+        return _calibrate(ref, source, text, method, config, config.threads or _cores(), progress)
 
 
 def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: QuantizeConfig, threads: int, progress) -> Calibration:
