@@ -191,7 +191,6 @@ async def run_generation(server, request: Request, body, call: Call, kind: str):
     if server.config.log_requests:
         log.info("request %s %s prompt=%s", call.id, call.endpoint, json.dumps(body.model_dump(mode="json"), ensure_ascii=False))
     if body.stream:
-        call.stream = True
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = stream_events(server, generations, choices, call, kind, include_usage, body)
         return StreamingResponse(events, media_type="text/event-stream",
@@ -268,6 +267,27 @@ def full_response(choices: list[Choice], call: Call, kind: str, body) -> dict:
     }
 
 
+async def guarded_stream(server, call: Call, events: AsyncIterator[str], cleanup) -> AsyncIterator[str]:
+    """An event stream's ending, the same for every streamed answer: an error after the headers
+    went out travels as an error event (as OpenAI's does), a client that leaves is recorded as
+    499, `cleanup` always runs (cancelling what still generates), the request is accounted for,
+    and a finished stream ends with [DONE]."""
+    call.stream = True
+    try:
+        async for event in events:
+            yield event
+    except APIError as exc:
+        call.status = exc.status
+        yield f"data: {json.dumps(exc.body())}\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        call.status = 499
+        raise
+    finally:
+        cleanup()
+        server.finish(call)
+    yield "data: [DONE]\n\n"
+
+
 async def stream_events(server, generations: Generations, choices: list[Choice], call: Call, kind: str,
                         include_usage: bool, body) -> AsyncIterator[str]:
     created = int(time.time())
@@ -290,7 +310,11 @@ async def stream_events(server, generations: Generations, choices: list[Choice],
             d["logprobs"] = completion_logprobs(entries) if entries else None
         return d
 
-    try:
+    def cleanup() -> None:
+        generations.cancel()
+        call.completion_tokens = sum(c.completion_tokens for c in choices)
+
+    async def events() -> AsyncIterator[str]:
         for c in choices:
             if kind == "chat":
                 yield event([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
@@ -298,8 +322,7 @@ async def stream_events(server, generations: Generations, choices: list[Choice],
                 yield event([delta(c.index, body.prompt[c.index // body.n], None)])
         while any(c.finish_reason is None for c in choices):
             index, chunk = await generations.next()
-            choice = choices[index]
-            absorb(choice, chunk)
+            absorb(choices[index], chunk)
             if chunk.text or chunk.logprobs:
                 yield event([delta(index, chunk.text, None, chunk.logprobs)])
             if chunk.finish_reason is not None:
@@ -309,15 +332,6 @@ async def stream_events(server, generations: Generations, choices: list[Choice],
             yield event([], usage=usage(call))
         if server.config.log_requests:
             log.info("response %s %s", call.id, json.dumps(["".join(c.text) for c in choices], ensure_ascii=False))
-    except APIError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
-        call.status = exc.status
-        yield f"data: {json.dumps(exc.body())}\n\n"
-    except (asyncio.CancelledError, GeneratorExit):
-        call.status = 499
-        raise
-    finally:
-        generations.cancel()
-        if call.status == 499:
-            call.completion_tokens = sum(c.completion_tokens for c in choices)
-        server.finish(call)
-    yield "data: [DONE]\n\n"
+
+    async for line in guarded_stream(server, call, events(), cleanup):
+        yield line

@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from kecil.errors import ConfigError, KecilError, KnowledgeBaseError
-from kecil.serve.completions import Call, usage
+from kecil.serve.completions import Call, guarded_stream, usage
 from kecil.serve.protocol import APIError, ChatCompletionRequest
 
 PREFIX = "rag:"
@@ -122,28 +122,17 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
         return f"data: {json.dumps({**base, **payload}, ensure_ascii=False)}\n\n"
 
     async def events():
-        call.stream = True
-        try:
-            yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            while not isinstance(piece := await next_piece(), Answer):
-                yield event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-            record(piece)
-            yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                         "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered})
-            if body.stream_options and body.stream_options.include_usage:
-                yield event({"choices": [], "usage": usage(call)})
-        except APIError as exc:
-            call.status = exc.status
-            yield f"data: {json.dumps(exc.body())}\n\n"
-        except (asyncio.CancelledError, GeneratorExit):
-            call.status = 499
-            raise
-        finally:
-            stop.set()
-            server.finish(call)
-        yield "data: [DONE]\n\n"
+        yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        while not isinstance(piece := await next_piece(), Answer):
+            yield event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+        record(piece)
+        yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                     "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered})
+        if body.stream_options and body.stream_options.include_usage:
+            yield event({"choices": [], "usage": usage(call)})
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(guarded_stream(server, call, events(), stop.set), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _kb_embedder(kb: str) -> str:

@@ -41,7 +41,10 @@ class Server:
         self.audit = tmp / f"audit-{self.port}.jsonl"
         self.log = tmp / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kecil", "serve", "--port", str(self.port), "--audit-log", str(self.audit), *args],
+            # One decode thread: tests check behaviour, not speed, and ggml's spinning thread pool
+            # slows down many times over when the test's own clients take a core from it.
+            [sys.executable, "-m", "kecil", "serve", "--port", str(self.port), "--audit-log", str(self.audit),
+             "--threads", "1", *args],
             stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "KECIL_DEBUG": ""},
         )
         deadline = time.monotonic() + 180
@@ -62,7 +65,7 @@ class Server:
         return {"Authorization": f"Bearer {args[args.index('--api-key') + 1]}"} if "--api-key" in args else {}
 
     def client(self, key: str = "unused", **kw):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120, **kw)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=600, **kw)
 
     def metric(self, name: str, **labels) -> float:
         text = httpx.get(self.url + "/metrics").text
