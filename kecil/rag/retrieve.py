@@ -66,6 +66,7 @@ class Retriever:
         self._owns_kb = not isinstance(kb, KnowledgeBase)
         self._embedder = embedder
         self._owns_embedder = False
+        self._query_vectors: dict[str, np.ndarray] = {}
         if isinstance(embedder, str) or embedder is None:
             name = embedder or self.kb.embedder_name
             if name != self.kb.embedder_name:
@@ -122,7 +123,25 @@ class Retriever:
         return [(int(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
 
     def query_vector(self, query: str) -> np.ndarray:
-        return self.embedder.embed([query], kind="query")[0]
+        vector = self._query_vectors.get(query)
+        if vector is None:
+            vector = self.embedder.embed([query], kind="query")[0]
+            self._remember({query: vector})
+        return vector
+
+    def embed_queries(self, queries: list[str], batch_size: int = 64) -> None:
+        """Embed many queries in batches up front (much faster than one by one); search uses them."""
+        todo = [q for q in dict.fromkeys(queries) if q not in self._query_vectors]
+        if todo:
+            self._remember(dict(zip(todo, self.embedder.embed(todo, batch_size=batch_size, kind="query"))))
+
+    def forget_queries(self) -> None:
+        self._query_vectors.clear()
+
+    def _remember(self, vectors: dict) -> None:
+        self._query_vectors.update(vectors)
+        while len(self._query_vectors) > 4096:  # bounded: a server sees endless new questions
+            self._query_vectors.pop(next(iter(self._query_vectors)))
 
     # --- what callers use -----------------------------------------------------------------
     def search(self, query: str, config: SearchConfig | None = None) -> list[Hit]:
@@ -137,8 +156,19 @@ class Retriever:
         if config.method == "dense":
             return self._hits([(i, s, None, r) for r, (i, s) in enumerate(dense, start=1)], similarity)
         bm25 = self.bm25(query, config.depth, allowed)
-        fused = fuse(bm25, dense, config)
-        return self._hits(fused[: config.k], similarity)
+        fused = fuse(bm25, dense, config)[: config.k]
+        missing = [row[0] for row in fused if row[0] not in similarity]
+        if missing:  # found by BM25 alone: their similarity still tells `kecil ask` how relevant they are
+            similarity.update(self._similarities(query, missing))
+        return self._hits(fused, similarity)
+
+    def _similarities(self, query: str, chunk_ids: list[int]) -> dict[int, float]:
+        import numpy as np
+
+        ids, matrix = self.kb.vectors()
+        rows = np.searchsorted(ids, chunk_ids)  # ids are ascending: chunk ids are never reused
+        vector = self.query_vector(query)
+        return {i: float(matrix[r] @ vector) for i, r in zip(chunk_ids, rows) if r < len(ids) and ids[r] == i}
 
     def _hits(self, ranked: list[tuple[int, float, int | None, int | None]], similarity: dict[int, float]) -> list[Hit]:
         chunks = self.kb.chunks([r[0] for r in ranked])

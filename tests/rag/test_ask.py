@@ -1,0 +1,76 @@
+"""`kecil ask` on the SQuAD knowledge base with the embedded SmolLM2 model: grounded answers whose
+citations point at chunks holding the answer, and a refusal when the documents do not cover it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kecil.infer.load import load_model
+from kecil.rag.ask import Answer, AskConfig, ask, attribute, stream_ask
+from kecil.rag.evaluate import first_answer_rank
+from kecil.rag.retrieve import Retriever, SearchConfig
+from tests.test_cli import kecil
+
+
+@pytest.fixture(scope="module")
+def smol():
+    with load_model("smollm2-135m", context_length=2048) as model:
+        yield model
+
+
+def test_refuses_without_running_a_model_when_nothing_is_relevant(squad_kb, embedder):
+    name, _, _ = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        answer = ask("How do I reset the password of the office printer?", retriever, model="no-such-model-is-loaded")
+    assert not answer.answered and answer.citations == []
+    assert "cannot answer" in answer.text and name in answer.text
+
+
+def test_citations_point_at_chunks_that_hold_the_answer(squad_kb, embedder, smol):
+    name, _, items = squad_kb
+    checked = 0
+    with Retriever(name, embedder=embedder) as retriever:
+        for item in items[:40]:
+            hits = retriever.search(item.question, SearchConfig(k=3))
+            if first_answer_rank([h.chunk.text for h in hits], item.answers) != 1:
+                continue  # retrieval is measured elsewhere; here: what ask does with a good first chunk
+            answer = ask(item.question, retriever, model=smol, config=AskConfig(k=3, max_tokens=48))
+            assert answer.answered and answer.citations, answer
+            assert all(f"[{c.number}]" in answer.text for c in answer.citations), answer.text  # each citation is cited
+            assert any(first_answer_rank([c.text], item.answers) for c in answer.citations), (item, answer.text)
+            first = answer.citations[0]
+            assert first.file.endswith(".md") and 1 <= first.start <= first.end and "line" in first.where
+            checked += 1
+            if checked == 3:
+                break
+    assert checked == 3
+
+
+def test_stream_ask_yields_text_then_the_answer(squad_kb, embedder, smol):
+    name, _, items = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        pieces = list(stream_ask(items[0].question, retriever, model=smol, config=AskConfig(k=2, max_tokens=24)))
+    assert isinstance(pieces[-1], Answer) and all(isinstance(p, str) for p in pieces[:-1]) and len(pieces) > 2
+    assert "".join(pieces[:-1]).strip()
+
+
+def test_attribution_marks_sentences_by_shared_words():
+    from kecil.rag.ask import Citation
+
+    cites = [Citation(1, "a.md", None, 1, 1, "lines", "", "Denver Broncos won the game.", 1.0),
+             Citation(2, "b.md", None, 3, 4, "lines", "", "The halftime show starred Coldplay.", 0.5)]
+    assert attribute("Coldplay played at halftime. The Broncos won.", cites) == "Coldplay played at halftime. [2] The Broncos won. [1]"
+    assert attribute("Already cited [2].", cites) == "Already cited [2]."
+
+
+def test_cli_ask_json(squad_kb):
+    name, _, _ = squad_kb
+    done = kecil("ask", "Which NFL team represented the AFC at Super Bowl 50?", "--kb", name, "--k", "3", "--max-tokens", "40", "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["answered"] and answer["citations"]
+    for citation in answer["citations"]:  # only sources the answer cites are listed, each with its place
+        assert f"[{citation['number']}]" in answer["text"]
+        assert citation["file"].endswith(".md") and citation["lines"][0] >= 1 and citation["text"]
