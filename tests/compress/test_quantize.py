@@ -55,8 +55,12 @@ def test_every_type_from_an_hf_folder_loads_and_generates(tiny_hf_model, tmp_pat
 
 @pytest.mark.parametrize("method", ["gptq", "imatrix"])
 def test_calibrated_quantization_reports_what_it_cost(tiny_hf_model, tmp_path, method):
+    from tests.tiny_models import training_lines
+
     out = tmp_path / "tiny.gguf"
-    config = QuantizeConfig(model=str(tiny_hf_model("llama")), to="q4_k_m", output=out, method=method, calib_chunks=2)
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text(" ".join(reversed(training_lines())))  # a short text, so the report is quick
+    config = QuantizeConfig(model=str(tiny_hf_model("llama")), to="q4_k_m", output=out, method=method, calib_chunks=2, heldout=heldout)
     stages = set()
     result = quantize(config, progress=lambda stage, done, total: stages.add(stage))
     assert stages == {"convert", "calibrate", "quantize", "report"}
@@ -65,6 +69,7 @@ def test_calibrated_quantization_reports_what_it_cost(tiny_hf_model, tmp_path, m
     assert math.isfinite(report.source_perplexity) and math.isfinite(report.quantized_perplexity)
     assert report.perplexity_tokens > 0 and report.decode_tokens_per_second > 0 and report.peak_ram_bytes > 0
     generates(out)
+    assert {p.name for p in tmp_path.iterdir()} == {"tiny.gguf", "heldout.txt"}
 
 
 def test_output_loads_in_transformers(tiny_hf_model, tmp_path):
