@@ -383,3 +383,14 @@ def test_rag_through_the_kb_field_streams_and_refuses_what_it_does_not_cover(ser
     assert refused["answered"] is False and "cannot answer" in refused["choices"][0]["message"]["content"]
     missing = post(server, {"model": "rag:no-such-kb", "messages": [{"role": "user", "content": "hi"}]})
     assert missing.status_code == 404 and "kecil rag ingest" in missing.json()["error"]["message"]
+
+
+def test_prompts_reach_the_log_only_when_asked(tmp_path):
+    s = Server(tmp_path, "--log-requests", "--no-embeddings", "--context", "256")
+    try:
+        secret = "pelican-ledger-4411"
+        assert chat(s.client(), f"Repeat this word: {secret}", max_tokens=8, temperature=0).choices
+        assert secret in s.log.read_text()  # asked for: the prompt is in the server's log
+        assert secret not in s.audit.read_text()  # the audit log never holds content
+    finally:
+        s.stop()
