@@ -248,6 +248,23 @@ def test_disconnect_cancels_the_generation_and_the_audit_log_has_no_content(serv
     assert secret not in server.audit.read_text() and secret not in server.log.read_text()
 
 
+def test_a_non_streaming_client_that_leaves_is_cancelled_too(server):
+    body = json.dumps({"model": MODEL, "max_tokens": 900, "ignore_eos": True,
+                       "messages": [{"role": "user", "content": "Count to a thousand."}]}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 60
+        while server.metric("kecil_running_sequences", model=MODEL) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    deadline = time.monotonic() + 20
+    while server.metric("kecil_running_sequences", model=MODEL) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.metric("kecil_running_sequences", model=MODEL) == 0
+    records = [json.loads(line) for line in server.audit.read_text().splitlines()]
+    assert any(r["status"] == 499 and not r["stream"] for r in records)
+
+
 def test_metrics_count_requests_and_tokens(server):
     before = server.metric("kecil_completion_tokens_total", model=MODEL)
     chat(server.client(), "Say hello.", max_tokens=8, temperature=0)
