@@ -1,0 +1,174 @@
+"""Items per second of `kecil eval` on MMLU against lm-evaluation-harness, on the same questions.
+
+200 MMLU test questions (kecil's fixed subset for seed 1234, across the 57 subjects), 5-shot
+(each subject's five dev questions, the standard MMLU setting), on the embedded default model
+(SmolLM2-135M-Instruct, Q4_1 GGUF). Engines, each in its own process, after loading the model:
+
+  kecil-llamacpp   kecil's multiple-choice runner (kecil.eval.run.run_task) on the llamacpp backend
+  kecil-torch      the same on the torch backend (the GGUF dequantized to float32)
+  lm-eval-hf       lm-evaluation-harness 0.4.13, HF backend (HFLM with gguf_file, float32), batch
+                   size 1, on a local task whose documents are kecil's rendered prompts, so both
+                   tools score the same text with the same " A".." D" continuations; offline
+                   (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE).
+
+Speed is items / seconds of evaluation (the model already loaded); accuracy is reported by each
+tool. Engines take turns over --rounds; the reported figure is the median. JSON lines on
+stdout, a table on stderr. Run under `flock /tmp/kecil-bench.lock`. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common.machine import cpu_model, physical_cores  # noqa: E402
+from _common.model import MODEL_NAME, default_gguf  # noqa: E402
+from _common.report import emit, median, table  # noqa: E402
+
+BENCH = "eval"
+ENGINES = ("kecil-llamacpp", "kecil-torch", "lm-eval-hf")
+SEED = 1234
+SHOTS = 5
+LM_EVAL_TASK = "kecil_mmlu_subset"
+
+
+def kecil_prompts(items: int) -> list[dict]:
+    """The subset and prompts exactly as `kecil eval --tasks mmlu --limit N --shots 5` builds them."""
+    from kecil.eval.tasks import build_prompt, fewshot_examples, get_task, select_items
+
+    task = get_task("mmlu")
+    pool: dict = {}
+    rows = []
+    for item in select_items(task.items(), items, SEED):
+        prompt = build_prompt(task, item, fewshot_examples(task, item, SHOTS, SEED, pool))
+        rows.append({"id": item.id, "query": prompt, "choices": [c.strip() for c in item.choices], "answer": item.answer})
+    return rows
+
+
+def write_lm_eval_task(rows: list[dict], folder: Path) -> None:
+    """A local lm-eval task over `rows`: the prompt as given, answers " A".." D" (target_delimiter " ")."""
+    data = folder / "items.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{LM_EVAL_TASK}.yaml").write_text(
+        f"task: {LM_EVAL_TASK}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: \"{{query}}\"\n"
+        "doc_to_choice: \"{{choices}}\"\n"
+        "doc_to_target: answer\n"
+        "target_delimiter: \" \"\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args)), flush=True)
+        return 0
+    threads = args.threads or physical_cores()
+    engines = args.engines.split(",") if args.engines else list(ENGINES)
+    print(f"{BENCH}: {MODEL_NAME} MMLU {args.items} questions {SHOTS}-shot on {cpu_model()}, {threads} threads", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="kecil-bench-eval-") as tmp:
+        folder = Path(tmp)
+        rows = kecil_prompts(args.items)
+        write_lm_eval_task(rows, folder)
+        raw: dict[str, list[dict]] = {e: [] for e in engines}
+        for round_no in range(1, args.rounds + 1):
+            for engine in engines:
+                command = [sys.executable, __file__, "--worker", engine, "--folder", str(folder), "--threads", str(threads)]
+                done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+                lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+                if done.returncode != 0 or not lines:
+                    print(f"{engine} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+                    return 1
+                result = json.loads(lines[-1])
+                raw[engine].append(result)
+                print(f"  round {round_no} {engine}: {result['items'] / result['seconds']:.2f} items/s, acc {result['acc']:.3f}", file=sys.stderr, flush=True)
+    common = {"bench": BENCH, "model": MODEL_NAME, "task": "mmlu", "shots": SHOTS, "seed": SEED, "threads": threads}
+    summary = {}
+    for engine, runs in raw.items():
+        speed = median([r["items"] / r["seconds"] for r in runs])
+        summary[engine] = dict(items_per_s=speed, acc=runs[-1]["acc"], items=runs[-1]["items"], load_s=median([r["load_seconds"] for r in runs]))
+        emit(**common, engine=engine, items=runs[-1]["items"], items_per_s=round(speed, 3), acc=runs[-1]["acc"],
+             load_s=round(summary[engine]["load_s"], 2), rounds=len(runs))
+    rows_out = [(e, s["items"], s["items_per_s"], s["acc"], s["load_s"]) for e, s in summary.items()]
+    table("MMLU 5-shot, items/s (median)", ("engine", "items", "items/s", "acc", "load s"), rows_out)
+    if "lm-eval-hf" in summary:
+        anchor = summary["lm-eval-hf"]
+        for engine in (e for e in summary if e.startswith("kecil")):
+            ratio = summary[engine]["items_per_s"] / anchor["items_per_s"]
+            gap = 100 * abs(summary[engine]["acc"] - anchor["acc"])
+            emit(**common, ratio=f"{engine} / lm-eval-hf items/s", value=round(ratio, 3), target=">= 2",
+                 accuracy_gap_points=round(gap, 2), accuracy_target="<= 1 point")
+            print(f"{engine}: {ratio:.2f}x lm-eval's items/s; accuracy gap {gap:.1f} points", file=sys.stderr)
+    return 0
+
+
+def _worker(args) -> dict:
+    folder = Path(args.folder)
+    rows = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+    gguf = default_gguf()
+    if args.worker.startswith("kecil"):
+        return _kecil(args.worker.removeprefix("kecil-"), gguf, len(rows), args.threads, rows)
+    return _lm_eval(folder, gguf, args.threads)
+
+
+def _kecil(backend_name: str, gguf: Path, items: int, threads: int, rows: list[dict]) -> dict:
+    from kecil.eval.cache import ResultCache
+    from kecil.eval.run import EvalConfig, run_task
+    from kecil.eval.tasks import get_task
+    from kecil.infer.load import load_model
+
+    config = EvalConfig(models=(str(gguf),), tasks=("mmlu",), limit=items, seed=SEED, shots=SHOTS, system=False, cache=False)
+    started = time.perf_counter()
+    backend = load_model(str(gguf), backend=backend_name, threads=threads)
+    loaded = time.perf_counter()
+    with backend, ResultCache(enabled=False) as cache:
+        result = run_task(backend, MODEL_NAME, get_task("mmlu"), config, cache, "bench", lambda *a: None)
+    seconds = time.perf_counter() - loaded
+    return {"items": result.n, "seconds": seconds, "acc": result.value, "load_seconds": loaded - started}
+
+
+def _lm_eval(folder: Path, gguf: Path, threads: int) -> dict:
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model = HFLM(pretrained=str(gguf.parent), gguf_file=gguf.name, dtype="float32", device="cpu", batch_size=1)
+    loaded = time.perf_counter()
+    results = simple_evaluate(model=model, tasks=[LM_EVAL_TASK], task_manager=TaskManager(include_path=str(folder)),
+                              num_fewshot=0, log_samples=False, random_seed=SEED, bootstrap_iters=0)
+    seconds = time.perf_counter() - loaded
+    scores = results["results"][LM_EVAL_TASK]
+    return {"items": int(results["n-samples"][LM_EVAL_TASK]["effective"]), "seconds": seconds, "acc": scores["acc,none"],
+            "load_seconds": loaded - started}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=200, help="MMLU questions (a fixed subset for seed 1234)")
+    parser.add_argument("--rounds", type=int, default=1, help="turns per engine; the median is reported")
+    parser.add_argument("--engines", help=f"comma-separated subset of {', '.join(ENGINES)}")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
