@@ -48,8 +48,9 @@ def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler
     root = output / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:07d}"
+    for stale in root.glob(".tmp-step-*"):  # half-written by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     temporary = root / f".tmp-step-{state.step:07d}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
     model.save_pretrained(str(temporary))
     torch.save(optimizer.state_dict(), temporary / "optimizer.pt")

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -272,7 +273,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
             input_ids, position_ids, predict, targets_t = collate(batch, train, pad_id)
             # Normalised by the whole step's target count: packing and accumulation then give the
             # gradient of the mean token loss, whatever the rows look like. × world undoes DDP's average.
-            syncing = accelerator.no_sync(model) if (world > 1 and i < len(mine) - 1) else _nothing()
+            syncing = accelerator.no_sync(model) if (world > 1 and i < len(mine) - 1) else nullcontext()
             with syncing:
                 loss = token_loss_sum(model, input_ids, position_ids, predict, targets_t) * (world / step_targets)
                 accelerator.backward(loss)
@@ -325,14 +326,6 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
 def collate_targets(batch: MicroBatch, examples) -> list[int]:
     """The target positions of a micro-batch, counted without building tensors."""
     return [t for row in batch.rows for i in row for t in range(1, len(examples[i].ids)) if examples[i].trained[t]]
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def write_adapter(model, output: Path, summary: dict) -> None:
