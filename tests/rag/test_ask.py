@@ -4,6 +4,7 @@ citations point at chunks holding the answer, and a refusal when the documents d
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from kecil.infer.load import load_model
 from kecil.rag.ask import Answer, AskConfig, ask, attribute, stream_ask
 from kecil.rag.evaluate import first_answer_rank
 from kecil.rag.retrieve import Retriever, SearchConfig
+from kecil.rag.tokenise import tokenise
 from tests.test_cli import kecil
 
 
@@ -29,23 +31,34 @@ def test_refuses_without_running_a_model_when_nothing_is_relevant(squad_kb, embe
 
 
 def test_citations_point_at_chunks_that_hold_the_answer(squad_kb, embedder, smol):
+    """Each cited chunk holds what its sentence says; when the (135M) model's answer is right,
+    a cited chunk holds the right answer. A wrong answer is the model's, not the citation's."""
     name, _, items = squad_kb
-    checked = 0
+    checked, right = 0, 0
     with Retriever(name, embedder=embedder) as retriever:
-        for item in items[:40]:
+        for item in items[:60]:
             hits = retriever.search(item.question, SearchConfig(k=3))
             if first_answer_rank([h.chunk.text for h in hits], item.answers) != 1:
                 continue  # retrieval is measured elsewhere; here: what ask does with a good first chunk
             answer = ask(item.question, retriever, model=smol, config=AskConfig(k=3, max_tokens=48))
-            assert answer.answered and answer.citations, answer
+            if not answer.answered:
+                continue  # under the similarity threshold (~5% of answerable questions, see benchmarks)
+            assert answer.citations, answer
             assert all(f"[{c.number}]" in answer.text for c in answer.citations), answer.text  # each citation is cited
-            assert any(first_answer_rank([c.text], item.answers) for c in answer.citations), (item, answer.text)
+            cited = {c.number: c for c in answer.citations}
+            for sentence, number in re.findall(r"([^[\]]+?)\s*\[(\d+)\]", answer.text):
+                terms = {t for t in tokenise(sentence) if len(t) > 3 or t.isdigit()} - {"answer", "source", "sources"}
+                if terms and int(number) in cited:
+                    assert terms & set(tokenise(cited[int(number)].text + " " + cited[int(number)].section)), (sentence, number)
+            if first_answer_rank([answer.text], item.answers):
+                right += 1
+                assert any(first_answer_rank([c.text], item.answers) for c in answer.citations), (item, answer.text)
             first = answer.citations[0]
             assert first.file.endswith(".md") and 1 <= first.start <= first.end and "line" in first.where
             checked += 1
-            if checked == 3:
+            if checked == 6:
                 break
-    assert checked == 3
+    assert checked == 6 and right >= 1
 
 
 def test_stream_ask_yields_text_then_the_answer(squad_kb, embedder, smol):
