@@ -18,7 +18,6 @@ Run under the machine-wide lock: flock /tmp/kecil-bench.lock .venv/bin/python be
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import subprocess
@@ -90,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds += llama_imatrix_seconds
             elif variant in ("kecil-imatrix", "kecil-gptq"):
                 seconds += kecil_calibration_seconds
-            if variant == "kecil-none" and _sha256(out) == _sha256(work / f"{name}-llama-quantize.gguf"):
-                ppl, identical = results["llama-quantize"]["perplexity"], True  # same bytes, same perplexity
+            if variant == "kecil-none" and _same_tensors(out, work / f"{name}-llama-quantize.gguf"):
+                ppl, identical = results["llama-quantize"]["perplexity"], True  # same weights, same perplexity
             else:
                 ppl, identical = perplexity(tools, out, heldout, args.ppl_chunks, threads), None
             record = emit(
@@ -125,8 +124,15 @@ def _run(cmd: list) -> subprocess.CompletedProcess:
     return done
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Whether two GGUF files hold the same tensors, byte for byte (metadata may differ)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    ta, tb = GGUFReader(a).tensors, GGUFReader(b).tensors
+    return [(t.name, t.tensor_type) for t in ta] == [(t.name, t.tensor_type) for t in tb] and all(
+        np.array_equal(np.asarray(x.data), np.asarray(y.data)) for x, y in zip(ta, tb)
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

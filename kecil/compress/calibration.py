@@ -87,11 +87,15 @@ class Calibration:
 
 def collect_statistics(
     model, tokenizer, text: str, name_map: Callable[[str], str | None], *, context: int = 512, max_chunks: int | None = None,
-    hessian: bool = True, add_bos: bool = True, progress: Progress | None = None,
+    hessian: bool = True, add_bos: bool = True, sink_positions: int = 4, progress: Progress | None = None,
 ) -> Calibration:
     """Run `text` through the torch `model` in chunks of `context` tokens and gather input statistics
     of every nn.Linear inside its transformer blocks. `name_map` turns a module's weight name
-    into its GGUF tensor name (None to skip the module)."""
+    into its GGUF tensor name (None to skip the module).
+
+    The first `sink_positions` tokens of every chunk are left out of the Hessian: transformers
+    give the first positions huge activations (an "attention sink"), and with them in, H mostly
+    describes those few tokens, so GPTQ fits them at the expense of ordinary ones."""
     import torch
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -123,7 +127,8 @@ def collect_statistics(
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
             squares[gguf_name] = squares.get(gguf_name, 0) + (x * x).sum(0)
             if hessian:
-                sums[gguf_name] = sums.get(gguf_name, 0) + x.T @ x
+                body = inputs[0].detach()[:, sink_positions:, :].reshape(-1, inputs[0].shape[-1]).float()
+                sums[gguf_name] = sums.get(gguf_name, 0) + body.T @ body
 
         return hook
 
@@ -149,7 +154,7 @@ def collect_statistics(
     stats = {}
     for name in squares:
         importance = (squares[name] / n_tokens).numpy().astype(np.float32)
-        h = (sums[name] / n_tokens).numpy().astype(np.float32) if hessian else None
+        h = (sums[name] / (n_tokens - len(chunks) * sink_positions)).numpy().astype(np.float32) if hessian else None
         stats[name] = LayerStats(importance, h, n_tokens)
     for name, owner in shared.items():
         stats[name] = stats[owner]

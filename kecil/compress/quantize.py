@@ -37,8 +37,9 @@ class QuantizeConfig:
     output: Path  # the GGUF file to write
     calib: Path | None = None  # calibration text or JSONL; None = kecil's bundled multilingual set
     report: bool = True  # measure perplexity, speed and RAM after writing
-    # "auto": GPTQ on the calibration statistics for 2-6 bit types, nothing for f16/q8_0 (which
-    # cannot use them); "gptq", "imatrix" (importance-weighted rounding only), "none" (no calibration).
+    # "auto": the importance matrix for 2-6 bit types, nothing for f16/q8_0 (which cannot use
+    # it); "imatrix" (importance-weighted rounding), "gptq" (that plus GPTQ error compensation),
+    # "none" (no calibration). docs/benchmarks.md has the measurements behind the default.
     method: str = "auto"
     calib_chunks: int = 32  # most 512-token calibration chunks read (the rest of a long file is skipped)
     heldout: Path | None = None  # report perplexity text; None = kecil's bundled held-out text
@@ -63,7 +64,7 @@ class QuantizeConfig:
     def resolved_method(self) -> str:
         if self.method != "auto":
             return self.method
-        return "none" if self.qtype.name in ("f16", "q8_0") else "gptq"
+        return "none" if self.qtype.name in ("f16", "q8_0") else "imatrix"
 
 
 @dataclass
