@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     for round_no in range(1, args.rounds + 1):
         for engine in ENGINES:
             print(f"  round {round_no}/{args.rounds}: {engine} ...", file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--worker", engine, "--epochs", str(args.epochs), "--threads", str(threads)]
+            cmd = [sys.executable, __file__, "--worker", engine, "--epochs", str(args.epochs), "--threads", str(threads),
+                   "--examples", str(args.examples)]
             done = run_isolated(cmd, timeout=TIMEOUT_SECONDS)
             if done.returncode != 0:
                 emit(**common, engine=engine, status="failed", reason=done.stderr.strip().splitlines()[-1:])
@@ -79,7 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _examples():
+def _data(examples: int) -> Path:
+    """The data file, or a copy of its first `examples` lines (a quick smoke run)."""
+    if not examples:
+        return DATA
+    subset = Path(tempfile.mkdtemp()) / DATA.name
+    subset.write_text("".join(DATA.read_text().splitlines(keepends=True)[:examples]))
+    return subset
+
+
+def _examples(data: Path):
     """Token ids and trained-token flags of the data, rendered exactly as kecil tune renders them."""
     from kecil.infer.chat_template import ChatTemplate
     from kecil.infer.torch_backend import load_transformers
@@ -96,7 +106,7 @@ def _examples():
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return encoded["input_ids"], encoded["offset_mapping"]
 
-    examples, _, _ = tokenize_dataset(read_dataset(DATA), style, tokenize, tokenizer.bos_token_id, MAX_LENGTH)
+    examples, _, _ = tokenize_dataset(read_dataset(data), style, tokenize, tokenizer.bos_token_id, MAX_LENGTH)
     return model, tokenizer, examples
 
 
@@ -108,7 +118,7 @@ def _worker(args) -> int:
         from kecil.tune.lora import TuneConfig, tune
 
         with tempfile.TemporaryDirectory() as out:
-            result = tune(TuneConfig(model=MODEL, data=DATA, output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
+            result = tune(TuneConfig(model=MODEL, data=_data(args.examples), output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
                                      dropout=DROPOUT, lr=LR, batch_size=1, max_length=MAX_LENGTH, val_split=0, save_every=10**6,
                                      threads=args.threads))
         print(json.dumps({"real_tokens": result.tokens, "padded_tokens": 0, "seconds": result.seconds, "steps": result.steps,
@@ -122,7 +132,7 @@ def _trainer_worker(args) -> int:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    model, tokenizer, examples = _examples()
+    model, tokenizer, examples = _examples(_data(args.examples))
     rows = [{"input_ids": e.ids, "labels": [t if keep else -100 for t, keep in zip(e.ids, e.trained)]} for e in examples]
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=list(TARGETS), task_type="CAUSAL_LM"))
@@ -147,7 +157,7 @@ def _trainer_worker(args) -> int:
     with tempfile.TemporaryDirectory() as out:
         training = TrainingArguments(
             output_dir=out, per_device_train_batch_size=TRAINER_BATCH, num_train_epochs=args.epochs, learning_rate=LR,
-            lr_scheduler_type="cosine", warmup_ratio=0.05, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
+            lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
             save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
         )
         trainer = Trainer(model=model, args=training, train_dataset=rows, data_collator=collate, callbacks=[clock])
@@ -163,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=2, help="passes over the data per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per engine, alternating")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    parser.add_argument("--examples", type=int, default=0, help="train on the first N examples only (0 = all; a smoke run)")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     return parser
 
