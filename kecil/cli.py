@@ -523,17 +523,12 @@ def ask(
     if question == "-":
         question = sys.stdin.read()
     config = AskConfig(k=k, max_tokens=max_tokens, backend=backend, context_length=context)
-    answer = None
-    for piece in stream_ask(question, kb, model=model, config=config):
-        if isinstance(piece, Answer):
-            answer = piece
-        elif not as_json:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+    # Printed whole, not streamed: the [n] markers are checked against the sources at the end.
+    answer = next(piece for piece in stream_ask(question, kb, model=model, config=config) if isinstance(piece, Answer))
     if as_json:
         print(json.dumps(answer.as_dict(), ensure_ascii=False))
         return
-    sys.stdout.write("\n")
+    print(answer.text)
     if answer.citations:
         print("\nSources:")
         for c in answer.citations:
@@ -606,7 +601,7 @@ def _eval_progress(bar):
 def eval_(
     models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare: built-in names, .gguf files or Hugging Face folders.")],
     tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated: mmlu, arc_easy, arc_challenge, hellaswag, piqa, boolq, gsm8k, squad, humaneval, mbpp, wikitext-like-perplexity, perplexity (with --text), or a --task-file's name.")] = "mmlu",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per task: a fixed random subset (see --seed).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per task: a fixed random subset (see --seed); for perplexity, the first N chunks.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the subset and the few-shot examples.")] = 1234,
     shots: Annotated[Optional[int], typer.Option("--shots", help="Few-shot examples per prompt (default: each task's own; 0 = zero-shot).")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Text file for --tasks perplexity.")] = None,
@@ -646,6 +641,58 @@ def eval_(
             print(line)
     else:
         Console().print(table(report))
+
+
+@app.command()
+def fit(
+    model: Annotated[str, typer.Argument(help="Built-in name, .gguf file or Hugging Face folder.")],
+    memory: Annotated[str, typer.Option("--memory", "-m", help="Memory the model may use, e.g. 4GB, 300MB, 3.5GiB.")],
+    context: Annotated[int, typer.Option("--context", "-c", help="Context window the model must hold, in tokens.")] = 4096,
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated quality tasks (as in kecil eval).")] = "wikitext-like-perplexity",
+    types: Annotated[Optional[str], typer.Option("--types", help="Comma-separated quantization types to try (default: all eight).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Items per task (perplexity: 512-token chunks).")] = 20,
+    threads: Threads = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per variant, then the recommendation.")] = False,
+) -> None:
+    """Which quantization of MODEL fits in --memory at --context, and which of those is best: measured, not estimated."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from kecil.eval.fit import DEFAULT_TYPES, FitConfig, fit as run_fit, format_bytes, parse_memory
+
+    config = FitConfig(
+        model=model, memory=parse_memory(memory), context=context, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+        types=tuple(t.strip() for t in types.split(",")) if types else DEFAULT_TYPES, limit=limit, threads=threads,
+    )
+    console = Console(stderr=True)
+    stages = {"quantize": "quantizing", "memory": "measuring peak memory", "evaluate": "evaluating quality"}
+    with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+        bars: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = bar.add_task(stages.get(stage, stage), total=total)
+            bar.update(bars[stage], completed=done, total=total)
+
+        result = run_fit(config, progress=progress)
+    if as_json:
+        for v in result.variants:
+            print(json.dumps({"type": v.type, "size_bytes": v.size_bytes, "peak_rss_bytes": v.peak_rss_bytes, "fits": v.fits(config.memory), "quality": v.quality, "error": v.error}))
+        print(json.dumps({"recommended": result.recommended.type if result.recommended else None, "command": result.command, "message": result.message}))
+        return
+    grid = Table(title=f"kecil fit {model} --memory {memory} --context {context}")
+    for column in ("type", "size", "peak RAM", "fits", *config.tasks):
+        grid.add_column(column, justify="left" if column == "type" else "right")
+    for v in result.variants:
+        quality = [("" if v.quality.get(t) is None else f"{v.quality[t]:.3f}" if v.metrics.get(t) == "perplexity" else f"{100 * v.quality[t]:.1f}%") for t in config.tasks]
+        mark = "yes" if v.fits(config.memory) else ("error" if v.error else "no")
+        name = f"[bold]{v.type}[/bold]" if v is result.recommended else v.type
+        grid.add_row(name, format_bytes(v.size_bytes) if v.size_bytes else "", format_bytes(v.peak_rss_bytes) if v.peak_rss_bytes else (v.error or ""), mark, *quality)
+    Console().print(grid)
+    print(result.message)
+    if result.command:
+        print(f"\n  {result.command}")
 
 
 def _version(value: bool) -> None:

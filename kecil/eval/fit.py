@@ -1,0 +1,178 @@
+"""`kecil fit`: which quantization of a model fits in N GB at a given context, and which of those is best.
+
+For each quantization type the variant is produced with `kecil.compress.quantize` (kept under
+KECIL_HOME, so a rerun reuses it), its peak resident memory is measured in a fresh process with
+the context window filled (a real run, not an estimate), and its quality is evaluated on the
+chosen tasks. The recommendation is the best-quality variant whose measured peak fits the
+budget, with the `kecil quantize` command that produces it. This is the one place where eval
+uses compress; the import is lazy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kecil.errors import ConfigError, KecilError
+from kecil.eval.cache import model_fingerprint
+from kecil.paths import kecil_home
+
+DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9}
+
+# (stage, done, total): stage is "quantize", "memory" or "evaluate"
+Progress = Callable[[str, int, int], None]
+
+
+def parse_memory(text: str) -> int:
+    """Bytes in '4GB', '300MB', '3.5GiB', '512MiB' (GB = 10^9 bytes, GiB = 2^30)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in UNITS:
+        raise ConfigError(f"cannot read the memory size {text!r}: write it like 4GB, 300MB or 3.5GiB")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    model: str
+    memory: int  # bytes available for the model's process
+    context: int = 4096
+    tasks: tuple[str, ...] = ("wikitext-like-perplexity",)
+    types: tuple[str, ...] = DEFAULT_TYPES
+    limit: int | None = 20  # items per task (or perplexity chunks): fit compares variants, quickly
+    threads: int | None = None
+    workdir: Path | None = None  # where the variants are kept; None = KECIL_HOME/fit/<model>
+
+    def __post_init__(self) -> None:
+        if self.memory <= 0:
+            raise ConfigError("--memory must be a positive size such as 4GB")
+        if self.context < 16:
+            raise ConfigError(f"--context must be at least 16 tokens, got {self.context}")
+        unknown = [t for t in self.types if t not in DEFAULT_TYPES]
+        if unknown or not self.types:
+            raise ConfigError(f"unknown quantization type(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(DEFAULT_TYPES)}")
+
+
+@dataclass
+class Variant:
+    type: str
+    path: Path
+    size_bytes: int = 0
+    peak_rss_bytes: int | None = None
+    quality: dict[str, float | None] = field(default_factory=dict)  # task -> value
+    metrics: dict[str, str] = field(default_factory=dict)  # task -> metric name
+    error: str | None = None
+
+    def fits(self, memory: int) -> bool:
+        return self.peak_rss_bytes is not None and self.peak_rss_bytes <= memory
+
+
+@dataclass
+class FitResult:
+    config: FitConfig
+    variants: list[Variant]
+    recommended: Variant | None
+    command: str | None
+    message: str
+
+
+def quality_key(variant: Variant) -> tuple:
+    """Higher is better: the mean accuracy-like score, or minus the mean perplexity when only
+    perplexity was measured; smaller size breaks ties."""
+    scores = [v for t, v in variant.quality.items() if v is not None and variant.metrics.get(t) != "perplexity"]
+    ppl = [v for t, v in variant.quality.items() if v is not None and variant.metrics.get(t) == "perplexity"]
+    accuracy = sum(scores) / len(scores) if scores else float("-inf")
+    perplexity = -sum(ppl) / len(ppl) if ppl else float("-inf")
+    return (accuracy, perplexity, -variant.size_bytes)
+
+
+def quantize_command(config: FitConfig, variant: Variant) -> str:
+    stem = Path(config.model).stem if config.model.endswith(".gguf") else Path(config.model).name
+    return f"kecil quantize {config.model} --to {variant.type} -o {stem}-{variant.type}.gguf"
+
+
+def _produce(config: FitConfig, folder: Path, progress: Progress) -> list[Variant]:
+    from kecil.compress.quantize import QuantizeConfig, calibrate, quantize
+
+    variants = [Variant(t, folder / f"{t}.gguf") for t in config.types]
+    statistics = None
+    for done, variant in enumerate(variants, 1):
+        if not variant.path.is_file():  # a finished variant from an earlier run is reused
+            try:
+                if statistics is None and variant.type not in ("f16", "q8_0"):
+                    statistics = calibrate(QuantizeConfig(model=config.model, to=variant.type, output=variant.path, threads=config.threads))
+                quantize(QuantizeConfig(model=config.model, to=variant.type, output=variant.path, report=False,
+                                        statistics=statistics, threads=config.threads))
+            except KecilError as exc:
+                variant.error = f"quantize: {exc}"
+        if variant.path.is_file():
+            variant.size_bytes = variant.path.stat().st_size
+        progress("quantize", done, len(variants))
+    return variants
+
+
+def fit(config: FitConfig, progress: Progress | None = None) -> FitResult:
+    """Quantize, measure and evaluate every type; recommend the best that fits (see module docstring)."""
+    from kecil.eval.run import EvalConfig, evaluate
+    from kecil.eval.system import measure
+    from kecil.models.reference import resolve
+
+    progress = progress or (lambda *args: None)
+    ref = resolve(config.model)
+    folder = config.workdir or kecil_home() / "fit" / f"{ref.name}-{model_fingerprint(ref.path)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    variants = _produce(config, folder, progress)
+    ready = [v for v in variants if v.error is None]
+    for done, variant in enumerate(ready, 1):
+        try:
+            figures = measure(str(variant.path), backend="llamacpp", context=config.context, threads=config.threads, fill_context=True)
+            variant.peak_rss_bytes = figures.peak_rss_bytes
+        except KecilError as exc:
+            variant.error = f"memory: {exc}"
+        progress("memory", done, len(ready))
+    measured = [v for v in ready if v.error is None]
+    if measured:
+        eval_config = EvalConfig(models=tuple(str(v.path) for v in measured), tasks=config.tasks, limit=config.limit,
+                                 backend="llamacpp", threads=config.threads, system=False)
+        total = len(measured) * len(config.tasks)
+        finished: set = set()
+
+        def on_item(model: str, task: str, done: int, count: int) -> None:
+            if done == count:
+                finished.add((model, task))
+                progress("evaluate", len(finished), total)
+
+        report = evaluate(eval_config, progress=on_item)
+        by_path = {str(v.path): v for v in measured}
+        for r in report.results:
+            by_path[r.model].quality[r.task] = r.value
+            by_path[r.model].metrics[r.task] = r.metric
+    return _recommend(config, variants)
+
+
+def _recommend(config: FitConfig, variants: list[Variant]) -> FitResult:
+    fitting = [v for v in variants if v.error is None and v.fits(config.memory)]
+    budget = format_bytes(config.memory)
+    if fitting:
+        best = max(fitting, key=quality_key)
+        command = quantize_command(config, best)
+        message = (f"{best.type} fits in {budget} at a {config.context}-token context (peak {format_bytes(best.peak_rss_bytes)}) "
+                   f"and has the best quality of the {len(fitting)} that fit")
+        return FitResult(config, variants, best, command, message)
+    measured = [v for v in variants if v.peak_rss_bytes is not None]
+    if not measured:
+        raise KecilError(f"no variant of {config.model} could be produced and measured: " + "; ".join(f"{v.type}: {v.error}" for v in variants))
+    smallest = min(measured, key=lambda v: v.peak_rss_bytes)
+    short = smallest.peak_rss_bytes - config.memory
+    message = (f"nothing fits in {budget} at a {config.context}-token context: the smallest, {smallest.type}, "
+               f"peaks at {format_bytes(smallest.peak_rss_bytes)}, {format_bytes(short)} more than the budget; "
+               "try a shorter --context or a smaller model")
+    return FitResult(config, variants, None, None, message)

@@ -1,0 +1,73 @@
+"""kecil fit: memory sizes, the recommendation rule, and an end-to-end run that quantizes,
+measures and evaluates real variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kecil.errors import ConfigError
+from kecil.eval.fit import FitConfig, Variant, _recommend, fit, parse_memory, quality_key
+
+
+def test_parse_memory():
+    assert parse_memory("4GB") == 4 * 10**9
+    assert parse_memory("300MB") == 300 * 10**6
+    assert parse_memory("3.5GiB") == int(3.5 * 2**30)
+    assert parse_memory("512 mib") == 512 * 2**20
+    for bad in ("lots", "4 parsecs", ""):
+        with pytest.raises(ConfigError, match="write it like 4GB"):
+            parse_memory(bad)
+
+
+def test_config_checks_types():
+    with pytest.raises(ConfigError, match="q9_k"):
+        FitConfig(model="m", memory=1, types=("q9_k",))
+
+
+def variant(kind, size_mb, peak_mb, ppl):
+    return Variant(kind, Path(f"{kind}.gguf"), size_mb * 10**6, peak_mb * 10**6, {"wiki": ppl}, {"wiki": "perplexity"})
+
+
+def test_recommends_the_best_quality_that_fits_and_prints_the_command():
+    config = FitConfig(model="smollm2-135m", memory=300 * 10**6)
+    variants = [variant("f16", 270, 450, 10.0), variant("q8_0", 145, 310, 10.1), variant("q4_k_m", 105, 270, 10.9), variant("q2_k", 70, 240, 14.0)]
+    result = _recommend(config, variants)
+    assert result.recommended.type == "q4_k_m"  # f16 and q8_0 are better but do not fit
+    assert result.command == "kecil quantize smollm2-135m --to q4_k_m -o smollm2-135m-q4_k_m.gguf"
+    assert "q4_k_m fits in 300 MB" in result.message
+
+
+def test_when_nothing_fits_it_says_by_how_much():
+    config = FitConfig(model="smollm2-135m", memory=200 * 10**6, context=4096)
+    result = _recommend(config, [variant("q8_0", 145, 310, 10.1), variant("q2_k", 70, 240, 14.0)])
+    assert result.recommended is None and result.command is None
+    assert "nothing fits in 200 MB at a 4096-token context" in result.message
+    assert "q2_k, peaks at 240 MB, 40 MB more than the budget" in result.message
+
+
+def test_accuracy_outranks_perplexity_and_size_breaks_ties():
+    a = Variant("a", Path("a"), 100, 1, {"mmlu": 0.30, "wiki": 12.0}, {"mmlu": "acc", "wiki": "perplexity"})
+    b = Variant("b", Path("b"), 200, 1, {"mmlu": 0.28, "wiki": 10.0}, {"mmlu": "acc", "wiki": "perplexity"})
+    assert quality_key(a) > quality_key(b)
+    c = Variant("c", Path("c"), 50, 1, {"mmlu": 0.30, "wiki": 12.0}, {"mmlu": "acc", "wiki": "perplexity"})
+    assert quality_key(c) > quality_key(a)
+
+
+@pytest.mark.slow
+def test_fit_end_to_end_on_the_bundled_model(tmp_path):
+    config = FitConfig(model="smollm2-135m", memory=10**12, context=256, types=("f16", "q8_0"), limit=1, workdir=tmp_path)  # no calibration: quick
+    result = fit(config)
+    assert [v.type for v in result.variants] == ["f16", "q8_0"]
+    for v in result.variants:
+        assert v.error is None and v.path.is_file() and v.size_bytes == v.path.stat().st_size
+        assert 50e6 < v.peak_rss_bytes < 2e9
+        assert v.quality["wikitext-like-perplexity"] > 1
+    f16, q8 = result.variants
+    assert f16.size_bytes > q8.size_bytes and f16.peak_rss_bytes > q8.peak_rss_bytes
+    assert result.recommended is max(result.variants, key=quality_key)
+    assert result.command.startswith(f"kecil quantize smollm2-135m --to {result.recommended.type} -o ")
+    # a budget between the two peaks admits only the smaller one, and it is recommended
+    middle = (f16.peak_rss_bytes + q8.peak_rss_bytes) // 2
+    assert _recommend(FitConfig(model="smollm2-135m", memory=middle, context=256), result.variants).recommended is q8
