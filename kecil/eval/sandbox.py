@@ -66,11 +66,15 @@ def _world_usable(path: Path) -> bool:
     return bool(path.stat().st_mode & stat.S_IXOTH)
 
 
-def _interpreter(drop_privileges: bool) -> str:
+def _interpreter(drop_privileges: bool) -> tuple[str, bool]:
+    """(python to run, whether to drop to nobody): a python `nobody` can run, else stay root
+    rather than fail every program (the namespace and limits still apply)."""
     if not drop_privileges or _world_usable(Path(sys.executable)):
-        return sys.executable
+        return sys.executable, drop_privileges
     system = shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin")
-    return system if system and _world_usable(Path(system)) else sys.executable
+    if system and _world_usable(Path(system)):
+        return system, True
+    return sys.executable, False
 
 
 def _child_setup(limits: SandboxLimits, drop_privileges: bool, status_fd: int) -> None:
@@ -99,8 +103,7 @@ def _child_setup(limits: SandboxLimits, drop_privileges: bool, status_fd: int) -
 def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResult:
     """Run `source` as a Python program in the sandbox; `passed` means it exited with 0 in time."""
     limits = limits or SandboxLimits()
-    drop = os.geteuid() == 0
-    interpreter = _interpreter(drop)
+    interpreter, drop = _interpreter(os.geteuid() == 0)
     with tempfile.TemporaryDirectory(prefix="kecil-sandbox-") as workdir:
         program = Path(workdir) / "program.py"
         program.write_text(PRELUDE + "\n" + source, encoding="utf-8")
