@@ -37,13 +37,17 @@ def inverse_hessian_factor(hessian: np.ndarray, damp: float = 0.01) -> tuple[np.
 
 
 def quantize_gptq(
-    weight: np.ndarray, hessian: np.ndarray, qtype: GGMLQuantizationType, importance: np.ndarray | None, *, damp: float = 0.01
+    weight: np.ndarray, hessian: np.ndarray, qtype: GGMLQuantizationType, importance: np.ndarray | None, *, damp: float = 0.01,
+    factor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Quantize `weight` (rows, cols) block by block with error compensation; returns ggml bytes (rows, row_bytes)."""
+    """Quantize `weight` (rows, cols) block by block with error compensation; returns ggml bytes (rows, row_bytes).
+
+    `factor` is `inverse_hessian_factor(hessian, damp)` when the caller already has it (matrices
+    that share an input, like q/k/v, share it)."""
     w = np.array(weight, dtype=np.float32)
     rows, cols = w.shape
     block = ggml_kernels.block_size(qtype)
-    upper, dead = inverse_hessian_factor(hessian, damp)
+    upper, dead = factor if factor is not None else inverse_hessian_factor(hessian, damp)
     w[:, dead] = 0.0
     upper32 = upper.astype(np.float32)
     block_bytes = ggml_kernels.row_size(qtype, block)

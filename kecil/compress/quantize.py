@@ -26,6 +26,9 @@ from kecil.models.reference import ModelRef, resolve
 # (stage, done, total): stages are "convert", "calibrate", "quantize", "report".
 Progress = Callable[[str, int, int], None]
 CALIBRATION_CONTEXT = 512  # tokens per calibration chunk, as llama-imatrix's default
+# What "--method auto" does per type, from bench/quantize.py (docs/benchmarks.md): GPTQ won at
+# q3_k_m and lost at q4_k_m to the plain importance matrix; f16 and q8_0 cannot use statistics.
+AUTO_METHODS = {"f16": "none", "q8_0": "none", "q3_k_m": "gptq"}
 
 
 @dataclass
@@ -37,9 +40,8 @@ class QuantizeConfig:
     output: Path  # the GGUF file to write
     calib: Path | None = None  # calibration text or JSONL; None = kecil's bundled multilingual set
     report: bool = True  # measure perplexity, speed and RAM after writing
-    # "auto": the importance matrix for 2-6 bit types, nothing for f16/q8_0 (which cannot use
-    # it); "imatrix" (importance-weighted rounding), "gptq" (that plus GPTQ error compensation),
-    # "none" (no calibration). docs/benchmarks.md has the measurements behind the default.
+    # "auto": per type, the method that measured best (AUTO_METHODS); "imatrix" (importance-
+    # weighted rounding), "gptq" (that plus GPTQ error compensation), "none" (no calibration).
     method: str = "auto"
     calib_chunks: int = 32  # most 512-token calibration chunks read (the rest of a long file is skipped)
     heldout: Path | None = None  # report perplexity text; None = kecil's bundled held-out text
@@ -64,7 +66,7 @@ class QuantizeConfig:
     def resolved_method(self) -> str:
         if self.method != "auto":
             return self.method
-        return "none" if self.qtype.name in ("f16", "q8_0") else "imatrix"
+        return AUTO_METHODS.get(self.qtype.name, "imatrix")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizatio
 
 from kecil.compress import ggml_kernels
 from kecil.compress.calibration import LayerStats
-from kecil.compress.gptq import quantize_gptq
+from kecil.compress.gptq import inverse_hessian_factor, quantize_gptq
 from kecil.compress.quant_types import FLOAT_TYPES, QuantType, choose_types, tensor_order
 from kecil.errors import InvalidModelError
 from kecil.models.formats.gguf_io import atomic_output
@@ -73,13 +73,14 @@ def requantize(
         nbytes = int(np.prod(shape)) // block * type_size
         writer.add_tensor_info(t.name, (*shape[:-1], shape[-1] // block * type_size), np.dtype(np.uint8), nbytes, raw_dtype=new)
         summary.tensor_types[new.name] = summary.tensor_types.get(new.name, 0) + 1
+    factors: dict[int, tuple] = {}  # one inverse-Hessian factor per shared input (q/k/v, gate/up)
     with atomic_output(output) as temp:
         writer.write_header_to_file(path=temp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for done, t in enumerate(tensors, start=1):
             layer_stats = use_stats.get(t.name) if use_stats else None
-            data = _encode(t, types[t.name], layer_stats, method, threads)
+            data = _encode(t, types[t.name], layer_stats, method, threads, factors)
             summary.calibrated_tensors += layer_stats is not None and types[t.name] not in FLOAT_TYPES
             writer.write_tensor_data(data)
             if progress:
@@ -88,7 +89,7 @@ def requantize(
     return summary
 
 
-def _encode(tensor, new: GGMLQuantizationType, stats: LayerStats | None, method: str, threads: int) -> np.ndarray:
+def _encode(tensor, new: GGMLQuantizationType, stats: LayerStats | None, method: str, threads: int, factors: dict) -> np.ndarray:
     current = GGMLQuantizationType(tensor.tensor_type)
     raw = np.asarray(tensor.data)
     if new == current:
@@ -105,7 +106,10 @@ def _encode(tensor, new: GGMLQuantizationType, stats: LayerStats | None, method:
     if importance is not None and importance.shape[0] != n_per_row:
         importance = None  # e.g. statistics of a different model: never guess
     if method == "gptq" and stats is not None and stats.hessian is not None and importance is not None:
-        return quantize_gptq(values, stats.hessian, new, importance).reshape(-1)
+        if id(stats) not in factors:
+            factors.clear()  # the next matrices read another input: keep only one factor alive
+            factors[id(stats)] = (stats, inverse_hessian_factor(stats.hessian))
+        return quantize_gptq(values, stats.hessian, new, importance, factor=factors[id(stats)][1]).reshape(-1)
     return ggml_kernels.quantize(values, new, importance, threads=threads).reshape(-1)
 
 
