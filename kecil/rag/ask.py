@@ -5,7 +5,8 @@ instruction to answer only from them and to cite them as [n]. When even the best
 similar enough to the question (a threshold measured on answerable vs unanswerable questions,
 see docs/benchmarks.md), no model is run: the answer says the documents do not cover it,
 rather than letting the model invent one. Small models often forget the [n] markers; then
-each answer sentence is given the marker of the source that shares the most words with it.
+each answer sentence is given the marker of the source that shares the most words with it, and
+a marker the model did write is kept only if that source shares a word with its sentence.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ SYSTEM = (
     "say that you cannot answer from these documents."
 )
 _CITE = regex.compile(r"\[(\d+)\]")
-_SENTENCE = regex.compile(r"[^.!?。！？\n]+[.!?。！？]*")
+# a sentence, with any [n] markers written after its full stop
+_SENTENCE = regex.compile(r"[^.!?。！？\n]+(?:[.!?。！？]+)?(?:[ \t]*\[\d+\])*")
 
 
 @dataclass(frozen=True)
@@ -112,25 +114,36 @@ def build_messages(question: str, citations: list[Citation]) -> list[dict]:
     ]
 
 
+_NOT_EVIDENCE = {"answer", "source", "sources", "question", "document", "documents", "cannot", "from", "these", "that", "this", "with", "according"}
+
+
+def _content_terms(text: str) -> set[str]:
+    """Terms that can show a sentence came from a source: numbers, longer words, non-Latin terms."""
+    return {t for t in tokenise(text) if t.isdigit() or len(t) >= 4 or not t.isascii()} - _NOT_EVIDENCE
+
+
 def attribute(text: str, citations: list[Citation]) -> str:
-    """`text` with a [n] marker after each sentence that has none, n being the source sharing
-    the most words with that sentence (sentences sharing none are left alone)."""
-    if _CITE.search(text) or not citations:
+    """`text` with its [n] markers checked against the sources: a marker stays only if source n
+    shares a content term with its sentence; a sentence left without one gets the source that
+    shares the most (none if no source shares any: then the claim is not in the documents)."""
+    if not citations:
         return text
-    vocab = [set(tokenise(c.text)) | set(tokenise(c.section)) for c in citations]
-    pieces = []
+    vocab = {c.number: _content_terms(c.text + " " + c.section) for c in citations}
+    out, at = [], 0
     for match in _SENTENCE.finditer(text):
         sentence = match.group()
-        words = set(tokenise(sentence))
-        overlap = [len(words & v) for v in vocab]
-        best = max(range(len(citations)), key=lambda i: overlap[i])
-        marker = f" [{citations[best].number}]" if overlap[best] else ""
-        stripped = sentence.rstrip()
-        pieces.append((match.start(), match.end(), stripped + marker + sentence[len(stripped):]))
-    out, at = [], 0
-    for start, end, replacement in pieces:
-        out.append(text[at:start] + replacement)
-        at = end
+        body = regex.sub(r"\s*\[\d+\]", "", sentence).rstrip()
+        terms = _content_terms(body)
+        cited = [int(n) for n in _CITE.findall(sentence)]
+        keep = [n for n in dict.fromkeys(cited) if n in vocab and (not terms or terms & vocab[n])]
+        if not keep and terms:
+            best = max(vocab, key=lambda n: len(terms & vocab[n]))
+            keep = [best] if terms & vocab[best] else []
+        if not body.strip():
+            keep = []
+        trailing = sentence[len(sentence.rstrip()):]
+        out.append(text[at : match.start()] + body + "".join(f" [{n}]" for n in keep) + trailing)
+        at = match.end()
     return "".join(out) + text[at:]
 
 
@@ -188,9 +201,9 @@ def stream_ask(
             last = chunk
         raw = "".join(pieces).strip()
         text = attribute(raw, citations)
-        # Markers added after streaming reach a streaming caller as one last piece; the
-        # Answer's text has them after the sentences they belong to.
-        if text != raw:
+        # Markers only added (the model wrote none) reach a streaming caller as one last piece;
+        # markers that checking changed are right in the Answer, which is what callers keep.
+        if text != raw and not _CITE.search(raw) and _CITE.search(text):
             yield _added_markers(raw, text)
         cited = sorted({int(n) for n in _CITE.findall(text) if 1 <= int(n) <= len(citations)})
         used = [c for c in citations if c.number in cited] or citations

@@ -44,7 +44,8 @@ def test_citations_point_at_chunks_that_hold_the_answer(squad_kb, embedder, smol
             if not answer.answered:
                 continue  # under the similarity threshold (~5% of answerable questions, see benchmarks)
             assert answer.citations, answer
-            assert all(f"[{c.number}]" in answer.text for c in answer.citations), answer.text  # each citation is cited
+            if re.search(r"\[\d+\]", answer.text):  # a claim in no source carries no marker at all
+                assert all(f"[{c.number}]" in answer.text for c in answer.citations), answer.text  # each citation is cited
             cited = {c.number: c for c in answer.citations}
             for sentence, number in re.findall(r"([^[\]]+?)\s*\[(\d+)\]", answer.text):
                 terms = {t for t in tokenise(sentence) if len(t) > 3 or t.isdigit()} - {"answer", "source", "sources"}
@@ -75,7 +76,9 @@ def test_attribution_marks_sentences_by_shared_words():
     cites = [Citation(1, "a.md", None, 1, 1, "lines", "", "Denver Broncos won the game.", 1.0),
              Citation(2, "b.md", None, 3, 4, "lines", "", "The halftime show starred Coldplay.", 0.5)]
     assert attribute("Coldplay played at halftime. The Broncos won.", cites) == "Coldplay played at halftime. [2] The Broncos won. [1]"
-    assert attribute("Already cited [2].", cites) == "Already cited [2]."
+    assert attribute("Coldplay sang [2].", cites) == "Coldplay sang. [2]"  # a right marker stays
+    assert attribute("The Broncos won [2].", cites) == "The Broncos won. [1]"  # a wrong one is corrected
+    assert attribute("The answer is: 7 [1]", cites) == "The answer is: 7"  # in no source: no citation
 
 
 def test_cli_ask_json(squad_kb):
