@@ -83,6 +83,7 @@ class Generations:
         self.queue: asyncio.Queue[tuple[int, Chunk]] = asyncio.Queue()
         self.handles: list = []
         self.loop = asyncio.get_running_loop()
+        self.checked = time.monotonic()  # when the client's connection was last checked
 
     def start(self, prompt_ids: list[int], config: GenerationConfig, extras, index: int) -> None:
         running, waiting = self.engine.load
@@ -102,7 +103,12 @@ class Generations:
     async def next(self, request: Request | None = None) -> tuple[int, Chunk]:
         """The next chunk of any choice; raises on timeout or (when `request` is given) disconnect."""
         while True:
-            remaining = self.deadline - time.monotonic()
+            now = time.monotonic()
+            if request is not None and now - self.checked > DISCONNECT_POLL:
+                self.checked = now  # chunks may arrive faster than the poll: check by the clock
+                if await request.is_disconnected():
+                    raise ClientGone()
+            remaining = self.deadline - now
             if remaining <= 0:
                 raise APIError(504, f"the request took longer than the server's timeout of {self.server.config.request_timeout:g} s",
                                type="server_error", code="timeout")

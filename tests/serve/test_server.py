@@ -242,6 +242,9 @@ def test_disconnect_cancels_the_generation_and_the_audit_log_has_no_content(serv
     while server.metric("kecil_running_sequences", model=MODEL) > 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.metric("kecil_running_sequences", model=MODEL) == 0
+    deadline = time.monotonic() + 10
+    while '"status": 499' not in server.audit.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     records = [json.loads(line) for line in server.audit.read_text().splitlines()]
     assert any(r["status"] == 499 and r["stream"] for r in records)
     assert all({"time", "caller", "model", "status", "prompt_tokens", "completion_tokens"} <= set(r) for r in records)
@@ -261,8 +264,14 @@ def test_a_non_streaming_client_that_leaves_is_cancelled_too(server):
     while server.metric("kecil_running_sequences", model=MODEL) > 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.metric("kecil_running_sequences", model=MODEL) == 0
-    records = [json.loads(line) for line in server.audit.read_text().splitlines()]
-    assert any(r["status"] == 499 and not r["stream"] for r in records)
+
+    def left() -> bool:  # the audit line is written just after the cancel
+        return any(r["status"] == 499 and not r["stream"] for r in map(json.loads, server.audit.read_text().splitlines()))
+
+    deadline = time.monotonic() + 10
+    while not left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left()
 
 
 def test_metrics_count_requests_and_tokens(server):
