@@ -188,7 +188,7 @@ def calibrate(config: QuantizeConfig, progress: Progress | None = None) -> Calib
     """Only the calibration step of `quantize(config)`: activation statistics to pass back as
     `QuantizeConfig(statistics=...)` when quantizing the same model to several types."""
     ref = resolve(config.model)
-    method = config.resolved_method if config.resolved_method != "none" else "gptq"
+    method = "gptq"  # keep the Hessians too: the statistics may serve a type whose method is GPTQ
     text = read_calibration_text(config.calib)
     with tempfile.TemporaryDirectory(prefix=".kecil-quantize-") as tmp:
         source = _as_gguf(ref, Path(tmp), progress)
