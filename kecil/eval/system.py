@@ -95,7 +95,7 @@ def _probe(model: str, backend, context, threads, prompt_tokens: int, decode_tok
             backend=engine.name,
             context=engine.context_length,
             size_bytes=size_on_disk(ref.path),
-            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+            peak_rss_bytes=peak_rss_bytes(resource),
             load_seconds=load_seconds,
             prompt_tokens=timings.prompt_tokens,
             prompt_tokens_per_second=timings.prompt_tokens_per_second,
@@ -103,6 +103,18 @@ def _probe(model: str, backend, context, threads, prompt_tokens: int, decode_tok
             decode_tokens_per_second=timings.decode_tokens_per_second,
         )
     return figures
+
+
+def peak_rss_bytes(resource) -> int:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    from the parent through fork and exec, so a child of a big process would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 if __name__ == "__main__":

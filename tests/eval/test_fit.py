@@ -71,3 +71,16 @@ def test_fit_end_to_end_on_the_bundled_model(tmp_path):
     # a budget between the two peaks admits only the smaller one, and it is recommended
     middle = (f16.peak_rss_bytes + q8.peak_rss_bytes) // 2
     assert _recommend(FitConfig(model="smollm2-135m", memory=middle, context=256), result.variants).recommended is q8
+
+
+@pytest.mark.slow
+def test_measured_peak_belongs_to_the_child_not_to_this_process():
+    """Linux carries ru_maxrss from parent to child through fork and exec; the figure must not."""
+    from kecil.eval.system import measure
+
+    ballast = bytearray(1200 * 1024 * 1024)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    figures = measure("smollm2-135m", context=256, prompt_tokens=32, decode_tokens=4)
+    assert 50e6 < figures.peak_rss_bytes < 800e6
+    del ballast
