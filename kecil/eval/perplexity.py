@@ -36,8 +36,8 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def run(backend: Backend, task: Task, *, context: int, progress=None) -> tuple[float, int, dict]:
-    """(perplexity, tokens scored, extra figures) for the task's text."""
+def run(backend: Backend, task: Task, *, context: int, max_chunks: int | None = None, progress=None) -> tuple[float, int, dict]:
+    """(perplexity, tokens scored, extra figures) for the task's text; `max_chunks` is --limit."""
     text = task.extra["text"]()
-    result = perplexity(backend, text, context=context, progress=progress)
+    result = perplexity(backend, text, context=context, progress=progress, max_chunks=max_chunks)
     return result.perplexity, result.tokens, {"nll": result.nll, "chunks": result.chunks, "context": context}

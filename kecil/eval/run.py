@@ -33,7 +33,7 @@ class EvalConfig:
 
     models: tuple[str, ...]
     tasks: tuple[str, ...]  # built-in task names, "perplexity" (needs text), or names from task_files
-    limit: int | None = None  # at most this many items per task: a fixed random subset (seed)
+    limit: int | None = None  # at most this many items per task (a fixed random subset), or perplexity chunks
     seed: int = DEFAULT_SEED  # picks the subset and the few-shot examples
     shots: int | None = None  # few-shot examples per prompt; None = each task's default
     text: Path | None = None  # the text for the `perplexity` task
@@ -111,12 +111,13 @@ def run_task(backend, name: str, task: Task, config: EvalConfig, cache: ResultCa
     """Run one task on a loaded model; `name` is the model as the user named it."""
     started = perf_counter()
     if task.kind == "perplexity":
-        key = cache.key(model_key, backend.name, "perplexity", task.version, config.context,
+        key = cache.key(model_key, backend.name, "perplexity", task.version, config.context, config.limit,
                         perplexity_task.text_digest(task.extra["text"]()))
         cached = cache.get(key)
         if cached is None:
             value, n, extra = perplexity_task.run(
-                backend, task, context=config.context, progress=lambda d, t: progress(name, task.name, d, t)
+                backend, task, context=config.context, max_chunks=config.limit,
+                progress=lambda d, t: progress(name, task.name, d, t),
             )
             cached = {"value": value, "n": n, "extra": extra}
             cache.put(key, cached)

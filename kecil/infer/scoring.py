@@ -98,8 +98,11 @@ def perplexity_chunks(ids: Sequence[int], context: int, bos: int | None) -> list
     return chunks
 
 
-def perplexity(backend: Backend, text: str, *, context: int = 512, progress: Progress | None = None) -> PerplexityResult:
-    """Perplexity of `text` by llama.cpp's method (see the module docstring)."""
+def perplexity(
+    backend: Backend, text: str, *, context: int = 512, progress: Progress | None = None, max_chunks: int | None = None
+) -> PerplexityResult:
+    """Perplexity of `text` by llama.cpp's method (see the module docstring); `max_chunks` scores
+    only the first chunks, like llama-perplexity's --chunks."""
     if context < 4:
         raise ConfigError(f"the perplexity context must be at least 4 tokens, got {context}")
     if context > backend.context_length:
@@ -116,6 +119,8 @@ def perplexity(backend: Backend, text: str, *, context: int = 512, progress: Pro
             f"the text is {len(ids)} tokens; perplexity with a context of {context} needs at least "
             f"{2 * context}: give a longer text or a smaller --context"
         )
+    if max_chunks is not None:
+        chunks = chunks[: max(1, max_chunks)]
     first = context // 2
     total, count = 0.0, 0
     for done, chunk in enumerate(chunks, 1):
