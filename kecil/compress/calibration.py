@@ -87,15 +87,15 @@ class Calibration:
 
 def collect_statistics(
     model, tokenizer, text: str, name_map: Callable[[str], str | None], *, context: int = 512, max_chunks: int | None = None,
-    hessian: bool = True, add_bos: bool = True, sink_positions: int = 4, progress: Progress | None = None,
+    hessian: bool = True, add_bos: bool = True, sink_positions: int = 0, progress: Progress | None = None,
 ) -> Calibration:
     """Run `text` through the torch `model` in chunks of `context` tokens and gather input statistics
     of every nn.Linear inside its transformer blocks. `name_map` turns a module's weight name
     into its GGUF tensor name (None to skip the module).
 
-    The first `sink_positions` tokens of every chunk are left out of the Hessian: transformers
-    give the first positions huge activations (an "attention sink"), and with them in, H mostly
-    describes those few tokens, so GPTQ fits them at the expense of ordinary ones."""
+    `sink_positions` leaves the first tokens of every chunk (the "attention sink" positions with
+    huge activations) out of the Hessian. Measured on SmolLM2: leaving 4 out made GPTQ worse
+    (q4_k_m +1.74 instead of +1.49, q2_k +22.7 instead of +5.97), so the default keeps them."""
     import torch
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
