@@ -344,7 +344,7 @@ def test_models_load_on_demand_and_the_least_recently_used_is_unloaded(tmp_path,
                "--no-preload", "--no-embeddings")
     try:
         def loaded():
-            return {m["id"] for m in httpx.get(s.url + "/v1/models").json()["data"] if m["loaded"]}
+            return {m["id"] for m in httpx.get(s.url + "/v1/models").json()["data"] if m["loaded"] and m["kind"] == "chat"}
 
         assert loaded() == set()
         client = s.client()
