@@ -134,7 +134,7 @@ class ClientGone(Exception):
     """The client closed the connection; its sequences are cancelled and nothing is sent."""
 
 
-def prepare_chat(server, engine, body: ChatCompletionRequest) -> tuple[list[int], Any]:
+def prepare_chat(engine, body: ChatCompletionRequest) -> tuple[list[int], Any]:
     from kecil.infer.llamacpp_batched import SamplingExtras
 
     if body.tools:
@@ -162,7 +162,7 @@ def prepare_chat(server, engine, body: ChatCompletionRequest) -> tuple[list[int]
     return prompt_ids, extras
 
 
-def prepare_completion(server, engine, body: CompletionRequest) -> tuple[list[list[int]], Any]:
+def prepare_completion(engine, body: CompletionRequest) -> tuple[list[list[int]], Any]:
     from kecil.infer.llamacpp_batched import SamplingExtras
 
     if body.suffix:
@@ -181,10 +181,10 @@ async def run_generation(server, request: Request, body, call: Call, kind: str):
     limit = server.config.max_tokens_limit or engine.context_length
     config = generation_config(body, engine, limit)
     if kind == "chat":
-        prompt_ids, extras = prepare_chat(server, engine, body)
+        prompt_ids, extras = prepare_chat(engine, body)
         prompts = [prompt_ids]
     else:
-        prompts, extras = prepare_completion(server, engine, body)
+        prompts, extras = prepare_completion(engine, body)
     generations = Generations(server, engine, call, time.monotonic() + server.config.request_timeout)
     choices = []
     for p, ids in enumerate(prompts):

@@ -31,7 +31,7 @@ log = logging.getLogger("kecil.serve")
 class SerialEngine:
     """Any Backend behind a queue: one generation at a time, in a worker thread."""
 
-    def __init__(self, backend, max_queue: int):
+    def __init__(self, backend):
         self.backend = backend
         self.parallel = 1
         self._jobs: queue.Queue = queue.Queue()
@@ -217,7 +217,7 @@ class ModelPool:
 
             return BatchedLlamaCppBackend(ref, info, context_length=context, threads=threads, parallel=self.config.parallel)
         backend = choose_backend(ref, None)(ref, info, context_length=context, threads=threads)
-        return SerialEngine(backend, self.config.max_queue)
+        return SerialEngine(backend)
 
     def embedder(self, name: str):
         """The embedding model served at /v1/embeddings (loaded once; small, so never evicted)."""

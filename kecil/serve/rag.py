@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from kecil.errors import ConfigError, KecilError, KnowledgeBaseError
 from kecil.serve.completions import Call, guarded_stream, usage
+from kecil.serve.pool import SerialEngine
 from kecil.serve.protocol import APIError, ChatCompletionRequest
 
 PREFIX = "rag:"
@@ -47,7 +48,7 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
     if not questions or not questions[-1].strip():
         raise APIError(400, "a knowledge-base request needs a user message with the question", param="messages")
     engine = await server.pool.get(model)
-    if not hasattr(engine, "submit") or engine.__class__.__name__ == "SerialEngine":
+    if isinstance(engine, SerialEngine):
         raise APIError(400, f"knowledge-base answers need a GGUF model; {model} runs on the torch backend")
     try:
         config = AskConfig(max_tokens=body.answer_limit() or 256, temperature=body.temperature or 0.0)
