@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -536,6 +537,22 @@ def ask(
 
 
 # --- quantize (kecil/compress) ------------------------------------------------------------
+@contextmanager
+def _stage_bars(labels: dict[str, str], *, width: int, **options):
+    """A `progress(stage, done, total)` callback drawing one rich bar per stage as it first reports."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), **options) as bar:
+        bars: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(bars[stage], completed=done, total=total)
+
+        yield progress
+
+
 _QUANT_STAGES = {"convert": "converting to GGUF", "calibrate": "calibrating", "quantize": "quantizing", "report": "measuring"}
 
 
@@ -554,22 +571,13 @@ def quantize(
     """Quantize MODEL to a smaller GGUF file that llama.cpp (and Ollama) loads, and report what it cost."""
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from kecil.compress.quantize import QuantizeConfig, quantize as run_quantize
 
     config = QuantizeConfig(
         model=model, to=to, output=Path(output), calib=Path(calib) if calib else None, report=report, method=method,
         heldout=Path(heldout) if heldout else None, threads=threads,
     )
-    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), transient=as_json) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(_QUANT_STAGES.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with _stage_bars(_QUANT_STAGES, width=20, transient=as_json) as progress:
         result = run_quantize(config, progress=progress)
     if as_json:
         print(json.dumps(result.to_dict()))
@@ -656,7 +664,6 @@ def fit(
 ) -> None:
     """Which quantization of MODEL fits in --memory at --context, and which of those is best: measured, not estimated."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
     from kecil.eval.fit import DEFAULT_TYPES, FitConfig, fit as run_fit, format_bytes, parse_memory
@@ -667,14 +674,7 @@ def fit(
     )
     console = Console(stderr=True)
     stages = {"quantize": "quantizing", "memory": "measuring peak memory", "evaluate": "evaluating quality"}
-    with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
-        bars: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = bar.add_task(stages.get(stage, stage), total=total)
-            bar.update(bars[stage], completed=done, total=total)
-
+    with _stage_bars(stages, width=24, console=console, transient=True) as progress:
         result = run_fit(config, progress=progress)
     if as_json:
         for v in result.variants:
