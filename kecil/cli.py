@@ -258,6 +258,7 @@ def serve(
     audit_log: Annotated[Optional[str], typer.Option("--audit-log", help="Append-only JSON audit log (default: $KECIL_HOME/serve/audit.jsonl).")] = None,
     embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Serve /v1/embeddings with the bundled all-minilm-l6-v2.")] = True,
     preload: Annotated[bool, typer.Option("--preload/--no-preload", help="Load the first model at start-up (then /ready means ready).")] = True,
+    adapter: Annotated[Optional[str], typer.Option("--adapter", help="A LoRA adapter for the first MODEL: the -o folder of `kecil tune` (its adapter.gguf keeps a GGUF model on llama.cpp) or a GGUF LoRA file.")] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, privately, on this machine."""
     from pathlib import Path
@@ -275,6 +276,7 @@ def serve(
         threads=threads, max_queue=max_queue, max_body_bytes=parse_bytes(max_body), max_tokens_limit=max_tokens_limit,
         request_timeout=timeout, log_requests=log_requests, audit_log=Path(audit_log) if audit_log else None,
         embedding_model=DEFAULT_EMBEDDING_MODEL if embeddings else None, preload=preload,
+        adapter=Path(adapter) if adapter else None,
     )
     import logging
 

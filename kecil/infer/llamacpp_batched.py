@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from time import perf_counter
 
 from kecil.errors import BackendError, ConfigError
@@ -119,6 +120,7 @@ class BatchedLlamaCppBackend(Backend):
         threads: int,
         parallel: int = 4,
         batch_size: int = 512,
+        adapter: Path | None = None,  # a GGUF LoRA file (`kecil tune` writes one as adapter.gguf)
     ):
         if parallel < 1:
             raise ConfigError(f"parallel must be at least 1, got {parallel}")
@@ -149,6 +151,9 @@ class BatchedLlamaCppBackend(Backend):
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as in llamacpp.py
             cparams.no_perf = True
             self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=False)
+            self._lora = None
+            if adapter is not None:
+                self._apply_lora(Path(adapter))
         except (ValueError, RuntimeError) as exc:
             self._close_native()
             raise BackendError(
@@ -489,7 +494,23 @@ class BatchedLlamaCppBackend(Backend):
         self._lib.llama_batch_free(self._batch)
         self._close_native()
 
+    def _apply_lora(self, adapter: Path) -> None:
+        """Load the GGUF LoRA and set it on the context, as llama-cpp-python's Llama does for lora_path."""
+        lib = self._lib
+        self._lora = lib.llama_adapter_lora_init(self._model.model, str(adapter).encode("utf-8"))
+        if not self._lora:
+            self._lora = None
+            raise ValueError(f"the LoRA file {adapter} does not fit this model")
+        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._lora)
+        scales = (ctypes.c_float * 1)(1.0)
+        if lib.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
+            raise ValueError(f"llama.cpp could not set the LoRA {adapter}")
+
     def _close_native(self) -> None:
+        lora = getattr(self, "_lora", None)
+        if lora is not None:
+            self._lib.llama_adapter_lora_free(lora)  # before the model it belongs to
+            self._lora = None
         for name in ("_ctx", "_model"):
             native = getattr(self, name, None)
             if native is not None:

@@ -77,7 +77,7 @@ def load_model(
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
     info = inspect_model(ref)
     requested = options.backend
-    if adapter is not None and requested is None and not _has_gguf_adapter(Path(adapter).expanduser()):
+    if adapter is not None and requested is None and not has_gguf_adapter(Path(adapter).expanduser()):
         requested = "torch"  # a PEFT folder without its GGUF twin runs through transformers
     cls = choose_backend(ref, requested)
     extra = {} if adapter is None else {"adapter": adapter_for_backend(Path(adapter).expanduser(), cls.name)}
@@ -89,7 +89,8 @@ def load_model(
     return cls(ref, info, context_length=n_ctx, threads=options.threads or physical_cores(), **extra)
 
 
-def _has_gguf_adapter(adapter: Path) -> bool:
+def has_gguf_adapter(adapter: Path) -> bool:
+    """Whether `adapter` is a GGUF LoRA file or a `kecil tune` folder holding one."""
     return adapter.is_file() or (adapter / ADAPTER_GGUF).is_file()
 
 

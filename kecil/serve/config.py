@@ -39,6 +39,7 @@ class ServeConfig:
     embedding_model: str | None = DEFAULT_EMBEDDING_MODEL
     preload: bool = True  # load the first model at start-up, so /ready means ready
     knowledge_bases: tuple[str, ...] = field(default=())  # served as models named rag:NAME
+    adapter: Path | None = None  # a LoRA (`kecil tune` -o folder or GGUF LoRA file) applied to the first model
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
@@ -136,6 +137,15 @@ class ModelPool:
             if name in self.refs:
                 raise ConfigError(f"two models would both be served as {name!r}: pass each model once")
             self.refs[name] = ref
+        # The adapter belongs to one base model: the first listed (or the default), served under its usual name.
+        self.adapted = self.default if config.adapter is not None else None
+        if config.adapter is not None:
+            from kecil.infer.load import adapter_for_backend, has_gguf_adapter
+
+            ref = self.refs[self.adapted]
+            self.adapter_backend = "llamacpp" if ref.format == "gguf" and has_gguf_adapter(Path(config.adapter).expanduser()) else "torch"
+            # Checked now, so a wrong path fails at start-up rather than on the first request.
+            self.adapter_path = adapter_for_backend(Path(config.adapter).expanduser(), self.adapter_backend)
         self.budget = config.max_memory or int(psutil.virtual_memory().total * 0.75)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -155,7 +165,7 @@ class ModelPool:
     def memory_needed(self, ref: ModelRef) -> int:
         info = inspect_model(ref)
         context = self.context_for(info)
-        if ref.format == "gguf":
+        if ref.format == "gguf" and not self._runs_on_torch(ref):
             return estimate_memory(info, context * self.config.parallel, "llamacpp").total_bytes
         return estimate_memory(info, context, "torch").total_bytes
 
@@ -212,12 +222,17 @@ class ModelPool:
         info = inspect_model(ref)
         context = self.context_for(info)
         threads = self.config.threads or physical_cores()
-        if ref.format == "gguf":
+        lora = {"adapter": self.adapter_path} if self.adapted == served_name(ref) else {}
+        if ref.format == "gguf" and not self._runs_on_torch(ref):
             from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend
 
-            return BatchedLlamaCppBackend(ref, info, context_length=context, threads=threads, parallel=self.config.parallel)
-        backend = choose_backend(ref, None)(ref, info, context_length=context, threads=threads)
+            return BatchedLlamaCppBackend(ref, info, context_length=context, threads=threads, parallel=self.config.parallel, **lora)
+        # A PEFT adapter folder without its GGUF twin puts even a GGUF model on torch (dequantized).
+        backend = choose_backend(ref, "torch" if lora else None)(ref, info, context_length=context, threads=threads, **lora)
         return SerialEngine(backend)
+
+    def _runs_on_torch(self, ref: ModelRef) -> bool:
+        return self.adapted == served_name(ref) and self.adapter_backend == "torch"
 
     def embedder(self, name: str):
         """The embedding model served at /v1/embeddings (loaded once; small, so never evicted)."""
