@@ -70,10 +70,31 @@ class QuantizedLinear(nn.Linear):
         return w.reshape(self.out_features, self.in_features).to(self.scales.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return nn.functional.linear(x, self.weight.to(x.dtype), bias)
+        # Training through a frozen quantized base (QLoRA): autograd would keep every layer's
+        # dequantized float weight alive until backward — the whole float model again. The weight
+        # is recomputed from the codes in backward instead, so only the codes stay resident.
+        out = _DequantizedMatmul.apply(x, self)
+        return out if bias is None else out + bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, group_size={self.group_size}"
+
+
+class _DequantizedMatmul(torch.autograd.Function):
+    """x @ Wᵀ for a QuantizedLinear, with W dequantized again in backward rather than saved.
+    The base weight is frozen, so only the input's gradient is computed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return x @ layer.weight.to(x.dtype).t()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer.weight.to(grad.dtype), None
 
 
 def _check(bits: int, group_size: int) -> None:

@@ -69,6 +69,8 @@ class TuneConfig:
     seed: int = 0
     resume: bool = False
     threads: int | None = None
+    base_bits: int | None = None  # QLoRA: train on the base quantized to int4/int8 weights (less RAM); None = float32
+    base_group_size: int = 64  # columns per quantization scale when base_bits is set
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rank", "batch_size", "grad_accum", "eval_every", "save_every"):
@@ -84,6 +86,8 @@ class TuneConfig:
             raise ConfigError(f"learning rate must be above 0, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max-steps must be at least 1, got {self.max_steps}")
+        if self.base_bits not in (None, 4, 8):
+            raise ConfigError(f"base-bits must be 4 or 8 (or left out for a float32 base), got {self.base_bits}")
 
     @property
     def lora_alpha(self) -> float:
@@ -170,13 +174,26 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = None) -> TuneResult:
-    """Train a LoRA adapter for `config.model` on `config.data` and write it to `config.output`."""
+# Weight-only quantization lives in kecil.compress, a sibling floor tune must not import: the
+# caller passes kecil.compress.weight_only.quantize_weights in, as merge() takes its quantizer.
+BaseQuantizer = Callable[..., object]  # (model, bits=, group_size=) -> the model, quantized in place
+
+
+def tune(
+    config: TuneConfig, progress: Callable[[TuneProgress], None] | None = None, *, quantize_base: BaseQuantizer | None = None
+) -> TuneResult:
+    """Train a LoRA adapter for `config.model` on `config.data` and write it to `config.output`.
+
+    With `config.base_bits` (QLoRA, https://arxiv.org/abs/2305.14314, with kecil's group-wise
+    int4/int8 in place of NF4), `quantize_base` quantizes the frozen base before LoRA goes on it."""
     from kecil.infer.chat_template import ChatTemplate
     from kecil.models.info import inspect_model
     from kecil.models.reference import resolve
 
     output = Path(config.output).expanduser()
+    if config.base_bits and quantize_base is None:
+        raise ConfigError("base-bits needs kecil's weight-only quantizer: pass quantize_base=kecil.compress.weight_only.quantize_weights "
+                          "(the `kecil tune --base-bits` command does)")
     existing = ckpt.checkpoint_dirs(output)
     if not config.resume and (existing or (output / "adapter_config.json").exists()):
         raise ConfigError(f"{output} already holds a tuning run: pass --resume to continue it, or choose another -o folder")
@@ -206,6 +223,11 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
     model, tokenizer = load_transformers(ref)
+    if config.base_bits:
+        import gc
+
+        model = quantize_base(model, bits=config.base_bits, group_size=config.base_group_size)
+        gc.collect()  # the float weights the quantized layers replaced
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     def tokenize(text: str):
@@ -310,7 +332,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
         summary = {
             "base_model": config.model, "base_model_path": str(ref.path), "architecture": ref.architecture,
             "format": dataset.format, "steps": state.step, "train_loss": loss_value, "val_loss": val_loss,
-            "rank": config.rank, "alpha": config.lora_alpha, "target_modules": targets,
+            "rank": config.rank, "alpha": config.lora_alpha, "target_modules": targets, "base_bits": config.base_bits,
         }
         write_adapter(inner, output, summary)
         gguf_adapter = write_gguf_adapter(output, ref.architecture, inner.config)
