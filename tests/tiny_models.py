@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TINY_ARCHS = ("llama", "qwen2", "gemma3", "phi3", "mistral")
+# Built on request only (not in TINY_ARCHS, so the shared technique × model tables stay their size):
+# the other architectures the GGUF converter supports.
+EXTRA_ARCHS = ("qwen3", "gemma2")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 VOCAB_SIZE = 512
 CHATML_TEMPLATE = (
@@ -112,6 +115,10 @@ def _config(arch: str, tokenizer):
     if arch == "gemma3":
         # Gemma's default head_dim is 256 whatever the hidden size; keep heads × head_dim = hidden.
         return transformers.Gemma3TextConfig(**common, head_dim=16, sliding_window=128)
+    if arch == "gemma2":
+        return transformers.Gemma2Config(**common, head_dim=16, sliding_window=128)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(**common, head_dim=16)
     classes = {
         "llama": transformers.LlamaConfig,
         "qwen2": transformers.Qwen2Config,
@@ -160,8 +167,8 @@ class TinyModels:
         return self.get(arch).path
 
     def get(self, arch: str) -> TinyModel:
-        if arch not in TINY_ARCHS:
-            raise ValueError(f"no tiny model for {arch!r}; have {', '.join(TINY_ARCHS)}")
+        if arch not in TINY_ARCHS + EXTRA_ARCHS:
+            raise ValueError(f"no tiny model for {arch!r}; have {', '.join(TINY_ARCHS + EXTRA_ARCHS)}")
         if arch not in self._built:
             if self._tokenizer is None:
                 self._tokenizer = build_tokenizer()

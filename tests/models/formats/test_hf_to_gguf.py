@@ -16,6 +16,7 @@ from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
 from kecil.models.formats.hf_vocab import bpe_pre_tokenizer
 from tests.conftest import TINY_ARCHS
 from tests.models.helpers import assert_helpful
+from tests.tiny_models import EXTRA_ARCHS
 
 TEXT = "The cat sat on the warm mat by the door. Hello, how are you today? Two plus two is four."
 
@@ -39,7 +40,7 @@ def llama_cpp_logits(path, ids):
         llm.close()
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", TINY_ARCHS + EXTRA_ARCHS)
 def test_converted_model_computes_what_transformers_computes(tiny_hf_model, tmp_path, arch):
     from transformers import AutoTokenizer
 
