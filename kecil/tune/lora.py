@@ -302,6 +302,7 @@ def tune(
             step_loss += float(loss.detach()) / world
             step_tokens += batch.token_count(train)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        step_lr = scheduler.get_last_lr()[0]  # the rate this step trains with
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -311,7 +312,7 @@ def tune(
         loss_value = step_loss
         elapsed = time.perf_counter() - started
         state = ckpt.TrainState(state.step + 1, (state.step + 1) * per_step, state.tokens_seen + step_tokens, earlier_seconds + elapsed, fingerprint)
-        entry = {"step": state.step, "loss": round(step_loss, 5), "lr": scheduler.get_last_lr()[0]}
+        entry = {"step": state.step, "loss": round(step_loss, 5), "lr": step_lr}
         if val_batches and (state.step % config.eval_every == 0 or state.step == total_steps):
             val_loss = validation_loss(model, val, val_batches, pad_id)
             entry["val_loss"] = val_loss

@@ -123,3 +123,38 @@ def test_cli_reports_bad_data_in_one_line_before_loading(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("kecil: error:") and "line 2" in last, done.stderr
+
+
+def test_learning_rate_warms_up_then_decays(tiny_hf_model, tmp_path):
+    """The scheduler's learning rate over the steps: linear warm-up from near 0, peak, cosine to 0."""
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(16))
+    result = tune(TuneConfig(model=str(tiny_hf_model("llama")), data=data, output=tmp_path / "out", epochs=2, batch_size=1,
+                             max_length=24, val_split=0, lr=1e-3, warmup=0.25, save_every=1000, threads=1))
+    rates = [h["lr"] for h in result.history if "lr" in h]  # the rate each step trained with
+    total, warm = result.steps, int(0.25 * result.steps)
+    assert len(rates) == total == 32 and warm == 8
+    assert rates[0] == pytest.approx(1e-3 / (warm + 1))  # the first step barely moves the weights
+    assert all(b > a for a, b in zip(rates[:warm], rates[1 : warm + 1]))  # rising through the warm-up
+    assert rates[warm] == pytest.approx(1e-3)  # the peak, right after it
+    assert all(b < a for a, b in zip(rates[warm:], rates[warm + 1 :]))  # then cosine decay
+    assert rates[-1] < 0.01 * 1e-3
+
+
+def test_a_gguf_source_trains_as_float_and_its_adapter_runs_in_llama_cpp(tiny_hf_model, tmp_path):
+    """A GGUF file is dequantized and trained in float32; the adapter then applies to the same GGUF in llama.cpp."""
+    from kecil.infer.generation import GenerationConfig
+    from kecil.infer.load import load_model
+    from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
+
+    source = convert_hf_to_gguf(tiny_hf_model("llama"), tmp_path / "tiny.gguf", out_type="f16")
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(10))
+    result = tune(TuneConfig(model=str(source), data=data, output=tmp_path / "out", epochs=3, batch_size=1, max_length=48,
+                             val_split=0.2, eval_every=1, lr=2e-2, dropout=0.0, threads=1))
+    assert result.val_loss < result.first_val_loss
+    assert result.gguf_adapter is not None
+    greedy = GenerationConfig(temperature=0, max_tokens=8, ignore_eos=True)
+    with load_model(str(source), adapter=tmp_path / "out", threads=1) as model:
+        assert model.name == "llamacpp"
+        adapted = model.generate("What is the cat?", greedy).text
+    with load_model(str(source), threads=1) as model:
+        assert model.generate("What is the cat?", greedy).text != adapted
