@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kecil.errors import ConfigError
@@ -123,3 +125,46 @@ def test_generate_and_chat_commands_take_the_adapter(trained, tmp_path):
     assert adapted != kecil("generate", str(base_dir), "What is the cat?", *greedy)
     chatted = kecil("chat", str(base_dir), *greedy, "--adapter", str(adapter), stdin="What is the cat?\n/exit\n")
     assert chatted.strip() == adapted.strip()
+
+
+def test_merge_exports_q4_k_m_that_llama_cpp_runs_like_the_merged_model(tiny_hf_model, tmp_path):
+    """`kecil merge --export-gguf q4_k_m`: rows of 256 columns, so the k-quant really applies (the
+    shared tiny models are 64 wide); llama.cpp's logits from the GGUF follow the merged HF model's."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+    import transformers
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from kecil.infer.llamacpp_runtime import import_llama_cpp
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_hf_model("llama"))
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    base = tmp_path / "wide"
+    transformers.LlamaForCausalLM(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(8))
+    tune(TuneConfig(model=str(base), data=data, output=tmp_path / "adapter", epochs=2, lr=3e-2, batch_size=1, max_length=48,
+                    val_split=0, dropout=0.0, threads=1))
+    done = subprocess.run([sys.executable, "-m", "kecil", "merge", str(base), str(tmp_path / "adapter"), "-o", str(tmp_path / "merged"),
+                           "--export-gguf", "q4_k_m"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    merged, gguf = (Path(line) for line in done.stdout.split())
+    assert gguf.name == "merged-q4_k_m.gguf" and gguf.parent == merged
+    assert GGMLQuantizationType.Q4_K in {t.tensor_type for t in GGUFReader(gguf).tensors}
+
+    from transformers import AutoModelForCausalLM
+
+    expected = _logits(AutoModelForCausalLM.from_pretrained(merged).eval(), PROMPT_IDS).numpy()
+    llm = import_llama_cpp().Llama(model_path=str(gguf), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    llm.eval(PROMPT_IDS)
+    got = np.array(llm.scores[: len(PROMPT_IDS)])
+    llm.close()
+    for row, want in zip(got, expected):  # 4-bit weights move the logits a little, not their shape
+        assert np.corrcoef(row, want)[0, 1] > 0.95
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.8
