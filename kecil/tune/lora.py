@@ -334,6 +334,7 @@ def tune(
             "base_model": config.model, "base_model_path": str(ref.path), "architecture": ref.architecture,
             "format": dataset.format, "steps": state.step, "train_loss": loss_value, "val_loss": val_loss,
             "rank": config.rank, "alpha": config.lora_alpha, "target_modules": targets, "base_bits": config.base_bits,
+            "processes": world, "distributed_backend": accelerator.state.backend if world > 1 else None,
         }
         write_adapter(inner, output, summary)
         gguf_adapter = write_gguf_adapter(output, ref.architecture, inner.config)

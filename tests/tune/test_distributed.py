@@ -40,3 +40,5 @@ def test_two_processes_train_the_adapter_one_process_trains_with_accumulation(ti
     assert any(float(a[k].abs().max()) > 0 for k in a if "lora_B" in k)  # it did train
     state = json.loads(next((tmp_path / "two" / "checkpoints").glob("step-*/state.json")).read_text())
     assert state["fingerprint"]["processes"] == 2 and state["step"] == 10
+    summary = json.loads((tmp_path / "two" / "kecil_tune.json").read_text())
+    assert summary["processes"] == 2 and summary["distributed_backend"] == "gloo"  # CPU processes, no GPU here
