@@ -565,12 +565,13 @@ _QUANT_STAGES = {"convert": "converting to GGUF", "calibrate": "calibrating", "q
 @app.command()
 def quantize(
     model: Annotated[str, typer.Argument(help="Built-in name, .gguf file or Hugging Face folder.")],
-    to: Annotated[str, typer.Option("--to", help="f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m or q2_k.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="The GGUF file to write.")],
+    to: Annotated[str, typer.Option("--to", help="GGUF: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m or q2_k; torch weight-only: int8 or int4.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The GGUF file to write (a folder for int8/int4).")],
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text or JSONL (default: kecil's multilingual set).")] = None,
     method: Annotated[str, typer.Option("--method", help="auto, gptq, imatrix, or none (no calibration).")] = "auto",
     heldout: Annotated[Optional[str], typer.Option("--heldout", help="Text for the report's perplexity (default: kecil's held-out set).")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity, speed and RAM after writing.")] = True,
+    group_size: Annotated[int, typer.Option("--group-size", help="int8/int4: input columns per scale (32, 64 or 128).")] = 64,
     threads: Threads = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
@@ -581,7 +582,7 @@ def quantize(
 
     config = QuantizeConfig(
         model=model, to=to, output=Path(output), calib=Path(calib) if calib else None, report=report, method=method,
-        heldout=Path(heldout) if heldout else None, threads=threads,
+        heldout=Path(heldout) if heldout else None, threads=threads, group_size=group_size,
     )
     with _stage_bars(_QUANT_STAGES, width=20, transient=as_json) as progress:
         result = run_quantize(config, progress=progress)

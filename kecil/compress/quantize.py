@@ -4,7 +4,8 @@ Pipeline: resolve MODEL (an HF folder is converted to a float GGUF first) → op
 calibrate (activation statistics of the float model on calibration text, see calibration.py)
 → requantize every tensor with ggml's own quantizers, weighted by the importance matrix or
 error-compensated by GPTQ (requantize.py, gptq.py) → report size, held-out perplexity of
-both models, decode speed and peak RAM.
+both models, decode speed and peak RAM. `--to int8|int4` instead writes a folder of torch
+weight-only layers (weight_only.py) that the torch backend runs, with the same report.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ CALIBRATION_CONTEXT = 512  # tokens per calibration chunk, as llama-imatrix's de
 # What "--method auto" does per type, from bench/quantize.py (docs/benchmarks.md): GPTQ won at
 # q3_k_m and lost at q4_k_m to the plain importance matrix; f16 and q8_0 cannot use statistics.
 AUTO_METHODS = {"f16": "none", "q8_0": "none", "q3_k_m": "gptq"}
+WEIGHT_ONLY = {"int8": 8, "int4": 4}  # torch-side types: a folder for the torch backend, not a GGUF
 
 
 @dataclass
@@ -36,8 +38,8 @@ class QuantizeConfig:
     """What to quantize, to what, and how."""
 
     model: str  # a built-in name, a .gguf file or a Hugging Face folder
-    to: str  # one of QUANT_TYPES: f16 q8_0 q6_k q5_k_m q4_k_m q4_0 q3_k_m q2_k
-    output: Path  # the GGUF file to write
+    to: str  # one of QUANT_TYPES (f16 q8_0 q6_k q5_k_m q4_k_m q4_0 q3_k_m q2_k), or int8/int4 (torch weight-only)
+    output: Path  # the GGUF file to write (a folder for int8/int4)
     calib: Path | None = None  # calibration text or JSONL; None = kecil's bundled multilingual set
     report: bool = True  # measure perplexity, speed and RAM after writing
     # "auto": per type, the method that measured best (AUTO_METHODS); "imatrix" (importance-
@@ -49,9 +51,19 @@ class QuantizeConfig:
     # Statistics from an earlier `calibrate()` of the same model, reused instead of recomputed
     # (quantizing one model to several types calibrates once).
     statistics: Calibration | None = None
+    group_size: int = 64  # int8/int4 only: input columns sharing one scale (32, 64 or 128)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
+        if self.to.strip().lower() in WEIGHT_ONLY:
+            self.to, self.qtype = self.to.strip().lower(), None
+            if self.calib is not None or self.method not in ("auto", "none"):
+                raise ConfigError(f"--to {self.to} rounds each group of weights on its own, without calibration: drop --calib and --method")
+            if self.output.suffix.lower() == ".gguf":
+                raise ConfigError(f"--to {self.to} writes a folder for the torch backend, not a GGUF file: give -o a folder name")
+            return
+        if self.group_size != 64:
+            raise ConfigError("--group-size applies to --to int8/int4 only; GGUF types have fixed block sizes")
         self.qtype = quant_type(self.to)  # validates the name
         if self.method not in ("auto", *METHODS):
             raise ConfigError(f"unknown quantization method {self.method!r}; choose one of: auto, {', '.join(METHODS)}")
@@ -59,11 +71,13 @@ class QuantizeConfig:
             raise ConfigError("--calib was given with --method none: drop one of them")
         if self.calib_chunks < 1:
             raise ConfigError(f"calib_chunks must be at least 1, got {self.calib_chunks}")
-        if self.output.suffix.lower() != ".gguf":
+        if self.output.suffix.lower() != ".gguf":  # int8/int4 returned above
             raise ConfigError(f"the output {self.output} should end in .gguf (kecil quantize writes GGUF files)")
 
     @property
     def resolved_method(self) -> str:
+        if self.qtype is None:
+            return "none"
         if self.method != "auto":
             return self.method
         return AUTO_METHODS.get(self.qtype.name, "imatrix")
@@ -113,6 +127,8 @@ class QuantizeResult:
 def quantize(config: QuantizeConfig, progress: Progress | None = None) -> QuantizeResult:
     """Quantize `config.model` to `config.to` and write `config.output`; see QuantizeConfig."""
     started = time.perf_counter()
+    if config.qtype is None:
+        return _weight_only(config, started, progress)
     if not config.output.parent.is_dir():
         raise ConfigError(f"the output folder {config.output.parent} does not exist: create it or pick another -o path")
     ref = resolve(config.model)
@@ -244,14 +260,14 @@ def _calibration_metadata(config: QuantizeConfig, calibration: Calibration | Non
     }
 
 
-def _report(source: Path, output: Path, heldout: str, threads: int, progress: Progress | None) -> QuantizeReport:
+def _report(source, output, heldout: str, threads: int, progress: Progress | None, backend: str = "llamacpp") -> QuantizeReport:
     from kecil.infer.generation import GenerationConfig
     from kecil.infer.load import load_model
     from kecil.infer.scoring import perplexity
 
     scores = []
     for step, path in enumerate((source, output)):
-        with load_model(str(path), backend="llamacpp", context_length=CALIBRATION_CONTEXT, threads=threads) as model:
+        with load_model(str(path), backend=backend, context_length=CALIBRATION_CONTEXT, threads=threads) as model:
             scores.append(perplexity(model, heldout, context=CALIBRATION_CONTEXT))
             if step == 1:
                 reply = model.generate("The history of the city begins", GenerationConfig(temperature=0, max_tokens=64, seed=0))
@@ -261,5 +277,26 @@ def _report(source: Path, output: Path, heldout: str, threads: int, progress: Pr
     return QuantizeReport(scores[0].perplexity, scores[1].perplexity, scores[1].tokens, reply.timings.decode_tokens_per_second, peak)
 
 
+def _weight_only(config: QuantizeConfig, started: float, progress: Progress | None) -> QuantizeResult:
+    """`--to int8|int4`: a folder of torch weight-only layers, measured with the torch backend."""
+    from kecil.compress.weight_only import write_weight_only
+
+    ref = resolve(config.model)
+    heldout_text = _heldout_text(config) if config.report else None
+    if progress:
+        progress("quantize", 0, 1)
+    write_weight_only(config.model, config.output, bits=WEIGHT_ONLY[config.to], group_size=config.group_size)
+    if progress:
+        progress("quantize", 1, 1)
+    size = sum(p.stat().st_size for p in config.output.iterdir() if p.suffix == ".safetensors")
+    result = QuantizeResult(
+        output=config.output, type=f"{config.to}-g{config.group_size}", method="none", source=str(ref.path), source_bytes=_size(ref),
+        output_bytes=size, seconds=time.perf_counter() - started,
+    )  # fmt: skip
+    if heldout_text is not None:
+        result.report = _report(str(ref.path), str(config.output), heldout_text, config.threads or _cores(), progress, backend="torch")
+    return result
+
+
 def supported_types() -> list[str]:
-    return list(QUANT_TYPES)
+    return [*QUANT_TYPES, *WEIGHT_ONLY]

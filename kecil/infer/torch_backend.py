@@ -40,6 +40,10 @@ def load_transformers(ref: ModelRef):
         dtype = "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
+        if ref.format == "hf" and (ref.path / "kecil_weight_only.json").is_file():
+            from kecil.infer.quantized_linear import load_weight_only
+
+            return load_weight_only(ref.path), tokenizer  # int8/int4 weights from `kecil quantize --to int4`
         model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

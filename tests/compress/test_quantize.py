@@ -72,14 +72,26 @@ def test_calibrated_quantization_reports_what_it_cost(tiny_hf_model, tmp_path, m
     assert {p.name for p in tmp_path.iterdir()} == {"tiny.gguf", "heldout.txt"}
 
 
-def test_output_loads_in_transformers(tiny_hf_model, tmp_path):
+@pytest.mark.parametrize("name", ["q8_0", "q4_k_m", "q2_k"])
+def test_output_loads_in_transformers(tiny_hf_model, tmp_path, name):
+    # transformers dequantizes the GGUF's weights: it must compute what llama.cpp computes from the same file.
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tests.models.formats.test_hf_to_gguf import llama_cpp_logits
+
     out = tmp_path / "tiny.gguf"
-    quantize(QuantizeConfig(model=str(tiny_hf_model("llama")), to="q8_0", output=out, report=False))
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out.name, dtype=torch.float32)
+    quantize(QuantizeConfig(model=str(tiny_hf_model("llama")), to=name, output=out, method="none", report=False))
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out.name, dtype=torch.float32).eval()
     assert model.config.num_hidden_layers == 2
+    ids = [5, 17, 42, 99, 3, 250, 77, 8]
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got, _ = llama_cpp_logits(out, ids)
+    # llama.cpp also rounds the activations to 8 bits in quantized matmuls: close, not equal.
+    assert np.abs(got - expected).max() < 0.03 * max(1.0, np.abs(expected).max())
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75
 
 
 def test_gguf_source_keeps_tokenizer_and_template(tiny_hf_model, tmp_path):
@@ -111,7 +123,7 @@ def test_config_errors(tmp_path):
         QuantizeConfig(model="smollm2-135m", to="q4_k_s", output=tmp_path / "x.gguf")
     assert_helpful(error.value, "q4_k_s", "q4_k_m")
     with pytest.raises(ConfigError):
-        QuantizeConfig(model="smollm2-135m", to="q4_0", output=tmp_path / "x.gguf", method="awq")
+        QuantizeConfig(model="smollm2-135m", to="q4_0", output=tmp_path / "x.gguf", method="bogus")
 
 
 def test_cli_json_on_a_tiny_model(tiny_hf_model, tmp_path):
