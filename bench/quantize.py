@@ -7,7 +7,9 @@ dequantized) written as an f16 GGUF by `kecil quantize --to f16`. For each type 
   llama-imatrix+quantize    llama-imatrix on the calibration text, then llama-quantize --imatrix (the anchor)
   kecil-none                kecil without calibration (checked byte-identical to llama-quantize)
   kecil-imatrix             kecil's importance matrix (torch activations, same text and chunk count)
-  kecil-gptq                kecil's importance matrix + GPTQ error compensation (the default)
+  kecil-gptq                kecil's importance matrix + GPTQ error compensation
+  kecil-awq                 AWQ scales searched against ggml's quantizer and folded in, then importance-weighted rounding
+  kecil-awq-gptq            AWQ scales, then GPTQ (`--method auto` picks per type from these measurements)
 
 and measures every file with llama.cpp's own llama-perplexity on kecil's held-out text
 (context 512; calibration never sees it). Calibration text: kecil's bundled set, --calib-chunks
@@ -33,7 +35,7 @@ from _common.report import emit, table  # noqa: E402
 
 BENCH = "quantize"
 TYPES = ("q4_k_m", "q3_k_m", "q2_k")
-VARIANTS = ("llama-quantize", "llama-imatrix+quantize", "kecil-none", "kecil-imatrix", "kecil-gptq")
+VARIANTS = ("llama-quantize", "llama-imatrix+quantize", "kecil-none", "kecil-imatrix", "kecil-gptq", "kecil-awq", "kecil-awq-gptq")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(__file__).resolve().parent.parent / "kecil" / "compress" / "data"
     calib, heldout = data / DEFAULT_CALIBRATION, data / HELD_OUT
     types = args.types.split(",") if args.types else list(TYPES)
+    variants = [v for v in VARIANTS if not args.variants or v in args.variants.split(",")]
 
     reference = work / "reference-f16.gguf"
     quantize(QuantizeConfig(model=MODEL_NAME, to="f16", output=reference, method="none", report=False))
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in types:
         results = {}
-        for variant in VARIANTS:
+        for variant in variants:
             out = work / f"{name}-{variant}.gguf"
             started = time.perf_counter()
             if variant == "llama-quantize":
@@ -87,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - started
             if variant.endswith("imatrix+quantize"):
                 seconds += llama_imatrix_seconds
-            elif variant in ("kecil-imatrix", "kecil-gptq"):
+            elif variant not in ("llama-quantize", "kecil-none"):
                 seconds += kecil_calibration_seconds
-            if variant == "kecil-none" and _same_tensors(out, work / f"{name}-llama-quantize.gguf"):
+            if variant == "kecil-none" and "llama-quantize" in results and _same_tensors(out, work / f"{name}-llama-quantize.gguf"):
                 ppl, identical = results["llama-quantize"]["perplexity"], True  # same weights, same perplexity
             else:
                 ppl, identical = perplexity(tools, out, heldout, args.ppl_chunks, threads), None
@@ -138,6 +141,7 @@ def _same_tensors(a: Path, b: Path) -> bool:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", help=f"comma-separated types (default: {','.join(TYPES)})")
+    parser.add_argument("--variants", help=f"comma-separated variants (default: all of {','.join(VARIANTS)})")
     parser.add_argument("--calib-chunks", type=int, default=32, help="512-token calibration chunks for both tools")
     parser.add_argument("--ppl-chunks", type=int, default=0, help="held-out chunks to score (0 = all)")
     parser.add_argument("--threads", type=int, help="threads (default: all cores, 1 when the CPU is already busy)")

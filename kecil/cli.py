@@ -379,6 +379,7 @@ KbName = Annotated[str, typer.Option("--kb", help="Knowledge base name (kept und
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 TopK_ = Annotated[int, typer.Option("--k", "-k", help="How many chunks to retrieve.")]
 PathFilter = Annotated[Optional[str], typer.Option("--path", help="Only chunks of this file, or of the files in this folder.")]
+Rerank = Annotated[bool, typer.Option("--rerank", help="Reorder the best 10 candidates by how likely the language model finds the question after each (slower; see docs/benchmarks.md).")]
 
 
 @rag_app.command("ingest")
@@ -434,16 +435,18 @@ def rag_search(
     k: TopK_ = 5,
     method: Annotated[str, typer.Option("--method", help="hybrid, bm25 or dense.")] = "hybrid",
     path: PathFilter = None,
+    rerank: Rerank = False,
     as_json: AsJson = False,
 ) -> None:
     """Show the chunks that best match QUERY, with scores and sources."""
+    from kecil.rag.rerank import RerankConfig
     from kecil.rag.retrieve import SearchConfig, search
 
-    hits = search(query, kb, SearchConfig(k=k, method=method, path=path))
+    hits = search(query, kb, SearchConfig(k=k, method=method, path=path, rerank=RerankConfig() if rerank else None))
     if as_json:
         for rank, h in enumerate(hits, start=1):
             c = h.chunk
-            print(json.dumps({"rank": rank, "score": h.score, "similarity": h.similarity, "bm25_rank": h.bm25_rank, "dense_rank": h.dense_rank,
+            print(json.dumps({"rank": rank, "score": h.score, "similarity": h.similarity, "bm25_rank": h.bm25_rank, "dense_rank": h.dense_rank, "rerank_score": h.rerank_score,
                               "file": c.path, "page": c.page, "lines": [c.start, c.end], "section": c.section, "text": c.text}, ensure_ascii=False))
         return
     if not hits:
@@ -461,6 +464,7 @@ def rag_eval(
     qa: Annotated[str, typer.Option("--qa", help='JSON Lines file: {"question": ..., "answers": [...]} per line.')],
     k: TopK_ = 5,
     method: Annotated[str, typer.Option("--method", help="hybrid, bm25 or dense.")] = "hybrid",
+    rerank: Rerank = False,
     as_json: AsJson = False,
 ) -> None:
     """recall@k and MRR of a knowledge base on questions with known answers."""
@@ -469,15 +473,17 @@ def rag_eval(
     from rich.progress import Progress
 
     from kecil.rag.evaluate import evaluate_kb
+    from kecil.rag.rerank import RerankConfig
     from kecil.rag.retrieve import SearchConfig
 
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("questions", total=None)
-        result = evaluate_kb(kb, Path(qa), SearchConfig(k=k, method=method), progress=lambda n: bar.advance(task, n))
+        config = SearchConfig(k=k, method=method, rerank=RerankConfig() if rerank else None)
+        result = evaluate_kb(kb, Path(qa), config, progress=lambda n: bar.advance(task, n))
     if as_json:
         print(json.dumps(result.as_dict()))
         return
-    print(f"{kb} ({method}, {result.questions} questions): recall@{k} {result.recall:.3f}, MRR {result.mrr:.3f}, median {result.median_ms:.1f} ms per query")
+    print(f"{kb} ({method}{' + rerank' if rerank else ''}, {result.questions} questions): recall@{k} {result.recall:.3f}, MRR {result.mrr:.3f}, median {result.median_ms:.1f} ms per query")
 
 
 @rag_app.command("list")
@@ -522,14 +528,18 @@ def ask(
     max_tokens: MaxTokens = 256,
     backend: Backend = None,
     context: Context = None,
+    rerank: Rerank = False,
     as_json: AsJson = False,
 ) -> None:
     """Answer a question from a knowledge base, citing the documents used."""
     from kecil.rag.ask import Answer, AskConfig, stream_ask
+    from kecil.rag.rerank import RerankConfig
+    from kecil.rag.retrieve import SearchConfig
 
     if question == "-":
         question = sys.stdin.read()
-    config = AskConfig(k=k, max_tokens=max_tokens, backend=backend, context_length=context)
+    search = SearchConfig(rerank=RerankConfig() if rerank else None)
+    config = AskConfig(k=k, search=search, max_tokens=max_tokens, backend=backend, context_length=context)
     # Printed whole, not streamed: the [n] markers are checked against the sources at the end.
     answer = next(piece for piece in stream_ask(question, kb, model=model, config=config) if isinstance(piece, Answer))
     if as_json:
@@ -559,7 +569,7 @@ def _stage_bars(labels: dict[str, str], *, width: int, **options):
         yield progress
 
 
-_QUANT_STAGES = {"convert": "converting to GGUF", "calibrate": "calibrating", "quantize": "quantizing", "report": "measuring"}
+_QUANT_STAGES = {"convert": "converting to GGUF", "calibrate": "calibrating", "scale": "searching AWQ scales", "quantize": "quantizing", "report": "measuring"}
 
 
 @app.command()
@@ -568,7 +578,7 @@ def quantize(
     to: Annotated[str, typer.Option("--to", help="GGUF: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m or q2_k; torch weight-only: int8 or int4.")],
     output: Annotated[str, typer.Option("--output", "-o", help="The GGUF file to write (a folder for int8/int4).")],
     calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text or JSONL (default: kecil's multilingual set).")] = None,
-    method: Annotated[str, typer.Option("--method", help="auto, gptq, imatrix, or none (no calibration).")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="auto (per type, as measured), awq-gptq, awq, gptq, imatrix, or none (no calibration).")] = "auto",
     heldout: Annotated[Optional[str], typer.Option("--heldout", help="Text for the report's perplexity (default: kecil's held-out set).")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity, speed and RAM after writing.")] = True,
     group_size: Annotated[int, typer.Option("--group-size", help="int8/int4: input columns per scale (32, 64 or 128).")] = 64,

@@ -3,7 +3,7 @@
 Pipeline: resolve MODEL (an HF folder is converted to a float GGUF first) → optionally
 calibrate (activation statistics of the float model on calibration text, see calibration.py)
 → requantize every tensor with ggml's own quantizers, weighted by the importance matrix or
-error-compensated by GPTQ (requantize.py, gptq.py) → report size, held-out perplexity of
+error-compensated by GPTQ, after AWQ scaling (requantize.py, gptq.py, awq.py) → report size, held-out perplexity of
 both models, decode speed and peak RAM. `--to int8|int4` instead writes a folder of torch
 weight-only layers (weight_only.py) that the torch backend runs, with the same report.
 """
@@ -24,12 +24,13 @@ from kecil.compress.requantize import METHODS, read_source, requantize
 from kecil.errors import ConfigError, InvalidModelError
 from kecil.models.reference import ModelRef, resolve
 
-# (stage, done, total): stages are "convert", "calibrate", "quantize", "report".
+# (stage, done, total): stages are "convert", "calibrate", "scale" (AWQ's search), "quantize", "report".
 Progress = Callable[[str, int, int], None]
 CALIBRATION_CONTEXT = 512  # tokens per calibration chunk, as llama-imatrix's default
-# What "--method auto" does per type, from bench/quantize.py (docs/benchmarks.md): GPTQ won at
-# q3_k_m and lost at q4_k_m to the plain importance matrix; f16 and q8_0 cannot use statistics.
-AUTO_METHODS = {"f16": "none", "q8_0": "none", "q3_k_m": "gptq"}
+# What "--method auto" does per type, from bench/quantize.py (docs/benchmarks.md): AWQ scaling
+# beat every other method at q4_k_m, AWQ then GPTQ at q3_k_m and q2_k; f16 and q8_0 use no statistics.
+AUTO_METHODS = {"f16": "none", "q8_0": "none", "q4_k_m": "awq", "q3_k_m": "awq-gptq", "q2_k": "awq-gptq"}
+NEEDS_HESSIAN = ("gptq", "awq", "awq-gptq")  # methods that read mean(x x^T), not only its diagonal
 WEIGHT_ONLY = {"int8": 8, "int4": 4}  # torch-side types: a folder for the torch backend, not a GGUF
 
 
@@ -43,7 +44,8 @@ class QuantizeConfig:
     calib: Path | None = None  # calibration text or JSONL; None = kecil's bundled multilingual set
     report: bool = True  # measure perplexity, speed and RAM after writing
     # "auto": per type, the method that measured best (AUTO_METHODS); "imatrix" (importance-
-    # weighted rounding), "gptq" (that plus GPTQ error compensation), "none" (no calibration).
+    # weighted rounding), "gptq" (that plus GPTQ error compensation), "awq" (activation-aware
+    # scaling, then importance-weighted rounding), "awq-gptq" (scaling, then GPTQ), "none" (no calibration).
     method: str = "auto"
     calib_chunks: int = 32  # most 512-token calibration chunks read (the rest of a long file is skipped)
     heldout: Path | None = None  # report perplexity text; None = kecil's bundled held-out text
@@ -145,6 +147,7 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None) -> Quanti
         summary = requantize(
             source, config.output, config.qtype, stats=stats, method=method if stats else "none", threads=threads,
             metadata=_calibration_metadata(config, calibration), progress=_stage(progress, "quantize"),
+            scale_progress=_stage(progress, "scale"),
         )  # fmt: skip
         seconds = time.perf_counter() - started
         result = QuantizeResult(
@@ -204,7 +207,7 @@ def calibrate(config: QuantizeConfig, progress: Progress | None = None) -> Calib
     """Only the calibration step of `quantize(config)`: activation statistics to pass back as
     `QuantizeConfig(statistics=...)` when quantizing the same model to several types."""
     ref = resolve(config.model)
-    method = "gptq"  # keep the Hessians too: the statistics may serve a type whose method is GPTQ
+    method = "gptq"  # keep the Hessians too: the statistics may serve a type whose method needs them
     text = read_calibration_text(config.calib)
     with tempfile.TemporaryDirectory(prefix=".kecil-quantize-") as tmp:
         source = _as_gguf(ref, Path(tmp), progress)
@@ -242,7 +245,7 @@ def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: Quan
     info = inspect_model(ref)
     return collect_statistics(
         model, tokenizer, text, lambda n: names.get_name(n, try_suffixes=(".weight",)), context=CALIBRATION_CONTEXT,
-        max_chunks=config.calib_chunks, hessian=method == "gptq", add_bos=info.add_bos, progress=_stage(progress, "calibrate"),
+        max_chunks=config.calib_chunks, hessian=method in NEEDS_HESSIAN, add_bos=info.add_bos, progress=_stage(progress, "calibrate"),
     )  # fmt: skip
 
 

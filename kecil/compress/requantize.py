@@ -2,8 +2,8 @@
 
 The source's weights are dequantized to float (ggml's own `to_float`), each tensor gets the
 type llama.cpp's policy gives it (`quant_types.choose_types`), and is quantized by ggml's
-`ggml_quantize_chunk` — plain, with an importance vector, or through GPTQ. Output goes to a
-temporary file renamed only when complete.
+`ggml_quantize_chunk` — plain, with an importance vector, through GPTQ, or after AWQ scaling
+(awq.py; optionally followed by GPTQ). Output goes to a temporary file renamed only when complete.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, Keys
 
 from kecil.compress import ggml_kernels
+from kecil.compress.awq import Scaling, fold_scales
 from kecil.compress.calibration import LayerStats
 from kecil.compress.gptq import inverse_hessian_factor, quantize_gptq
 from kecil.compress.quant_types import FLOAT_TYPES, QuantType, choose_types, tensor_order
@@ -24,7 +25,9 @@ from kecil.errors import InvalidModelError
 from kecil.models.formats.gguf_io import atomic_output
 
 Progress = Callable[[int, int], None]
-METHODS = ("none", "imatrix", "gptq")
+METHODS = ("none", "imatrix", "gptq", "awq", "awq-gptq")
+_SCALED = ("awq", "awq-gptq")  # methods that fold AWQ scales into the weights first
+_COMPENSATED = ("gptq", "awq-gptq")  # methods that spread rounding errors with GPTQ
 # Keys that describe the old file's encoding rather than the model: rewritten, never copied.
 _NOT_COPIED = (Keys.General.ARCHITECTURE, Keys.General.FILE_TYPE, Keys.General.QUANTIZATION_VERSION)
 
@@ -45,9 +48,12 @@ def read_source(path: Path) -> GGUFReader:
 def requantize(
     source: Path, output: Path, qtype: QuantType, *, stats: dict[str, LayerStats] | None = None, method: str = "imatrix",
     metadata: dict[str, tuple[object, GGUFValueType]] | None = None, threads: int = 1, progress: Progress | None = None,
+    scale_progress: Progress | None = None,
 ) -> RequantizeSummary:
     """Write `source` (a GGUF file) to `output` at `qtype`. With `stats` from calibration, `method`
-    "imatrix" weights ggml's rounding by the importance vector and "gptq" also compensates errors."""
+    "imatrix" weights ggml's rounding by the importance vector, "gptq" also compensates errors,
+    "awq" scales weights by activation size first (folding the inverse into the layer before),
+    and "awq-gptq" does both."""
     reader = read_source(source)
     arch = _field(reader, Keys.General.ARCHITECTURE)
     n_layers = int(_field(reader, Keys.LLM.BLOCK_COUNT.format(arch=arch)))
@@ -58,6 +64,13 @@ def requantize(
     use_stats = stats if method != "none" else None
     plan = [(t.name, tuple(int(d) for d in t.shape), GGMLQuantizationType(t.tensor_type)) for t in tensors]
     types = choose_types(plan, qtype, n_layers=n_layers, n_gqa=n_gqa, has_imatrix=bool(use_stats))
+    scalings: dict[str, Scaling] = {}
+    if use_stats and method in _SCALED:
+        by_name = {t.name: t for t in tensors}
+        scalings, use_stats = fold_scales(
+            lambda name: _float_values(by_name[name]), set(by_name), types, use_stats, n_head=int(n_head),
+            n_head_kv=int(n_head_kv), threads=threads, progress=scale_progress,
+        )  # fmt: skip
 
     writer = GGUFWriter(None, arch)
     _copy_metadata(reader, writer)
@@ -80,7 +93,7 @@ def requantize(
         writer.write_ti_data_to_file()
         for done, t in enumerate(tensors, start=1):
             layer_stats = use_stats.get(t.name) if use_stats else None
-            data = _encode(t, types[t.name], layer_stats, method, threads, factors)
+            data = _encode(t, types[t.name], layer_stats, method, threads, factors, scalings.get(t.name))
             summary.calibrated_tensors += layer_stats is not None and types[t.name] not in FLOAT_TYPES
             writer.write_tensor_data(data)
             if progress:
@@ -89,13 +102,23 @@ def requantize(
     return summary
 
 
-def _encode(tensor, new: GGMLQuantizationType, stats: LayerStats | None, method: str, threads: int, factors: dict) -> np.ndarray:
+def _float_values(tensor) -> np.ndarray:
+    """A tensor's values as float32, (rows, columns) for a matrix."""
+    values = ggml_kernels.dequantize(np.asarray(tensor.data), GGMLQuantizationType(tensor.tensor_type), int(tensor.shape[0]))
+    return values.reshape(-1) if len(tensor.shape) == 1 else values
+
+
+def _encode(
+    tensor, new: GGMLQuantizationType, stats: LayerStats | None, method: str, threads: int, factors: dict, scaling: Scaling | None = None
+) -> np.ndarray:
     current = GGMLQuantizationType(tensor.tensor_type)
     raw = np.asarray(tensor.data)
-    if new == current:
+    if new == current and scaling is None:
         return raw.reshape(-1).view(np.uint8)
     n_per_row = int(tensor.shape[0])
     values = ggml_kernels.dequantize(raw, current, n_per_row)
+    if scaling is not None:
+        values = np.ascontiguousarray(scaling.apply(values.reshape(-1) if len(tensor.shape) == 1 else values).reshape(values.shape))
     if new == GGMLQuantizationType.F32:
         return values.reshape(-1).view(np.uint8)
     if new == GGMLQuantizationType.F16:
@@ -105,7 +128,7 @@ def _encode(tensor, new: GGMLQuantizationType, stats: LayerStats | None, method:
     importance = None if stats is None else stats.importance
     if importance is not None and importance.shape[0] != n_per_row:
         importance = None  # e.g. statistics of a different model: never guess
-    if method == "gptq" and stats is not None and stats.hessian is not None and importance is not None:
+    if method in _COMPENSATED and stats is not None and stats.hessian is not None and importance is not None:
         if id(stats) not in factors:
             factors.clear()  # the next matrices read another input: keep only one factor alive
             factors[id(stats)] = (stats, inverse_hessian_factor(stats.hessian))
