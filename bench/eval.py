@@ -4,6 +4,10 @@
 (each subject's five dev questions, the standard MMLU setting), on the embedded default model
 (SmolLM2-135M-Instruct, Q4_1 GGUF). Engines, each in its own process, after loading the model:
 
+  kecil-eval       what `kecil eval MODEL --tasks mmlu --limit 200 --shots 5` does by default
+                   (kecil.eval.run.evaluate, result cache off): it picks the backend that scores,
+                   here a torch copy of the GGUF (kecil.eval.run.TORCH_SCORING_MIN_TOKENS); its
+                   time includes loading both engines, so it is not flattered
   kecil-llamacpp   kecil's multiple-choice runner (kecil.eval.run.run_task) on the llamacpp backend
   kecil-torch      the same on the torch backend (the GGUF dequantized to float32)
   lm-eval-hf       lm-evaluation-harness 0.4.13, HF backend (HFLM with gguf_file, float32), batch
@@ -35,7 +39,7 @@ from _common.model import MODEL_NAME, default_gguf  # noqa: E402
 from _common.report import emit, median, table  # noqa: E402
 
 BENCH = "eval"
-ENGINES = ("kecil-llamacpp", "kecil-torch", "lm-eval-hf")
+ENGINES = ("kecil-eval", "kecil-llamacpp", "kecil-torch", "lm-eval-hf")
 SEED = 1234
 SHOTS = 5
 LM_EVAL_TASK = "kecil_mmlu_subset"
@@ -95,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 result = json.loads(lines[-1])
                 raw[engine].append(result)
-                print(f"  round {round_no} {engine}: {result['items'] / result['seconds']:.2f} items/s, acc {result['acc']:.3f}", file=sys.stderr, flush=True)
-    common = {"bench": BENCH, "model": MODEL_NAME, "task": "mmlu", "shots": SHOTS, "seed": SEED, "threads": threads}
+                scored_on = f" (scored on {result['backend']})" if result.get("backend") else ""
+                print(f"  round {round_no} {engine}: {result['items'] / result['seconds']:.2f} items/s, acc {result['acc']:.3f}{scored_on}",
+                      file=sys.stderr, flush=True)
+    common = {"bench": BENCH, "model": MODEL_NAME, "task": "mmlu", "shots": SHOTS, "seed": SEED, "threads": threads,
+              "load_average": [round(x, 2) for x in os.getloadavg()]}  # 1/5/15-minute, at the end of the runs
     summary = {}
     for engine, runs in raw.items():
         speed = median([r["items"] / r["seconds"] for r in runs])
@@ -160,6 +167,8 @@ def _worker(args) -> dict:
     folder = Path(args.folder)
     rows = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
     gguf = default_gguf()
+    if args.worker == "kecil-eval":
+        return _kecil_eval(gguf, len(rows), args.threads)
     if args.worker.startswith("kecil"):
         return _kecil(args.worker.removeprefix("kecil-"), gguf, len(rows), args.threads, rows)
     return _lm_eval(folder, gguf, args.threads)
@@ -179,6 +188,18 @@ def _kecil(backend_name: str, gguf: Path, items: int, threads: int, rows: list[d
         result = run_task(backend, MODEL_NAME, get_task("mmlu"), config, cache, "bench", lambda *a: None)
     seconds = time.perf_counter() - loaded
     return {"items": result.n, "seconds": seconds, "acc": result.value, "load_seconds": loaded - started}
+
+
+def _kecil_eval(gguf: Path, items: int, threads: int) -> dict:
+    from kecil.eval.run import EvalConfig, evaluate
+
+    config = EvalConfig(models=(str(gguf),), tasks=("mmlu",), limit=items, seed=SEED, shots=SHOTS, threads=threads,
+                        system=False, cache=False)
+    started = time.perf_counter()
+    (result,) = evaluate(config).results
+    seconds = time.perf_counter() - started
+    return {"items": result.n, "seconds": seconds, "acc": result.value, "load_seconds": 0.0,
+            "backend": result.extra.get("backend")}
 
 
 def _lm_eval(folder: Path, gguf: Path, threads: int) -> dict:

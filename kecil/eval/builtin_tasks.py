@@ -213,6 +213,7 @@ def mbpp() -> Task:
 
 
 # --- perplexity ------------------------------------------------------------------------------
+@cache  # read once per process: `kecil fit` evaluates every variant on it
 def wikipedia_text() -> str:
     """Wikipedia prose: SQuAD's paragraphs, grouped by article under a wikitext-style title."""
     articles: dict[str, list[str]] = {}

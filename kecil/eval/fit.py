@@ -133,7 +133,9 @@ def fit(config: FitConfig, progress: Progress | None = None) -> FitResult:
     ready = [v for v in variants if v.error is None]
     for done, variant in enumerate(ready, 1):
         try:
-            figures = measure(str(variant.path), backend="llamacpp", context=config.context, threads=config.threads, fill_context=True)
+            # the peak comes from the weights and the filled KV cache; a few decode steps add nothing
+            figures = measure(str(variant.path), backend="llamacpp", context=config.context, threads=config.threads,
+                              fill_context=True, decode_tokens=4)
             variant.peak_rss_bytes = figures.peak_rss_bytes
         except KecilError as exc:
             variant.error = f"memory: {exc}"

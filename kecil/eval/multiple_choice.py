@@ -16,14 +16,13 @@ from kecil.infer.backend import Backend
 from kecil.infer.scoring import score_continuations
 
 
-def split_tokens(backend: Backend, prompt: str, choice: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) for `prompt + choice`, tokenized as one text so the
-    continuation gets the tokens the model would see (a leading space merges into the word)."""
-    context = backend.tokenize(prompt, add_bos=backend.adds_bos)
+def continuation_tokens(backend: Backend, prompt: str, context: list[int], choice: str) -> list[int]:
+    """The ids `choice` adds after `prompt` (whose ids are `context`), tokenized as one text so
+    the continuation gets the tokens the model would see (a leading space merges into the word)."""
     whole = backend.tokenize(prompt + choice, add_bos=backend.adds_bos)
     if len(whole) > len(context) and whole[: len(context)] == context:
-        return context, whole[len(context) :]
-    return context, backend.tokenize(choice, add_bos=False)
+        return whole[len(context) :]
+    return backend.tokenize(choice, add_bos=False)
 
 
 def fit_window(context: list[int], continuations: Sequence[list[int]], window: int) -> tuple[list[int], bool]:
@@ -36,7 +35,7 @@ def fit_window(context: list[int], continuations: Sequence[list[int]], window: i
 
 def evaluate_item(backend: Backend, task: Task, item: ChoiceItem, prompt: str) -> dict:
     context = backend.tokenize(prompt, add_bos=backend.adds_bos)
-    continuations = [split_tokens(backend, prompt, choice)[1] for choice in item.choices]
+    continuations = [continuation_tokens(backend, prompt, context, choice) for choice in item.choices]
     context, truncated = fit_window(context, continuations, backend.context_length)
     scores = score_continuations(backend, context, continuations)
     logprobs = [s.logprob for s in scores]

@@ -2,7 +2,9 @@
 
 `evaluate(EvalConfig(...))` loads each model once, runs each task through the module for its
 kind, caches every item's result (an interrupted run resumes), and measures the system figures
-in a subprocess. A task that cannot run on a model (log-likelihood on an engine without logits,
+in a subprocess. With no --backend named, a GGUF model's log-likelihood tasks run on a torch copy
+when there is enough to score for that to be faster (TORCH_SCORING_MIN_TOKENS); each result
+names the backend that produced it. A task that cannot run on a model (log-likelihood on an engine without logits,
 a missing data package) becomes a result row with its error, never a silent gap.
 """
 
@@ -22,6 +24,14 @@ from kecil.eval.tasks import Task, build_prompt, fewshot_examples, get_task, sel
 
 DEFAULT_SEED = 1234
 RUNNERS = {"choice": multiple_choice, "generate": generative, "code": code}
+SCORING_KINDS = ("choice", "perplexity")  # log-likelihood tasks: prompt processing, no decoding
+# Scoring is prompt processing, where torch is the faster CPU engine for a small model: on the
+# bundled 135M model (docs/benchmarks.md) 721 prompt tok/s against llama.cpp's 289 on its Q4_1
+# file, but ~19 s to load (it dequantizes the GGUF). So when no backend is named, a GGUF model's
+# scoring tasks move to a torch copy once there is enough to score to repay that load
+# (T/289 > 19 + T/721 from T ~ 8,600 tokens; the threshold keeps a 2x margin) and the float32
+# copy fits in half the available memory. Generation stays on llama.cpp (3.5x faster decode).
+TORCH_SCORING_MIN_TOKENS = 20_000
 
 # (model, task, done, total): called after every item (and every perplexity chunk)
 Progress = Callable[[str, str, int, int], None]
@@ -107,6 +117,67 @@ def shots_for(task: Task, config: EvalConfig) -> int:
     return task.default_shots if config.shots is None else config.shots
 
 
+def prompts(task: Task, config: EvalConfig):
+    """(item, prompt) for the task's fixed subset, each prompt with its few-shot examples."""
+    shots = shots_for(task, config)
+    pool: dict = {}
+    for item in select_items(task.items(), config.limit, config.seed):
+        yield item, build_prompt(task, item, fewshot_examples(task, item, shots, config.seed, pool))
+
+
+def scoring_tokens(backend, tasks: list[Task], config: EvalConfig) -> int:
+    """Tokens the log-likelihood tasks will run through the model, a prompt's prefix shared with
+    the previous prompt counted once (Backend.logits reuses it). Cached results count too, so a
+    resumed run decides as the first one did. A task that cannot load counts 0 (run_task reports it)."""
+    from kecil.infer.backend import shared_prefix_length
+
+    total = 0
+    for task in (t for t in tasks if t.kind in SCORING_KINDS):
+        try:
+            if task.kind == "perplexity":
+                chunks = len(backend.tokenize(task.extra["text"](), add_bos=backend.adds_bos)) // config.context
+                total += min(chunks, config.limit or chunks) * config.context
+                continue
+            previous: list[int] = []
+            for _, prompt in prompts(task, config):
+                ids = backend.tokenize(prompt, add_bos=backend.adds_bos)
+                total += len(ids) - shared_prefix_length(previous, ids)
+                previous = ids
+        except KecilError:
+            continue
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def torch_scorer(backend, tasks: list[Task], config: EvalConfig, window: int | None):
+    """A torch copy of a GGUF model for its scoring tasks when that is faster (see
+    TORCH_SCORING_MIN_TOKENS), else None; a copy that cannot load leaves scoring where it was."""
+    from kecil.infer.load import load_model
+    from kecil.models.info import estimate_memory
+
+    if config.backend is not None or backend.ref.format != "gguf" or backend.name == "torch":
+        return None
+    if scoring_tokens(backend, tasks, config) < TORCH_SCORING_MIN_TOKENS:
+        return None
+    free = available_memory()
+    if free is None or estimate_memory(backend.info, backend.context_length, "torch").total_bytes > free // 2:
+        return None
+    try:
+        return load_model(backend.ref, backend="torch", context_length=window, threads=config.threads)
+    except KecilError:
+        return None
+
+
 def run_task(backend, name: str, task: Task, config: EvalConfig, cache: ResultCache, model_key: str, progress) -> TaskResult:
     """Run one task on a loaded model; `name` is the model as the user named it."""
     started = perf_counter()
@@ -121,14 +192,13 @@ def run_task(backend, name: str, task: Task, config: EvalConfig, cache: ResultCa
             )
             cached = {"value": value, "n": n, "extra": extra}
             cache.put(key, cached)
-        return TaskResult(name, task.name, task.metric, cached["value"], cached["n"], 0, perf_counter() - started, cached["extra"])
+        return TaskResult(name, task.name, task.metric, cached["value"], cached["n"], 0, perf_counter() - started,
+                          {**cached["extra"], "backend": backend.name})
     runner = RUNNERS[task.kind]
     shots = shots_for(task, config)
-    items = select_items(task.items(), config.limit, config.seed)
-    pool: dict = {}
+    planned = list(prompts(task, config))
     results = []
-    for done, item in enumerate(items, 1):
-        prompt = build_prompt(task, item, fewshot_examples(task, item, shots, config.seed, pool))
+    for done, (item, prompt) in enumerate(planned, 1):
         # the item and its exact prompt are in the key: a changed data file or format is never served stale
         key = cache.key(model_key, backend.name, task.name, task.version, getattr(runner, "RESULT_FORMAT", 1), repr(item), prompt)
         result = cache.get(key)
@@ -136,10 +206,11 @@ def run_task(backend, name: str, task: Task, config: EvalConfig, cache: ResultCa
             result = runner.evaluate_item(backend, task, item, prompt)
             cache.put(key, result)
         results.append(result)
-        progress(name, task.name, done, len(items))
+        progress(name, task.name, done, len(planned))
     cache.flush()
     value, extra = runner.summarize(task, results)
-    return TaskResult(name, task.name, task.metric, value, len(results), shots, perf_counter() - started, extra)
+    return TaskResult(name, task.name, task.metric, value, len(results), shots, perf_counter() - started,
+                      {**extra, "backend": backend.name})
 
 
 def evaluate(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
@@ -157,11 +228,17 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> EvalReport
             model_key = model_fingerprint(ref.path)
             window = needs_window if needs_window > DEFAULT_CONTEXT else None  # else the model's own
             with load_model(ref, backend=config.backend, context_length=window, threads=config.threads) as backend:
-                for task in tasks:
-                    try:
-                        report.results.append(run_task(backend, spec, task, config, cache, model_key, progress))
-                    except KecilError as exc:
-                        report.results.append(TaskResult(spec, task.name, task.metric, None, 0, error=str(exc)))
+                scorer = torch_scorer(backend, tasks, config, window)
+                try:
+                    for task in tasks:
+                        engine = scorer if scorer is not None and task.kind in SCORING_KINDS else backend
+                        try:
+                            report.results.append(run_task(engine, spec, task, config, cache, model_key, progress))
+                        except KecilError as exc:
+                            report.results.append(TaskResult(spec, task.name, task.metric, None, 0, error=str(exc)))
+                finally:
+                    if scorer is not None:
+                        scorer.close()
             if config.system:
                 from kecil.eval.system import measure
 

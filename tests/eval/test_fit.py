@@ -3,6 +3,7 @@ measures and evaluates real variants."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,42 @@ def test_accuracy_outranks_perplexity_and_size_breaks_ties():
     assert quality_key(a) > quality_key(b)
     c = Variant("c", Path("c"), 50, 1, {"mmlu": 0.30, "wiki": 12.0}, {"mmlu": "acc", "wiki": "perplexity"})
     assert quality_key(c) > quality_key(a)
+
+
+def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
+    """The whole pipeline on something small, through the CLI: quantize two types, measure each
+    one's peak in a fresh process, evaluate perplexity, recommend, print the command; then a budget
+    below every peak says by how much (the variants and their results are reused, not rebuilt)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from kecil.cli import app
+
+    model = str(tiny_hf_model("llama"))
+    common = ["fit", model, "--context", "128", "--types", "q8_0,q4_0", "--limit", "1"]
+    done = CliRunner().invoke(app, [*common, "--memory", "100GB", "--json"])
+    assert done.exit_code == 0, done.output
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    *variants, verdict = rows
+    assert [v["type"] for v in variants] == ["q8_0", "q4_0"]
+    for v in variants:
+        assert v["error"] is None and v["fits"] and v["size_bytes"] > 0 and 20e6 < v["peak_rss_bytes"] < 2e9
+        assert v["quality"]["wikitext-like-perplexity"] > 1
+    q8, q4 = variants
+    assert q8["size_bytes"] > q4["size_bytes"]
+    best = min(variants, key=lambda v: v["quality"]["wikitext-like-perplexity"])  # perplexity only: lowest wins
+    assert verdict["recommended"] == best["type"]
+    assert verdict["command"] == f"kecil quantize {model} --to {best['type']} -o {Path(model).name}-{best['type']}.gguf"
+
+    done = CliRunner().invoke(app, [*common, "--memory", "1MB"])
+    assert done.exit_code == 0, done.output
+    smallest = min(v["peak_rss_bytes"] for v in variants)
+    short = re.search(r"nothing fits in 1 MB at a 128-token context: the smallest, (q8_0|q4_0), peaks at (\d+) MB, (\d+) MB more", done.stdout)
+    assert short, done.stdout
+    assert abs(int(short.group(2)) * 1e6 - smallest) < 0.2 * smallest  # re-measured: about the same peak
+    assert int(short.group(3)) == int(short.group(2)) - 1
+    assert "kecil quantize" not in done.stdout
 
 
 @pytest.mark.slow

@@ -147,6 +147,114 @@ def test_log_likelihood_on_an_engine_without_logits_is_refused_by_name(home, tin
             run_task(GenerationOnly(inner), "tiny", task, EvalConfig(models=("x",), tasks=("cats",)), cache, "key", lambda *a: None)
 
 
+def test_evaluate_reports_a_task_the_engine_cannot_run_and_runs_the_rest(home, tiny_hf_model, monkeypatch):
+    """Through evaluate() itself: the log-likelihood task becomes a row with the reason, the
+    generative task on the same engine still runs; nothing is silently left out."""
+    import kecil.infer.load as load
+
+    (home / "echo.jsonl").write_text(json.dumps({"prompt": "the cat sat on the", "answers": ["mat"]}) + "\n")
+    (home / "echo.yaml").write_text("name: echo\nkind: generate\ndata: echo.jsonl\nmax_tokens: 4\n")
+    real = load.load_model
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: GenerationOnly(real(*a, **k)))
+    config = EvalConfig(models=(str(tiny_hf_model("llama")),), tasks=("cats", "echo"), system=False,
+                        task_files=(choice_task(home), home / "echo.yaml"))
+    cats, echo = evaluate(config).results
+    assert cats.task == "cats" and cats.value is None and "cannot give token logits" in cats.error
+    assert echo.task == "echo" and echo.error is None and echo.n == 1 and echo.value in (0.0, 1.0)
+    rows = [json.loads(line) for line in json_lines(evaluate(config))]
+    assert rows[0]["task"] == "cats" and rows[0]["value"] is None and "--backend" in rows[0]["error"]
+
+
+def test_zero_shot_and_few_shot_prompts(home, tiny_hf_model, monkeypatch):
+    """--shots 0 asks the bare question; --shots 2 puts two other items, with their answers, first;
+    the same seed gives the same examples, and the result records the shots."""
+    spec = choice_task(home)
+    prompts: dict[int, list[str]] = {}
+    real = multiple_choice.evaluate_item
+
+    def record(shots):
+        def evaluate_item(backend, task, item, prompt):
+            prompts.setdefault(shots, []).append(prompt)
+            return real(backend, task, item, prompt)
+        return evaluate_item
+
+    model = str(tiny_hf_model("llama"))
+    for shots in (0, 2):
+        monkeypatch.setattr(multiple_choice, "evaluate_item", record(shots))
+        config = EvalConfig(models=(model,), tasks=("cats",), task_files=(spec,), shots=shots, system=False, cache=False)
+        assert evaluate(config).results[0].shots == shots
+    assert prompts[0] == [item["query"] for item in CHOICE_ITEMS]
+    for item, prompt in zip(CHOICE_ITEMS, prompts[2]):
+        *examples, question = prompt.split("\n\n")
+        assert question == item["query"] and len(examples) == 2
+        for example in examples:
+            query, answer = example.rsplit(" ", 1)
+            shown = next(x for x in CHOICE_ITEMS if x["query"] == query)
+            assert answer == shown["choices"][shown["answer"]] and shown is not item
+    monkeypatch.setattr(multiple_choice, "evaluate_item", record(3))
+    evaluate(EvalConfig(models=(model,), tasks=("cats",), task_files=(spec,), shots=2, system=False, cache=False))
+    assert prompts[3] == prompts[2]  # the seed fixes the examples
+
+
+def test_limit_takes_the_same_subset_for_the_same_seed(home, tiny_hf_model, monkeypatch):
+    spec = choice_task(home)
+    seen: dict[tuple, list[str]] = {}
+    real = multiple_choice.evaluate_item
+    model = str(tiny_hf_model("llama"))
+    for run, seed in enumerate((1, 1, 2)):
+        monkeypatch.setattr(multiple_choice, "evaluate_item", lambda b, t, item, p, key=(run, seed): seen.setdefault(key, []).append(item.id) or real(b, t, item, p))
+        (result,) = evaluate(EvalConfig(models=(model,), tasks=("cats",), task_files=(spec,), limit=3, seed=seed, system=False, cache=False)).results
+        assert result.n == 3
+    assert seen[(0, 1)] == seen[(1, 1)] == ["0", "1", "4"]
+    assert seen[(2, 2)] == ["0", "4", "5"]
+
+
+def test_cli_names_the_malformed_line_in_one_line(home, tiny_hf_model):
+    spec = choice_task(home)
+    (home / "cats.jsonl").write_text(json.dumps(CHOICE_ITEMS[0]) + "\n" + json.dumps(CHOICE_ITEMS[1]) + "\n{oops\n")
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "kecil", "eval", str(tiny_hf_model("llama")), "--tasks", "cats", "--task-file", str(spec), "--no-system"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "KECIL_DEBUG": ""})
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("kecil: error:") and "cats.jsonl line 3: not valid JSON" in line
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_hf_model, tmp_path_factory):
+    from kecil.compress.quantize import QuantizeConfig, quantize
+
+    out = tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf"
+    return quantize(QuantizeConfig(model=str(tiny_hf_model("llama")), to="q8_0", output=out, method="none", report=False)).output
+
+
+def test_scoring_moves_to_torch_only_when_it_pays(home, tiny_gguf, monkeypatch):
+    """A GGUF's log-likelihood tasks run on a torch copy when there is enough to score (the
+    threshold, lowered here), its generation stays on llama.cpp, and a named --backend is obeyed."""
+    from kecil.eval import run
+
+    (home / "echo.jsonl").write_text(json.dumps({"prompt": "the cat sat on the", "answers": ["mat"]}) + "\n")
+    (home / "echo.yaml").write_text("name: echo\nkind: generate\ndata: echo.jsonl\nmax_tokens: 4\n")
+    files = (choice_task(home), home / "echo.yaml")
+
+    def backends(**overrides):
+        config = EvalConfig(models=(str(tiny_gguf),), tasks=("cats", "echo"), task_files=files, system=False, cache=False, **overrides)
+        return [(r.task, r.extra.get("backend"), r.error) for r in evaluate(config).results]
+
+    assert backends() == [("cats", "llamacpp", None), ("echo", "llamacpp", None)]  # 6 short questions: not worth a load
+    monkeypatch.setattr(run, "TORCH_SCORING_MIN_TOKENS", 1)
+    assert backends() == [("cats", "torch", None), ("echo", "llamacpp", None)]
+    assert backends(backend="llamacpp") == [("cats", "llamacpp", None), ("echo", "llamacpp", None)]
+    with load_model(str(tiny_gguf)) as model:
+        config = EvalConfig(models=("x",), tasks=("cats",), task_files=files)
+        each = [len(model.tokenize(x["query"], add_bos=model.adds_bos)) for x in CHOICE_ITEMS]
+        # every question after the first shares at least BOS and "Line" with the one before
+        assert each[0] <= run.scoring_tokens(model, run.resolve_tasks(config), config) < sum(each)
+
+
 def test_cli_eval_json(home, tiny_hf_model):
     spec = choice_task(home)
     result = CliRunner().invoke(app, ["eval", str(tiny_hf_model("llama")), "--tasks", "cats", "--task-file", str(spec), "--json", "--no-system", "--limit", "4"])

@@ -174,3 +174,42 @@ def test_perplexity_agrees_across_engines_within_one_percent(smol_pair):
     a, b = perplexity(cpp, text, context=64), perplexity(pt, text, context=64)
     assert a.tokens == b.tokens and a.chunks == b.chunks >= 2
     assert abs(a.perplexity - b.perplexity) / b.perplexity < 0.01
+
+
+def _llama_perplexity_tool():
+    """llama.cpp's own llama-perplexity, where bench/build_llama_tools.sh built it (not in CI)."""
+    import os
+    from pathlib import Path
+
+    roots = [os.environ.get("KECIL_HOME"), str(Path.home() / ".cache" / "kecil")]  # read at collection, before the test home
+    for root in filter(None, roots):
+        tool = Path(root) / "llama.cpp-tools" / "0.3.36" / "bin" / "llama-perplexity"
+        if tool.is_file():
+            return tool
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_llama_perplexity_tool() is None, reason="llama-perplexity is not built (bench/build_llama_tools.sh)")
+def test_perplexity_matches_llama_perplexity_within_one_percent(smol_pair, tmp_path):
+    """The anchor itself: llama.cpp's llama-perplexity binary and kecil on the same file, window and chunks."""
+    import re
+    import subprocess
+
+    from kecil.eval.builtin_tasks import wikipedia_text
+
+    cpp, pt = smol_pair
+    text = wikipedia_text()[:60_000]
+    path = tmp_path / "wiki.txt"
+    path.write_text(text, encoding="utf-8")
+    run = subprocess.run(
+        [str(_llama_perplexity_tool()), "-m", str(cpp.ref.path), "-f", str(path), "-c", "128", "--chunks", "8", "-t", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    found = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
+    assert found, run.stderr[-2000:]
+    reference = float(found.group(1))
+    for engine in (cpp, pt):
+        ours = perplexity(engine, path.read_text(encoding="utf-8"), context=128, max_chunks=8)
+        assert ours.chunks == 8 and ours.tokens == 8 * 63
+        assert abs(ours.perplexity - reference) / reference < 0.01, (engine.name, ours.perplexity, reference)
