@@ -8,6 +8,8 @@ epochs and sequence limit (256 tokens):
 
   kecil     kecil.tune.lora.tune: examples packed into 256-token rows (one row per step),
             logits only where the loss is taken
+  kecil-qlora  the same on the base quantized to kecil's weight-only int4, group 64
+            (`kecil tune --base-bits 4`): less memory, some speed spent dequantizing
   trainer   transformers Trainer over peft's get_peft_model: 4 examples per step, each batch
             padded to its longest example (DataCollatorForSeq2Seq), full logits
 
@@ -35,7 +37,7 @@ from _common.report import emit, median, table  # noqa: E402
 BENCH = "tune"
 MODEL = "smollm2-135m"
 DATA = Path(__file__).resolve().parents[1] / "tests" / "tune" / "data" / "velmora_facts.jsonl"
-ENGINES = ("kecil", "trainer")
+ENGINES = ("kecil", "kecil-qlora", "trainer")
 RANK, ALPHA, DROPOUT, LR, MAX_LENGTH, TRAINER_BATCH = 16, 32.0, 0.05, 2e-4, 256, 4
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TIMEOUT_SECONDS = 1200
@@ -75,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     speedup = summary["kecil"]["real_tokens_per_second"] / summary["trainer"]["real_tokens_per_second"]
     ram = summary["kecil"]["peak_rss_mib"] / summary["trainer"]["peak_rss_mib"]
     emit(**common, comparison="kecil/trainer", tokens_per_second_ratio=speedup, peak_rss_ratio=ram)
+    q_speed = summary["kecil-qlora"]["real_tokens_per_second"] / summary["trainer"]["real_tokens_per_second"]
+    q_ram = summary["kecil-qlora"]["peak_rss_mib"] / summary["trainer"]["peak_rss_mib"]
+    emit(**common, comparison="kecil-qlora/trainer", tokens_per_second_ratio=q_speed, peak_rss_ratio=q_ram)
     table(f"{BENCH} (medians of {args.rounds} rounds)", ["engine", "real tok/s", "peak RSS MiB", "padding", "final loss"], rows)
     print(f"kecil / trainer: {speedup:.2f}x tokens/s at {ram:.2f}x peak RSS", file=sys.stderr)
+    print(f"kecil-qlora / trainer: {q_speed:.2f}x tokens/s at {q_ram:.2f}x peak RSS", file=sys.stderr)
     return 0
 
 
@@ -114,13 +120,14 @@ def _worker(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.worker == "kecil":
+    if args.worker.startswith("kecil"):
         from kecil.tune.lora import TuneConfig, tune
 
+        bits = 4 if args.worker == "kecil-qlora" else None
         with tempfile.TemporaryDirectory() as out:
             result = tune(TuneConfig(model=MODEL, data=_data(args.examples), output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
                                      dropout=DROPOUT, lr=LR, batch_size=1, max_length=MAX_LENGTH, val_split=0, save_every=10**6,
-                                     threads=args.threads))
+                                     threads=args.threads, base_bits=bits))
         print(json.dumps({"real_tokens": result.tokens, "padded_tokens": 0, "seconds": result.seconds, "steps": result.steps,
                           "final_loss": result.train_loss}))
         return 0

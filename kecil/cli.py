@@ -308,6 +308,7 @@ def tune(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and data give the same adapter.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
     base_bits: Annotated[Optional[int], typer.Option("--base-bits", help="QLoRA: hold the frozen base as int4 or int8 weights (4 or 8) to cut memory; default float32.")] = None,
+    base_group_size: Annotated[int, typer.Option("--base-group-size", help="With --base-bits: input columns per quantization scale (32, 64 or 128).")] = 64,
     threads: Threads = None,
 ) -> None:
     """Fine-tune MODEL on DATA with LoRA and write a PEFT adapter folder.
@@ -324,7 +325,7 @@ def tune(
         target_modules=tuple(t.strip() for t in target_modules.split(",") if t.strip()) if target_modules else None,
         lr=lr, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, val_split=val_split,
         val_data=Path(val_data) if val_data else None, eval_every=eval_every, save_every=save_every, max_steps=max_steps,
-        seed=seed, resume=resume, threads=threads, base_bits=base_bits,
+        seed=seed, resume=resume, threads=threads, base_bits=base_bits, base_group_size=base_group_size,
     )
     columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
     with Progress(*columns, transient=False) as bar:
@@ -335,10 +336,7 @@ def tune(
             eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s"
             bar.update(task, total=p.total_steps, completed=p.step, status=f"loss {p.loss:.3f}{val} | {p.tokens_per_second:.0f} tok/s | ETA {eta}")
 
-        quantize_base = None
-        if base_bits:
-            from kecil.compress.weight_only import quantize_weights as quantize_base
-        result = run_tune(config, progress=report, quantize_base=quantize_base)
+        result = run_tune(config, progress=report)
     if result.resumed_from_step is not None:
         _err(f"resumed from step {result.resumed_from_step}")
     if result.cut_examples or result.dropped_examples:

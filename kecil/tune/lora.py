@@ -88,6 +88,8 @@ class TuneConfig:
             raise ConfigError(f"max-steps must be at least 1, got {self.max_steps}")
         if self.base_bits not in (None, 4, 8):
             raise ConfigError(f"base-bits must be 4 or 8 (or left out for a float32 base), got {self.base_bits}")
+        if self.base_group_size not in (32, 64, 128):
+            raise ConfigError(f"base-group-size must be 32, 64 or 128, got {self.base_group_size}")
 
     @property
     def lora_alpha(self) -> float:
@@ -174,26 +176,29 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-# Weight-only quantization lives in kecil.compress, a sibling floor tune must not import: the
-# caller passes kecil.compress.weight_only.quantize_weights in, as merge() takes its quantizer.
-BaseQuantizer = Callable[..., object]  # (model, bits=, group_size=) -> the model, quantized in place
+def quantize_base(model, bits: int, group_size: int):
+    """QLoRA (https://arxiv.org/abs/2305.14314, with kecil's group-wise int4/int8 in place of NF4):
+    the frozen block linears become QuantizedLinear layers, in place, before LoRA goes on them."""
+    import gc
+
+    from kecil.infer.quantized_linear import QuantizedLinear, linear_targets
+
+    targets = linear_targets(model, group_size)
+    if not targets:
+        raise ConfigError(f"no linear layer of this model has a multiple of {group_size} input columns: pass a smaller --base-group-size")
+    for parent, name, linear in targets:
+        setattr(parent, name, QuantizedLinear.from_linear(linear, bits=bits, group_size=group_size))
+    gc.collect()  # the float weights just replaced
+    return model
 
 
-def tune(
-    config: TuneConfig, progress: Callable[[TuneProgress], None] | None = None, *, quantize_base: BaseQuantizer | None = None
-) -> TuneResult:
-    """Train a LoRA adapter for `config.model` on `config.data` and write it to `config.output`.
-
-    With `config.base_bits` (QLoRA, https://arxiv.org/abs/2305.14314, with kecil's group-wise
-    int4/int8 in place of NF4), `quantize_base` quantizes the frozen base before LoRA goes on it."""
+def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = None) -> TuneResult:
+    """Train a LoRA adapter for `config.model` on `config.data` and write it to `config.output`."""
     from kecil.infer.chat_template import ChatTemplate
     from kecil.models.info import inspect_model
     from kecil.models.reference import resolve
 
     output = Path(config.output).expanduser()
-    if config.base_bits and quantize_base is None:
-        raise ConfigError("base-bits needs kecil's weight-only quantizer: pass quantize_base=kecil.compress.weight_only.quantize_weights "
-                          "(the `kecil tune --base-bits` command does)")
     existing = ckpt.checkpoint_dirs(output)
     if not config.resume and (existing or (output / "adapter_config.json").exists()):
         raise ConfigError(f"{output} already holds a tuning run: pass --resume to continue it, or choose another -o folder")
@@ -224,10 +229,7 @@ def tune(
     torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
     model, tokenizer = load_transformers(ref)
     if config.base_bits:
-        import gc
-
-        model = quantize_base(model, bits=config.base_bits, group_size=config.base_group_size)
-        gc.collect()  # the float weights the quantized layers replaced
+        model = quantize_base(model, config.base_bits, config.base_group_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     def tokenize(text: str):

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from kecil.compress.weight_only import QuantizedLinear, quantize_weights
 from kecil.errors import ConfigError
+from kecil.infer.quantized_linear import QuantizedLinear
 from kecil.infer.load import load_model
-from kecil.tune.lora import LINEAR_TARGETS, TuneConfig, tune
+from kecil.tune.lora import LINEAR_TARGETS, TuneConfig, quantize_base, tune
 from tests.tune.helpers import memorisable_chat, write_jsonl
 
 
@@ -22,7 +22,7 @@ def test_the_quantized_base_keeps_no_float_weight_for_backward(tiny_hf_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = quantize_weights(AutoModelForCausalLM.from_pretrained(tiny_hf_model("llama")), bits=4, group_size=32)
+    model = quantize_base(AutoModelForCausalLM.from_pretrained(tiny_hf_model("llama")), 4, 32)
     shapes = {(m.out_features, m.in_features) for m in model.modules() if isinstance(m, QuantizedLinear)}
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=list(LINEAR_TARGETS)))
     saved = []
@@ -51,7 +51,6 @@ def test_qlora_learns_and_its_adapter_works_on_the_float_base(tiny_hf_model, tmp
         TuneConfig(model=base, data=data, output=tmp_path / "out", epochs=12, lr=1e-2, batch_size=1, max_length=64,
                    val_split=0, dropout=0.0, save_every=1000, target_modules=LINEAR_TARGETS + ("lm_head",),
                    base_bits=bits, base_group_size=32, threads=1),
-        quantize_base=quantize_weights,
     )
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert max(losses[-3:]) < 0.5 * losses[0], losses
@@ -76,12 +75,11 @@ def test_qlora_learns_and_its_adapter_works_on_the_float_base(tiny_hf_model, tmp
     assert adapted_score - base_score > 0.5 * (losses[0] - losses[-1]), (base_score, adapted_score, losses)
 
 
-def test_base_bits_is_checked_and_needs_the_quantizer(tiny_hf_model, tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(4))
+def test_base_bits_and_group_size_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="4 or 8"):
-        TuneConfig(model="x", data=data, output=tmp_path / "o", base_bits=3)
-    with pytest.raises(ConfigError, match="quantize_base"):
-        tune(TuneConfig(model=str(tiny_hf_model("llama")), data=data, output=tmp_path / "o", base_bits=4))
+        TuneConfig(model="x", data=tmp_path / "d.jsonl", output=tmp_path / "o", base_bits=3)
+    with pytest.raises(ConfigError, match="32, 64 or 128"):
+        TuneConfig(model="x", data=tmp_path / "d.jsonl", output=tmp_path / "o", base_bits=4, base_group_size=48)
 
 
 def test_cli_base_bits(tiny_hf_model, tmp_path):
