@@ -27,9 +27,11 @@ from kecil.models.reference import ModelRef, resolve
 # (stage, done, total): stages are "convert", "calibrate", "scale" (AWQ's search), "quantize", "report".
 Progress = Callable[[str, int, int], None]
 CALIBRATION_CONTEXT = 512  # tokens per calibration chunk, as llama-imatrix's default
-# What "--method auto" does per type, from bench/quantize.py (docs/benchmarks.md): AWQ scaling
-# beat every other method at q4_k_m, AWQ then GPTQ at q3_k_m and q2_k; f16 and q8_0 use no statistics.
-AUTO_METHODS = {"f16": "none", "q8_0": "none", "q4_k_m": "awq", "q3_k_m": "awq-gptq", "q2_k": "awq-gptq"}
+# What "--method auto" does per type, from bench/quantize.py (docs/benchmarks.md): AWQ then GPTQ
+# won at q3_k_m and q2_k; AWQ alone at the others (also measured better than the importance matrix
+# at q6_k, q5_k_m and q4_0); f16 and q8_0 use no statistics.
+AUTO_METHODS = {"f16": "none", "q8_0": "none", "q3_k_m": "awq-gptq", "q2_k": "awq-gptq"}
+AUTO_DEFAULT = "awq"
 NEEDS_HESSIAN = ("gptq", "awq", "awq-gptq")  # methods that read mean(x x^T), not only its diagonal
 WEIGHT_ONLY = {"int8": 8, "int4": 4}  # torch-side types: a folder for the torch backend, not a GGUF
 
@@ -82,7 +84,7 @@ class QuantizeConfig:
             return "none"
         if self.method != "auto":
             return self.method
-        return AUTO_METHODS.get(self.qtype.name, "imatrix")
+        return AUTO_METHODS.get(self.qtype.name, AUTO_DEFAULT)
 
 
 @dataclass
@@ -230,7 +232,7 @@ def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: Quan
     if ref.format == "gguf":
         where = {"pretrained_model_name_or_path": str(ref.path.parent), "gguf_file": ref.path.name}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(**where)
+        tokenizer = _GgufTokenizer(ref.path) if ref.format == "gguf" else AutoTokenizer.from_pretrained(**where)
         model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, local_files_only=True).eval()
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -247,6 +249,22 @@ def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: Quan
         model, tokenizer, text, lambda n: names.get_name(n, try_suffixes=(".weight",)), context=CALIBRATION_CONTEXT,
         max_chunks=config.calib_chunks, hessian=method in NEEDS_HESSIAN, add_bos=info.add_bos, progress=_stage(progress, "calibrate"),
     )  # fmt: skip
+
+
+class _GgufTokenizer:
+    """A GGUF file's own tokenizer through llama.cpp (as llama-imatrix tokenizes), shaped like the
+    transformers call collect_statistics makes: transformers rebuilds a GGUF vocabulary in Python,
+    which took 8-30 s for SmolLM2's, where llama.cpp loads it in under a second."""
+
+    def __init__(self, path: Path):
+        from kecil.infer.llamacpp_runtime import import_llama_cpp
+
+        self._llm = import_llama_cpp().Llama(model_path=str(path), vocab_only=True, verbose=False)
+        bos = self._llm.token_bos()
+        self.bos_token_id = bos if bos >= 0 else None
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self._llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=False)}
 
 
 def _calibration_metadata(config: QuantizeConfig, calibration: Calibration | None) -> dict:

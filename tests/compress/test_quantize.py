@@ -167,3 +167,20 @@ def test_perplexity_ordering_on_the_bundled_model(tmp_path):
         with load_model(str(out), backend="llamacpp", context_length=256, threads=2) as model:
             scores[name] = perplexity(model, text, context=256).perplexity
     assert scores["q8_0"] < scores["q4_k_m"] < scores["q2_k"], scores
+
+
+def test_calibration_of_a_gguf_matches_its_hf_folder(tiny_hf_model, tmp_path):
+    # A GGUF source is tokenized by llama.cpp and run by transformers from the GGUF: the statistics
+    # must be those of the same model read from its Hugging Face folder.
+    import numpy as np
+
+    from kecil.compress.quantize import calibrate
+    from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
+
+    folder = tiny_hf_model("llama")
+    source = convert_hf_to_gguf(folder, tmp_path / "tiny.gguf", out_type="f32")
+    from_gguf = calibrate(QuantizeConfig(model=str(source), to="q4_0", output=tmp_path / "a.gguf", calib_chunks=1))
+    from_hf = calibrate(QuantizeConfig(model=str(folder), to="q4_0", output=tmp_path / "b.gguf", calib_chunks=1))
+    assert from_gguf.tokens == from_hf.tokens == 512 and set(from_gguf.stats) == set(from_hf.stats)
+    for name, stats in from_hf.stats.items():
+        np.testing.assert_allclose(from_gguf.stats[name].importance, stats.importance, rtol=0.05, atol=1e-6, err_msg=name)
