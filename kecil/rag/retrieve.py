@@ -15,14 +15,19 @@ from typing import TYPE_CHECKING
 
 from kecil.errors import ConfigError
 from kecil.rag.store import KnowledgeBase, StoredChunk
-from kecil.rag.tokenise import fts_query
+from kecil.rag.tokenise import fts_match, query_terms
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from kecil.infer.backend import Backend
     from kecil.infer.embeddings import Embedder
+    from kecil.rag.rerank import RerankConfig
 
 METHODS = ("hybrid", "bm25", "dense")
+# BM25 leaves out query terms found in more than this share of the chunks (see Retriever.selective_terms);
+# measured on SQuAD to cost no recall (docs/benchmarks.md).
+COMMON_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,14 @@ class SearchConfig:
     k: int = 5
     method: str = "hybrid"  # hybrid | bm25 | dense
     depth: int = 50  # candidates taken from each list before fusing
-    # Tuned by bench/rag.py on SQuAD (1,000 questions): recall@5 0.979 / MRR 0.904 against
-    # 0.970 / 0.892 for plain RRF (k=60, equal weights) and 0.955 / 0.883 for BM25 alone.
+    # Chosen by bench/rag.py on the tuning half of SQuAD (questions on every other article), and
+    # checked on the held-out half: recall@5 0.973 there against 0.945 for BM25 alone and 0.963
+    # for plain RRF (k=60, equal weights).
     rrf_k: int = 5
     bm25_weight: float = 1.5
     dense_weight: float = 1.0
     path: str | None = None  # only chunks of this file, or of files in this folder
+    rerank: RerankConfig | None = None  # reorder the best candidates with the language model (rerank.py)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,13 +66,16 @@ class Hit:
     bm25_rank: int | None = None
     dense_rank: int | None = None
     similarity: float | None = None  # cosine similarity of chunk and query (dense and hybrid)
+    rerank_score: float | None = None  # the reranking model's mean log-probability of the question (rerank.py)
 
 
 class Retriever:
     """A knowledge base opened for searching, with its embedding model loaded once."""
 
-    def __init__(self, kb: str | KnowledgeBase, *, embedder: Embedder | str | None = None):
+    def __init__(self, kb: str | KnowledgeBase, *, embedder: Embedder | str | None = None, rerank_model: Backend | None = None):
         self.kb = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb)
+        self.rerank_model = rerank_model  # loaded on the first reranked search when None
+        self._owns_rerank_model = False
         self._owns_kb = not isinstance(kb, KnowledgeBase)
         self._embedder = embedder
         self._owns_embedder = False
@@ -88,9 +98,20 @@ class Retriever:
             self.kb.check_embedder(self._embedder.name, self._embedder.dimension)
         return self._embedder
 
+    def _reranker(self, config: RerankConfig) -> Backend:
+        if self.rerank_model is None:
+            from kecil.infer.load import load_model
+
+            self.rerank_model = load_model(config.model, backend=config.backend)
+            self._owns_rerank_model = True
+        return self.rerank_model
+
     def close(self) -> None:
         if self._owns_embedder and self._embedder is not None:
             self._embedder.close()
+        if self._owns_rerank_model and self.rerank_model is not None:
+            self.rerank_model.close()
+            self.rerank_model = None
         if self._owns_kb:
             self.kb.close()
 
@@ -106,9 +127,20 @@ class Retriever:
             return None
         return self.kb.chunk_ids_under(str(Path(config.path).expanduser().resolve()))
 
-    def bm25(self, query: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
-        match = fts_query(query)
+    def bm25(self, query: str, limit: int, allowed: set[int] | None = None, *, common: float | None = None) -> list[tuple[int, float]]:
+        match = fts_match(self.selective_terms(query, COMMON_SHARE if common is None else common))
         return self.kb.bm25(match, limit, allowed) if match else []
+
+    def selective_terms(self, query: str, common: float) -> list[str]:
+        """The query's terms without those in more than `common` of the chunks. FTS5 scores
+        every chunk that holds any query term, so at 100k chunks "the" alone costs ~100 ms,
+        while its BM25 weight (idf) is near zero. If every term is that common, the rarest stay."""
+        terms = query_terms(query)
+        if common >= 1 or not terms:
+            return terms
+        counts, total = self.kb.term_chunks(terms)
+        kept = [t for t in terms if counts[t] <= common * total]
+        return kept or sorted(terms, key=counts.__getitem__)[:3]
 
     def dense(self, query: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
         import numpy as np
@@ -150,6 +182,11 @@ class Retriever:
     def search(self, query: str, config: SearchConfig | None = None) -> list[Hit]:
         """The best `config.k` chunks for `query`, best first."""
         config = config or SearchConfig()
+        if config.rerank is not None:
+            from kecil.rag.rerank import rerank
+
+            wide = replace(config, rerank=None, k=max(config.k, config.rerank.candidates))
+            return rerank(query, self.search(query, wide), self._reranker(config.rerank), config.rerank)[: config.k]
         allowed = self._allowed(config)
         if config.method == "bm25":
             ranked = [(i, s, r, None) for r, (i, s) in enumerate(self.bm25(query, config.k, allowed), start=1)]

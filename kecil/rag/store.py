@@ -55,6 +55,8 @@ CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks(file_id);
 CREATE TABLE IF NOT EXISTS vectors (chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, embedding BLOB NOT NULL);
 -- Terms come pre-tokenised (tokenise.py); `ascii` only splits them at the spaces between them.
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms, tokenize = 'ascii');
+-- How many chunks hold each term: lets a query leave out terms in most chunks (retrieve.py).
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab(chunks_fts, 'row');
 """
 
 
@@ -127,6 +129,8 @@ class KnowledgeBase:
         self._matrix_state: tuple[str, str] | None = None
         self._ids = None
         self._matrix = None
+        self._count_state: tuple[str | None, str | None] | None = None
+        self._count = 0
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
@@ -279,6 +283,19 @@ class KnowledgeBase:
                     "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank", (match,)
                 ) if r[0] in allowed][:limit]
         return rows
+
+    def term_chunks(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
+        """({term: how many chunks hold it}, how many chunks there are) for `terms`."""
+        if not terms:
+            return {}, 0
+        marks = ",".join("?" * len(terms))
+        with self._lock:
+            found = dict(self._db.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", list(terms)).fetchall())
+            state = (self.meta("generation"), self.meta("removals"))
+            if self._count_state != state:
+                self._count = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+                self._count_state = state
+        return {t: found.get(t, 0) for t in terms}, self._count
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, float32 matrix with one row per chunk), kept in memory and brought up to

@@ -74,11 +74,18 @@ def fts_document(text: str) -> str:
     return " ".join(tokenise(text))
 
 
+def query_terms(text: str) -> list[str]:
+    """The distinct search terms of `text`, in order."""
+    return list(dict.fromkeys(tokenise(text)))
+
+
+def fts_match(terms: list[str]) -> str | None:
+    """An FTS5 MATCH expression that finds chunks sharing any of `terms` (BM25 ranks them), or
+    None for no terms. Each term is quoted, so words like AND/NOT/NEAR and characters like * or
+    " in the question are plain text."""
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms) or None
+
+
 def fts_query(text: str) -> str | None:
-    """An FTS5 MATCH expression that finds chunks sharing any term with `text` (BM25 ranks
-    them), or None when `text` has no searchable term. Each term is quoted, so words like
-    AND/NOT/NEAR and characters like * or " in the question are plain text."""
-    terms = list(dict.fromkeys(tokenise(text)))  # drop repeats, keep order
-    if not terms:
-        return None
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+    """`fts_match` of every term of `text`."""
+    return fts_match(query_terms(text))

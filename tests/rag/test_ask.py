@@ -81,6 +81,43 @@ def test_attribution_marks_sentences_by_shared_words():
     assert attribute("The answer is: 7 [1]", cites) == "The answer is: 7"  # in no source: no citation
 
 
+def test_streamed_text_is_the_answer_text_with_checked_markers():
+    """Whatever pieces the model streams in, the reader gets exactly `attribute` of the whole."""
+    import random
+
+    from kecil.rag.ask import AttributedStream, Citation
+
+    cites = [Citation(1, "a.md", None, 1, 1, "lines", "", "Denver Broncos won the game in 2016.", 1.0),
+             Citation(2, "b.md", None, 3, 4, "lines", "", "The halftime show starred Coldplay.", 0.5)]
+    raws = [
+        "  Coldplay played at halftime. The Broncos won [2].\nIn 2016 [1] [2] they won again!  ",
+        "The Broncos won [2]. [1] Coldplay sang",
+        "Nothing here [7]. Wait... the Broncos [12",
+        "The answer is: 7 [1]",
+        "",
+    ]
+    rng = random.Random(0)
+    for raw in raws:
+        for _ in range(30):
+            stream, out, at = AttributedStream(cites), [], 0
+            while at < len(raw):
+                step = rng.randint(1, 6)
+                out.append(stream.feed(raw[at : at + step]))
+                at += step
+            out.append(stream.finish())
+            assert "".join(out) == stream.text == attribute(raw.strip(), cites), (raw, out)
+
+
+def test_stream_ask_pieces_add_up_to_the_answer(squad_kb, embedder, smol):
+    name, _, items = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        for item in items[:3]:
+            pieces = list(stream_ask(item.question, retriever, model=smol, config=AskConfig(k=3, max_tokens=40)))
+            answer = pieces[-1]
+            if answer.answered:
+                assert "".join(pieces[:-1]) == answer.text
+
+
 def test_cli_ask_json(squad_kb):
     name, _, _ = squad_kb
     done = kecil("ask", "Which NFL team represented the AFC at Super Bowl 50?", "--kb", name, "--k", "3", "--max-tokens", "40", "--json")
