@@ -35,8 +35,9 @@ SYSTEM = (
     "say that you cannot answer from these documents."
 )
 _CITE = regex.compile(r"\[(\d+)\]")
-# a sentence, with any [n] markers written after its full stop
-_SENTENCE = regex.compile(r"[^.!?。！？\n]+(?:[.!?。！？]+)?(?:[ \t]*\[\d+\])*")
+# a sentence, with any [n] markers written after its full stop; a single line break does not end
+# one (small models copy a source's wrapped lines), a blank line does
+_SENTENCE = regex.compile(r"(?:[^.!?。！？\n]|\n(?!\n))+(?:[.!?。！？]+)?(?:[ \t]*\[\d+\])*")
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ def test_attribution_marks_sentences_by_shared_words():
     assert attribute("Coldplay sang [2].", cites) == "Coldplay sang. [2]"  # a right marker stays
     assert attribute("The Broncos won [2].", cites) == "The Broncos won. [1]"  # a wrong one is corrected
     assert attribute("The answer is: 7 [1]", cites) == "The answer is: 7"  # in no source: no citation
+    # a sentence copied with its line breaks is one sentence with one marker; a blank line ends it
+    assert attribute("The Denver Broncos\nwon the game.\n\nColdplay sang.", cites) == "The Denver Broncos\nwon the game. [1]\n\nColdplay sang. [2]"
 
 
 def test_streamed_text_is_the_answer_text_with_checked_markers():
@@ -91,6 +93,7 @@ def test_streamed_text_is_the_answer_text_with_checked_markers():
              Citation(2, "b.md", None, 3, 4, "lines", "", "The halftime show starred Coldplay.", 0.5)]
     raws = [
         "  Coldplay played at halftime. The Broncos won [2].\nIn 2016 [1] [2] they won again!  ",
+        "The Denver\nBroncos won\n\n\nColdplay [2] sang.\n\nThe end",
         "The Broncos won [2]. [1] Coldplay sang",
         "Nothing here [7]. Wait... the Broncos [12",
         "The answer is: 7 [1]",
