@@ -66,7 +66,7 @@ def test_stream_ask_yields_text_then_the_answer(squad_kb, embedder, smol):
     name, _, items = squad_kb
     with Retriever(name, embedder=embedder) as retriever:
         pieces = list(stream_ask(items[0].question, retriever, model=smol, config=AskConfig(k=2, max_tokens=24)))
-    assert isinstance(pieces[-1], Answer) and all(isinstance(p, str) for p in pieces[:-1]) and len(pieces) > 2
+    assert isinstance(pieces[-1], Answer) and all(isinstance(p, str) for p in pieces[:-1]) and len(pieces) >= 2  # a sentence a piece
     assert "".join(pieces[:-1]).strip()
 
 
