@@ -4,8 +4,9 @@ tests/tune/data/velmora_facts.jsonl: 12 facts about the fictional Velmora Cooper
 four ways; velmora_heldout.jsonl asks each fact two other ways. The base model cannot know any of
 them; after training it should answer most held-out questions, through the torch backend with
 the PEFT adapter, through llama.cpp with the GGUF LoRA on the original Q4_1 file, and as a
-merged model exported to GGUF by `kecil merge --export-gguf`. About 2.5 minutes on 2 quiet cores
-(training is ~1 minute of it); measured, it answers 23-24 of the 24 held-out questions.
+merged model exported to GGUF by `kecil merge --export-gguf`. 2m41s on 2 cores at nice -15
+(training ~80 s of it); in a trial run with these settings the adapter answered 24/24 through
+torch and 23/24 through llama.cpp's LoRA (the tests ask for 18/24, and at most 2/24 from the base).
 """
 
 from __future__ import annotations
