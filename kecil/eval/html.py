@@ -107,13 +107,14 @@ def render(report: EvalReport) -> str:
     for key, name, fmt in SYSTEM_METRICS:
         cells = "".join(f"<td>{fmt(getattr(report.systems[m], key)) if report.systems.get(m) else ''}</td>" for m in models)
         rows.append(f"<tr class=sys><td>system</td><td>{name}</td><td></td>{cells}</tr>")
+    axis = "mean score (%)" if higher else "perplexity (lower is better)"  # the task list is too long for an axis
     plots = [
-        ("Quality against size on disk", _plot(points, "size_mb", "size on disk (MB)", label, True, higher)),
-        ("Quality against decode speed", _plot(points, "decode", "decode speed (tokens/s)", label, False, higher)),
+        ("Quality against size on disk", _plot(points, "size_mb", "size on disk (MB)", axis, True, higher)),
+        ("Quality against decode speed", _plot(points, "decode", "decode speed (tokens/s)", axis, False, higher)),
     ]
     figures = "".join(
         f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'><figcaption>{html.escape(title)}; "
-        "circled: the Pareto front (no other model is better on both axes)</figcaption></figure>"
+        f"quality: {html.escape(label)}; circled: the Pareto front (no other model is better on both axes)</figcaption></figure>"
         for title, png in plots if png
     ) or "<p>No system figures were measured (run without --no-system to get the plots).</p>"
     config = report.config
@@ -121,7 +122,7 @@ def render(report: EvalReport) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>kecil eval report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}
-tr.sys td{{background:#f6f6f6}}figure{{display:inline-block;margin:1em}}</style></head><body>
+tr.sys td{{background:#f6f6f6}}figure{{display:inline-block;margin:1em;max-width:40em}}</style></head><body>
 <h1>kecil eval</h1>
 <p>Seed {config.seed}; limit {config.limit or 'none'}; shots {'task default' if config.shots is None else config.shots}.</p>
 <table><tr><th>task</th><th>metric</th><th>n</th>{head}</tr>
@@ -137,6 +138,9 @@ def write_html(report: EvalReport, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(render(report))
