@@ -37,7 +37,9 @@ def parse_memory(text: str) -> int:
 
 
 def format_bytes(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.0f} MB"
+    if abs(n) >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.0f} MB" if abs(n) >= 10e6 else f"{n / 1e6:.1f} MB"  # a near miss must not read "0 MB"
 
 
 @dataclass(frozen=True)
