@@ -1,17 +1,20 @@
 """LoRA training speed and memory: `kecil tune` against a plain transformers Trainer + peft.
 
-Same model (the embedded SmolLM2-135M-Instruct, dequantized to float32), same data (the
+Same model (the embedded SmolLM2-135M-Instruct, dequantized from the GGUF), same data (the
 Velmora handbook chat set from tests/tune/data, loss on the answers only), same token ids (both
 render examples with kecil's chat-template code), same LoRA (r=16, alpha=32, dropout 0.05 on all
 seven linear projections), same optimizer (AdamW, lr 2e-4, cosine with 5% warm-up), same
 epochs and sequence limit (256 tokens):
 
-  kecil     kecil.tune.lora.tune: examples packed into 256-token rows (one row per step),
-            logits only where the loss is taken
+  kecil     kecil.tune.lora.tune with its default precision (auto: the frozen base in bfloat16
+            on a CPU with AVX512-BF16/AMX, float32 elsewhere; LoRA, logits and loss float32):
+            examples packed into 256-token rows (one row per step), logits only where the loss is taken
+  kecil-float32  the same with `--precision float32` (what packing and logit pruning alone give)
   kecil-qlora  the same on the base quantized to kecil's weight-only int4, group 64
             (`kecil tune --base-bits 4`): less memory, some speed spent dequantizing
   trainer   transformers Trainer over peft's get_peft_model: 4 examples per step, each batch
-            padded to its longest example (DataCollatorForSeq2Seq), full logits
+            padded to its longest example (DataCollatorForSeq2Seq), full logits, float32
+  trainer-bf16  the same Trainer with bf16=True (torch.autocast to bfloat16 over a float32 model)
 
 Each run is its own process (peak RSS is its own); engines alternate over --rounds against this
 VM's drift, and the medians are reported. "Real tokens" are example tokens, padding excluded;
@@ -37,7 +40,7 @@ from _common.report import emit, median, table  # noqa: E402
 BENCH = "tune"
 MODEL = "smollm2-135m"
 DATA = Path(__file__).resolve().parents[1] / "tests" / "tune" / "data" / "velmora_facts.jsonl"
-ENGINES = ("kecil", "kecil-qlora", "trainer")
+ENGINES = ("kecil", "kecil-float32", "kecil-qlora", "trainer", "trainer-bf16")
 RANK, ALPHA, DROPOUT, LR, MAX_LENGTH, TRAINER_BATCH = 16, 32.0, 0.05, 2e-4, 256, 4
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TIMEOUT_SECONDS = 1200
@@ -48,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return _worker(args)
     threads = args.threads or physical_cores()
-    print(f"{BENCH}: {MODEL} float32, {args.epochs} epochs of {DATA.name}, on {cpu_model()}, {threads} threads", file=sys.stderr, flush=True)
+    engines = [e for e in ENGINES if e in args.engines.split(",")] if args.engines else list(ENGINES)
+    print(f"{BENCH}: {MODEL}, {args.epochs} epochs of {DATA.name}, on {cpu_model()}, {threads} threads", file=sys.stderr, flush=True)
     common = {"bench": BENCH, "model": MODEL, "threads": threads, "epochs": args.epochs}
-    runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
     for round_no in range(1, args.rounds + 1):
-        for engine in ENGINES:
+        for engine in engines:
             print(f"  round {round_no}/{args.rounds}: {engine} ...", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--worker", engine, "--epochs", str(args.epochs), "--threads", str(threads),
                    "--examples", str(args.examples)]
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             emit(**common, engine=engine, round=round_no, **runs[engine][-1])
     rows = []
     summary = {}
-    for engine in ENGINES:
+    for engine in engines:
         summary[engine] = {
             "real_tokens_per_second": median([r["real_tokens"] / r["seconds"] for r in runs[engine]]),
             "peak_rss_mib": median([r["peak_rss_mib"] for r in runs[engine]]),
@@ -74,15 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         emit(**common, engine=engine, statistic="median", rounds=args.rounds, **summary[engine])
         rows.append([engine, summary[engine]["real_tokens_per_second"], summary[engine]["peak_rss_mib"], summary[engine]["padded_share"], summary[engine]["final_loss"]])
-    speedup = summary["kecil"]["real_tokens_per_second"] / summary["trainer"]["real_tokens_per_second"]
-    ram = summary["kecil"]["peak_rss_mib"] / summary["trainer"]["peak_rss_mib"]
-    emit(**common, comparison="kecil/trainer", tokens_per_second_ratio=speedup, peak_rss_ratio=ram)
-    q_speed = summary["kecil-qlora"]["real_tokens_per_second"] / summary["trainer"]["real_tokens_per_second"]
-    q_ram = summary["kecil-qlora"]["peak_rss_mib"] / summary["trainer"]["peak_rss_mib"]
-    emit(**common, comparison="kecil-qlora/trainer", tokens_per_second_ratio=q_speed, peak_rss_ratio=q_ram)
     table(f"{BENCH} (medians of {args.rounds} rounds)", ["engine", "real tok/s", "peak RSS MiB", "padding", "final loss"], rows)
-    print(f"kecil / trainer: {speedup:.2f}x tokens/s at {ram:.2f}x peak RSS", file=sys.stderr)
-    print(f"kecil-qlora / trainer: {q_speed:.2f}x tokens/s at {q_ram:.2f}x peak RSS", file=sys.stderr)
+    for mine in ("kecil", "kecil-float32", "kecil-qlora"):
+        for anchor in ("trainer", "trainer-bf16"):
+            if mine in summary and anchor in summary:
+                speedup = summary[mine]["real_tokens_per_second"] / summary[anchor]["real_tokens_per_second"]
+                ram = summary[mine]["peak_rss_mib"] / summary[anchor]["peak_rss_mib"]
+                emit(**common, comparison=f"{mine}/{anchor}", tokens_per_second_ratio=speedup, peak_rss_ratio=ram)
+                print(f"{mine} / {anchor}: {speedup:.2f}x tokens/s at {ram:.2f}x peak RSS", file=sys.stderr)
     return 0
 
 
@@ -124,10 +127,11 @@ def _worker(args) -> int:
         from kecil.tune.lora import TuneConfig, tune
 
         bits = 4 if args.worker == "kecil-qlora" else None
+        precision = "float32" if args.worker == "kecil-float32" else "auto"
         with tempfile.TemporaryDirectory() as out:
             result = tune(TuneConfig(model=MODEL, data=_data(args.examples), output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
                                      dropout=DROPOUT, lr=LR, batch_size=1, max_length=MAX_LENGTH, val_split=0, save_every=10**6,
-                                     threads=args.threads, base_bits=bits))
+                                     threads=args.threads, base_bits=bits, precision=precision))
         print(json.dumps({"real_tokens": result.tokens, "padded_tokens": 0, "seconds": result.seconds, "steps": result.steps,
                           "final_loss": result.train_loss}))
         return 0
@@ -165,7 +169,7 @@ def _trainer_worker(args) -> int:
         training = TrainingArguments(
             output_dir=out, per_device_train_batch_size=TRAINER_BATCH, num_train_epochs=args.epochs, learning_rate=LR,
             lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
-            save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+            save_strategy="no", report_to=[], use_cpu=True, bf16=args.worker == "trainer-bf16", dataloader_num_workers=0, seed=0, disable_tqdm=True,
         )
         trainer = Trainer(model=model, args=training, train_dataset=rows, data_collator=collate, callbacks=[clock])
         outcome = trainer.train()
@@ -181,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="runs per engine, alternating")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     parser.add_argument("--examples", type=int, default=0, help="train on the first N examples only (0 = all; a smoke run)")
+    parser.add_argument("--engines", default="", help=f"comma-separated subset of {','.join(ENGINES)} (default: all)")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     return parser
 

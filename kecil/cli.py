@@ -309,6 +309,7 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
     base_bits: Annotated[Optional[int], typer.Option("--base-bits", help="QLoRA: hold the frozen base as int4 or int8 weights (4 or 8) to cut memory; default float32.")] = None,
     base_group_size: Annotated[int, typer.Option("--base-group-size", help="With --base-bits: input columns per quantization scale (32, 64 or 128).")] = 64,
+    precision: Annotated[str, typer.Option("--precision", help="The frozen base's dtype: auto (bfloat16 where the CPU/GPU computes it natively, else float32), float32 or bfloat16. The adapter always trains in float32.")] = "auto",
     threads: Threads = None,
 ) -> None:
     """Fine-tune MODEL on DATA with LoRA and write a PEFT adapter folder.
@@ -326,6 +327,7 @@ def tune(
         lr=lr, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, val_split=val_split,
         val_data=Path(val_data) if val_data else None, eval_every=eval_every, save_every=save_every, max_steps=max_steps,
         seed=seed, resume=resume, threads=threads, base_bits=base_bits, base_group_size=base_group_size,
+        precision=precision,
     )
     columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
     with Progress(*columns, transient=False) as bar:

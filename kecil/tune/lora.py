@@ -1,7 +1,8 @@
 """LoRA fine-tuning on a CPU: `tune(TuneConfig(...))` trains a low-rank adapter on your JSONL data.
 
-LoRA: https://arxiv.org/abs/2106.09685. The base model stays frozen in float32; only the small
-A/B matrices train. Examples are packed into rows (kecil/tune/packing.py) and the vocabulary
+LoRA: https://arxiv.org/abs/2106.09685. The base model stays frozen, in bfloat16 where the hardware
+computes it natively (AVX512-BF16/AMX CPUs, bf16 GPUs) and in float32 elsewhere; only the small
+A/B matrices train, always in float32, and the logits and loss are computed in float32. Examples are packed into rows (kecil/tune/packing.py) and the vocabulary
 projection is computed only at the positions that carry loss, which on chat data is a fraction
 of the tokens: the two together are where kecil's speed over a padded Trainer comes from. The
 run is a fixed function of (data, settings, seed), checkpointed every `save_every` steps, and a
@@ -39,6 +40,7 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),  # fused projections
 }
 SUMMARY_FILE = "kecil_tune.json"
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class TuneConfig:
     threads: int | None = None
     base_bits: int | None = None  # QLoRA: train on the base quantized to int4/int8 weights (less RAM); None = float32
     base_group_size: int = 64  # columns per quantization scale when base_bits is set
+    precision: str = "auto"  # the frozen base's dtype: auto = bfloat16 where computed natively, else float32
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rank", "batch_size", "grad_accum", "eval_every", "save_every"):
@@ -90,6 +93,8 @@ class TuneConfig:
             raise ConfigError(f"base-bits must be 4 or 8 (or left out for a float32 base), got {self.base_bits}")
         if self.base_group_size not in (32, 64, 128):
             raise ConfigError(f"base-group-size must be 32, 64 or 128, got {self.base_group_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
     @property
     def lora_alpha(self) -> float:
@@ -176,6 +181,42 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def base_precision(requested: str) -> str:
+    """The dtype the frozen base is held in. bfloat16 halves its memory and runs the big matrix
+    products on bf16 hardware; where bf16 is only emulated it is slower than float32, so auto
+    picks it only where the CUDA GPU or the CPU (AVX512-BF16/AMX) computes it natively."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    from kecil.infer.embeddings import native_bfloat16
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if native_bfloat16() else "float32"
+
+
+def to_bfloat16_base(model):
+    """Hold the frozen model in bfloat16, but project to the vocabulary in float32: the logits feed
+    the loss, and bfloat16's 8-bit mantissa would round a logit of 20 by ±0.06. peft then keeps
+    the LoRA matrices in float32 (its autocast_adapter_dtype) and casts each input up to them."""
+    import functools
+
+    import torch
+
+    model.to(torch.bfloat16)
+    head = model.get_output_embeddings()
+    head.forward = functools.partial(_float32_projection, head)  # the weight stays shared (tied)
+    return model
+
+
+def _float32_projection(head, hidden):
+    import torch.nn.functional as F
+
+    bias = None if head.bias is None else head.bias.float()
+    return F.linear(hidden.float(), head.weight.float(), bias)
+
+
 def quantize_base(model, bits: int, group_size: int):
     """QLoRA (https://arxiv.org/abs/2305.14314, with kecil's group-wise int4/int8 in place of NF4):
     the frozen block linears become QuantizedLinear layers, in place, before LoRA goes on them."""
@@ -228,6 +269,9 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
     model, tokenizer = load_transformers(ref)
+    precision = base_precision(config.precision)
+    if precision == "bfloat16":
+        model = to_bfloat16_base(model)
     if config.base_bits:
         model = quantize_base(model, config.base_bits, config.base_group_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -267,7 +311,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
         "model": str(ref.path), "data": dataset.sha256, "val_data": val_dataset.sha256 if val_dataset else None,
         **{k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
            if k not in ("model", "data", "val_data", "output", "resume", "threads", "eval_every", "save_every")},
-        "target_modules": targets, "processes": world,
+        "target_modules": targets, "processes": world, "precision": precision,
     }
     state = ckpt.TrainState(step=0, batches_done=0, tokens_seen=0, seconds=0.0, fingerprint=fingerprint)
     resumed_from = None
@@ -336,8 +380,13 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
             "base_model": config.model, "base_model_path": str(ref.path), "architecture": ref.architecture,
             "format": dataset.format, "steps": state.step, "train_loss": loss_value, "val_loss": val_loss,
             "rank": config.rank, "alpha": config.lora_alpha, "target_modules": targets, "base_bits": config.base_bits,
+            "precision": precision,
             "processes": world, "distributed_backend": accelerator.state.backend if world > 1 else None,
         }
+        if precision == "bfloat16":
+            # The LoRA matrices are float32 already; this also makes any base layer peft saves along
+            # (a tied embedding under an lm_head adapter) float32, so the files match a float32 run.
+            inner.float()
         write_adapter(inner, output, summary)
         gguf_adapter = write_gguf_adapter(output, ref.architecture, inner.config)
     accelerator.wait_for_everyone()
