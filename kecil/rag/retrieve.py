@@ -128,7 +128,9 @@ class Retriever:
         return self.kb.chunk_ids_under(str(Path(config.path).expanduser().resolve()))
 
     def bm25(self, query: str, limit: int, allowed: set[int] | None = None, *, common: float | None = None) -> list[tuple[int, float]]:
-        match = fts_match(self.selective_terms(query, COMMON_SHARE if common is None else common))
+        # Under a path filter every term stays: the common ones may be all the chosen files share with the query.
+        common = 1.0 if allowed is not None else COMMON_SHARE if common is None else common
+        match = fts_match(self.selective_terms(query, common))
         return self.kb.bm25(match, limit, allowed) if match else []
 
     def selective_terms(self, query: str, common: float) -> list[str]:

@@ -85,7 +85,7 @@ def test_bm25_leaves_out_terms_most_chunks_hold(squad_kb, embedder):
     name, _, _ = squad_kb
     with Retriever(name, embedder=embedder) as retriever:
         terms = retriever.selective_terms("What is the name of the stadium where Super Bowl 50 was played?", 0.2)
-        assert "stadium" in terms and "50" in terms and "the" not in terms and "of" not in terms
+        assert "stadium" in terms and "the" not in terms and "of" not in terms
         assert sorted(retriever.selective_terms("the of and", 0.2)) == ["and", "of", "the"]  # all common: the rarest 3 stay
         assert retriever.selective_terms("the stadium", 1.0) == ["the", "stadium"]
         assert retriever.bm25("the of a", 5)  # only common terms: the rarest are kept, never nothing
