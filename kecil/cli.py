@@ -683,10 +683,11 @@ def fit(
     from rich.console import Console
     from rich.table import Table
 
-    from kecil.eval.fit import DEFAULT_TYPES, FitConfig, fit as run_fit, format_bytes, parse_memory
+    from kecil.eval.fit import DEFAULT_TYPES, FitConfig, fit as run_fit
+    from kecil.models.info import format_bytes, parse_bytes
 
     config = FitConfig(
-        model=model, memory=parse_memory(memory), context=context, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+        model=model, memory=parse_bytes(memory), context=context, tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
         types=tuple(t.strip() for t in types.split(",")) if types else DEFAULT_TYPES, limit=limit, threads=threads,
     )
     console = Console(stderr=True)

@@ -10,36 +10,19 @@ uses compress; the import is lazy.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError, KecilError
 from kecil.eval.cache import model_fingerprint
+from kecil.models.info import format_bytes
 from kecil.paths import kecil_home
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9}
 
 # (stage, done, total): stage is "quantize", "memory" or "evaluate"
 Progress = Callable[[str, int, int], None]
-
-
-def parse_memory(text: str) -> int:
-    """Bytes in '4GB', '300MB', '3.5GiB', '512MiB' (GB = 10^9 bytes, GiB = 2^30)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    unit = match.group(2).upper() if match else None
-    if not match or unit not in UNITS:
-        raise ConfigError(f"cannot read the memory size {text!r}: write it like 4GB, 300MB or 3.5GiB")
-    return int(float(match.group(1)) * UNITS[unit])
-
-
-def format_bytes(n: float) -> str:
-    if abs(n) >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    return f"{n / 1e6:.0f} MB" if abs(n) >= 10e6 else f"{n / 1e6:.1f} MB"  # a near miss must not read "0 MB"
 
 
 @dataclass(frozen=True)

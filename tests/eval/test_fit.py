@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 
 from kecil.errors import ConfigError
-from kecil.eval.fit import FitConfig, Variant, _recommend, fit, parse_memory, quality_key
+from kecil.eval.fit import FitConfig, Variant, _recommend, fit, quality_key
+from kecil.models.info import parse_bytes
 
 
-def test_parse_memory():
-    assert parse_memory("4GB") == 4 * 10**9
-    assert parse_memory("300MB") == 300 * 10**6
-    assert parse_memory("3.5GiB") == int(3.5 * 2**30)
-    assert parse_memory("512 mib") == 512 * 2**20
+def test_memory_sizes_are_read_as_ram_is_sold():
+    """One parser for every memory option (serve's --max-memory too): a "4 GB" laptop has 4 GiB."""
+    assert parse_bytes("4GB") == 4 * 2**30 == parse_bytes("4GiB")
+    assert parse_bytes("300MB") == 300 * 2**20
+    assert parse_bytes("512 mib") == 512 * 2**20
     for bad in ("lots", "4 parsecs", ""):
-        with pytest.raises(ConfigError, match="write it like 4GB"):
-            parse_memory(bad)
+        with pytest.raises(ConfigError, match="write it like 300MB"):
+            parse_bytes(bad)
 
 
 def test_config_checks_types():
@@ -28,30 +29,30 @@ def test_config_checks_types():
 
 
 def variant(kind, size_mb, peak_mb, ppl):
-    return Variant(kind, Path(f"{kind}.gguf"), size_mb * 10**6, peak_mb * 10**6, {"wiki": ppl}, {"wiki": "perplexity"})
+    return Variant(kind, Path(f"{kind}.gguf"), int(size_mb * 2**20), int(peak_mb * 2**20), {"wiki": ppl}, {"wiki": "perplexity"})
 
 
 def test_recommends_the_best_quality_that_fits_and_prints_the_command():
-    config = FitConfig(model="smollm2-135m", memory=300 * 10**6)
+    config = FitConfig(model="smollm2-135m", memory=300 * 2**20)
     variants = [variant("f16", 270, 450, 10.0), variant("q8_0", 145, 310, 10.1), variant("q4_k_m", 105, 270, 10.9), variant("q2_k", 70, 240, 14.0)]
     result = _recommend(config, variants)
     assert result.recommended.type == "q4_k_m"  # f16 and q8_0 are better but do not fit
     assert result.command == "kecil quantize smollm2-135m --to q4_k_m -o smollm2-135m-q4_k_m.gguf"
-    assert "q4_k_m fits in 300 MB" in result.message
+    assert "q4_k_m fits in 300.0 MiB" in result.message
 
 
 def test_when_nothing_fits_it_says_by_how_much():
-    config = FitConfig(model="smollm2-135m", memory=200 * 10**6, context=4096)
+    config = FitConfig(model="smollm2-135m", memory=200 * 2**20, context=4096)
     result = _recommend(config, [variant("q8_0", 145, 310, 10.1), variant("q2_k", 70, 240, 14.0)])
     assert result.recommended is None and result.command is None
-    assert "nothing fits in 200 MB at a 4096-token context" in result.message
-    assert "q2_k, peaks at 240 MB, 40 MB more than the budget" in result.message
+    assert "nothing fits in 200.0 MiB at a 4096-token context" in result.message
+    assert "q2_k, peaks at 240.0 MiB, 40.0 MiB more than the budget" in result.message
 
 
 def test_a_near_miss_says_how_near():
-    config = FitConfig(model="smollm2-135m", memory=300 * 10**6)
+    config = FitConfig(model="smollm2-135m", memory=300 * 2**20)
     result = _recommend(config, [variant("q5_k_m", 112, 300.4, 21.6)])
-    assert result.recommended is None and "peaks at 300 MB, 0.4 MB more than the budget" in result.message
+    assert result.recommended is None and "peaks at 300.4 MiB, 409.6 KiB more than the budget" in result.message
 
 
 def test_accuracy_outranks_perplexity_and_size_breaks_ties():
@@ -91,10 +92,10 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
     done = CliRunner().invoke(app, [*common, "--memory", "1MB"])
     assert done.exit_code == 0, done.output
     smallest = min(v["peak_rss_bytes"] for v in variants)
-    short = re.search(r"nothing fits in 1\.0 MB at a 128-token context: the smallest, (q8_0|q4_0), peaks at (\d+) MB, (\d+) MB more", done.stdout)
+    short = re.search(r"nothing fits in 1\.0 MiB at a 128-token context: the smallest, (q8_0|q4_0), peaks at ([\d.]+) MiB, ([\d.]+) MiB more", done.stdout)
     assert short, done.stdout
-    assert abs(int(short.group(2)) * 1e6 - smallest) < 0.2 * smallest  # re-measured: about the same peak
-    assert int(short.group(3)) == int(short.group(2)) - 1
+    assert abs(float(short.group(2)) * 2**20 - smallest) < 0.2 * smallest  # re-measured: about the same peak
+    assert abs(float(short.group(3)) - (float(short.group(2)) - 1)) < 0.11
     assert "kecil quantize" not in done.stdout
 
 
