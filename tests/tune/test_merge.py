@@ -150,7 +150,7 @@ def test_merge_exports_q4_k_m_that_llama_cpp_runs_like_the_merged_model(tiny_hf_
     tokenizer.save_pretrained(base)
     data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(8))
     tune(TuneConfig(model=str(base), data=data, output=tmp_path / "adapter", epochs=2, lr=3e-2, batch_size=1, max_length=48,
-                    val_split=0, dropout=0.0, threads=1))
+                    val_split=0, dropout=0.0, threads=1, precision="float32"))  # the thresholds below were set on this adapter
     done = subprocess.run([sys.executable, "-m", "kecil", "merge", str(base), str(tmp_path / "adapter"), "-o", str(tmp_path / "merged"),
                            "--export-gguf", "q4_k_m"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
