@@ -6,10 +6,10 @@ render examples with kecil's chat-template code), same LoRA (r=16, alpha=32, dro
 seven linear projections), same optimizer (AdamW, lr 2e-4, cosine with 5% warm-up), same
 epochs and sequence limit (256 tokens):
 
-  kecil     kecil.tune.lora.tune with its default precision (auto: the frozen base in bfloat16
-            on a CPU with AVX512-BF16/AMX, float32 elsewhere; LoRA, logits and loss float32):
-            examples packed into 256-token rows (one row per step), logits only where the loss is taken
-  kecil-float32  the same with `--precision float32` (what packing and logit pruning alone give)
+  kecil     kecil.tune.lora.tune (float32): examples packed into 256-token rows (one row per
+            step), logits only where the loss is taken
+  kecil-bf16  the same with `--precision bfloat16`: the frozen base in bfloat16, LoRA, logits and
+            loss in float32
   kecil-qlora  the same on the base quantized to kecil's weight-only int4, group 64
             (`kecil tune --base-bits 4`): less memory, some speed spent dequantizing
   trainer   transformers Trainer over peft's get_peft_model: 4 examples per step, each batch
@@ -40,7 +40,7 @@ from _common.report import emit, median, table  # noqa: E402
 BENCH = "tune"
 MODEL = "smollm2-135m"
 DATA = Path(__file__).resolve().parents[1] / "tests" / "tune" / "data" / "velmora_facts.jsonl"
-ENGINES = ("kecil", "kecil-float32", "kecil-qlora", "trainer", "trainer-bf16")
+ENGINES = ("kecil", "kecil-bf16", "kecil-qlora", "trainer", "trainer-bf16")
 RANK, ALPHA, DROPOUT, LR, MAX_LENGTH, TRAINER_BATCH = 16, 32.0, 0.05, 2e-4, 256, 4
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TIMEOUT_SECONDS = 1200
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(**common, engine=engine, statistic="median", rounds=args.rounds, **summary[engine])
         rows.append([engine, summary[engine]["real_tokens_per_second"], summary[engine]["peak_rss_mib"], summary[engine]["padded_share"], summary[engine]["final_loss"]])
     table(f"{BENCH} (medians of {args.rounds} rounds)", ["engine", "real tok/s", "peak RSS MiB", "padding", "final loss"], rows)
-    for mine in ("kecil", "kecil-float32", "kecil-qlora"):
+    for mine in ("kecil", "kecil-bf16", "kecil-qlora"):
         for anchor in ("trainer", "trainer-bf16"):
             if mine in summary and anchor in summary:
                 speedup = summary[mine]["real_tokens_per_second"] / summary[anchor]["real_tokens_per_second"]
@@ -127,7 +127,7 @@ def _worker(args) -> int:
         from kecil.tune.lora import TuneConfig, tune
 
         bits = 4 if args.worker == "kecil-qlora" else None
-        precision = "float32" if args.worker == "kecil-float32" else "auto"
+        precision = "bfloat16" if args.worker == "kecil-bf16" else "float32"
         with tempfile.TemporaryDirectory() as out:
             result = tune(TuneConfig(model=MODEL, data=_data(args.examples), output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
                                      dropout=DROPOUT, lr=LR, batch_size=1, max_length=MAX_LENGTH, val_split=0, save_every=10**6,

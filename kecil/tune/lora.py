@@ -1,8 +1,8 @@
 """LoRA fine-tuning on a CPU: `tune(TuneConfig(...))` trains a low-rank adapter on your JSONL data.
 
-LoRA: https://arxiv.org/abs/2106.09685. The base model stays frozen, in bfloat16 where the hardware
-computes it natively (AVX512-BF16/AMX CPUs, bf16 GPUs) and in float32 elsewhere; only the small
-A/B matrices train, always in float32, and the logits and loss are computed in float32. Examples are packed into rows (kecil/tune/packing.py) and the vocabulary
+LoRA: https://arxiv.org/abs/2106.09685. The base model stays frozen in float32 (or, with
+precision="bfloat16"/"auto", in bfloat16 — measured no faster on a 2-core AMX CPU, see
+docs/benchmarks.md); only the small A/B matrices train, always in float32, as do logits and loss. Examples are packed into rows (kecil/tune/packing.py) and the vocabulary
 projection is computed only at the positions that carry loss, which on chat data is a fraction
 of the tokens: the two together are where kecil's speed over a padded Trainer comes from. The
 run is a fixed function of (data, settings, seed), checkpointed every `save_every` steps, and a
@@ -73,7 +73,9 @@ class TuneConfig:
     threads: int | None = None
     base_bits: int | None = None  # QLoRA: train on the base quantized to int4/int8 weights (less RAM); None = float32
     base_group_size: int = 64  # columns per quantization scale when base_bits is set
-    precision: str = "auto"  # the frozen base's dtype: auto = bfloat16 where computed natively, else float32
+    # The frozen base's dtype; auto = bfloat16 where computed natively. float32 by default: a bfloat16
+    # base measured no faster here (peft's per-module casts eat the matmul gain) and no smaller at peak.
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rank", "batch_size", "grad_accum", "eval_every", "save_every"):
