@@ -47,9 +47,7 @@ class RerankConfig:
 
 def question_logprobs(backend: Backend, question: str, passages: list[str], passage_tokens: int) -> list[float]:
     """Mean log p(question tokens | passage prompt) for each passage."""
-    from kecil.infer.scoring import log_softmax
-
-    import numpy as np
+    from kecil.infer.scoring import score_continuations
 
     asked = backend.tokenize(" " + question.strip(), add_bos=False)
     if not asked:
@@ -61,9 +59,7 @@ def question_logprobs(backend: Backend, question: str, passages: list[str], pass
         room = backend.context_length - len(prefix) - len(asked)
         if room < 0:  # a tiny context: cut the passage, never the question
             prefix = ids[: max(1, len(ids) + room)] + prefix[len(ids):]
-        full = prefix + asked
-        rows = log_softmax(backend.logits(full[:-1], start=len(prefix) - 1))
-        scores.append(float(rows[np.arange(len(asked)), asked].mean()))
+        scores.append(score_continuations(backend, prefix, [asked])[0].mean_logprob)
     return scores
 
 
