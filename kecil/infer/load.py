@@ -77,8 +77,8 @@ def load_model(
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
     info = inspect_model(ref)
     requested = options.backend
-    if adapter is not None and requested is None and not has_gguf_adapter(Path(adapter).expanduser()):
-        requested = "torch"  # a PEFT folder without its GGUF twin runs through transformers
+    if adapter is not None and requested is None:
+        requested = adapter_backend(ref, Path(adapter).expanduser())
     cls = choose_backend(ref, requested)
     extra = {} if adapter is None else {"adapter": adapter_for_backend(Path(adapter).expanduser(), cls.name)}
     n_ctx = options.context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
@@ -92,6 +92,12 @@ def load_model(
 def has_gguf_adapter(adapter: Path) -> bool:
     """Whether `adapter` is a GGUF LoRA file or a `kecil tune` folder holding one."""
     return adapter.is_file() or (adapter / ADAPTER_GGUF).is_file()
+
+
+def adapter_backend(ref: ModelRef, adapter: Path) -> str:
+    """The backend that runs `ref` with `adapter`: its usual one, except that a PEFT folder without
+    its GGUF twin runs through transformers (torch) even for a GGUF model."""
+    return DEFAULT_BACKEND[ref.format] if has_gguf_adapter(adapter) else "torch"
 
 
 def adapter_for_backend(adapter: Path, backend: str) -> Path:

@@ -140,10 +140,9 @@ class ModelPool:
         # The adapter belongs to one base model: the first listed (or the default), served under its usual name.
         self.adapted = self.default if config.adapter is not None else None
         if config.adapter is not None:
-            from kecil.infer.load import adapter_for_backend, has_gguf_adapter
+            from kecil.infer.load import adapter_backend, adapter_for_backend
 
-            ref = self.refs[self.adapted]
-            self.adapter_backend = "llamacpp" if ref.format == "gguf" and has_gguf_adapter(Path(config.adapter).expanduser()) else "torch"
+            self.adapter_backend = adapter_backend(self.refs[self.adapted], Path(config.adapter).expanduser())
             # Checked now, so a wrong path fails at start-up rather than on the first request.
             self.adapter_path = adapter_for_backend(Path(config.adapter).expanduser(), self.adapter_backend)
         self.budget = config.max_memory or int(psutil.virtual_memory().total * 0.75)
