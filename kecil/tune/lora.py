@@ -206,17 +206,20 @@ def to_bfloat16_base(model):
 
     import torch
 
-    model.to(torch.bfloat16)
     head = model.get_output_embeddings()
-    head.forward = functools.partial(_float32_projection, head)  # the weight stays shared (tied)
+    # The float32 head weight is kept as it is (frozen, so it never goes stale) rather than cast up
+    # on every step: that cast was a 100 MB copy per step for a 49k-word vocabulary.
+    weight = head.weight.detach()
+    bias = None if head.bias is None else head.bias.detach()
+    model.to(torch.bfloat16)
+    head.forward = functools.partial(_float32_projection, weight, bias)
     return model
 
 
-def _float32_projection(head, hidden):
+def _float32_projection(weight, bias, hidden):
     import torch.nn.functional as F
 
-    bias = None if head.bias is None else head.bias.float()
-    return F.linear(hidden.float(), head.weight.float(), bias)
+    return F.linear(hidden.float(), weight, bias)
 
 
 def quantize_base(model, bits: int, group_size: int):
@@ -265,6 +268,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
 
     from kecil.infer.load import physical_cores
     from kecil.infer.torch_backend import load_transformers
+    from kecil.tune.fused_lora import use_fused_lora
 
     # One process normally; under `accelerate launch --multi_gpu` one per GPU, or per CPU process
     # over gloo when there is no GPU (accelerate only goes multi-CPU when told cpu=True).
@@ -304,6 +308,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise ConfigError(f"cannot put LoRA on {', '.join(targets)} of {ref.name} ({exc}); pass other --target-modules") from None
+    use_fused_lora(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
