@@ -1,15 +1,17 @@
 """LoRA training speed and memory: `kecil tune` against a plain transformers Trainer + peft.
 
-Same model (the embedded SmolLM2-135M-Instruct, dequantized from the GGUF), same data (the
-Velmora handbook chat set from tests/tune/data, loss on the answers only), same token ids (both
+Same model (the embedded SmolLM2-135M-Instruct, dequantized from the GGUF), same data (`--data
+handbook`: the Velmora chat set from tests/tune/data; `--data alpaca`: 200 examples of LLaMA-Factory's
+Alpaca demo; loss on the answers only), same token ids (both
 render examples with kecil's chat-template code), same LoRA (r=16, alpha=32, dropout 0.05 on all
 seven linear projections), same optimizer (AdamW, lr 2e-4, cosine with 5% warm-up), same
 epochs and sequence limit (256 tokens):
 
-  kecil     kecil.tune.lora.tune (float32): examples packed into 256-token rows (one row per
-            step), logits only where the loss is taken
-  kecil-bf16  the same with `--precision bfloat16`: the frozen base in bfloat16, LoRA, logits and
-            loss in float32
+  kecil     kecil.tune.lora.tune with its defaults: examples packed into 256-token rows (one row
+            per step), logits only where the loss is taken, the fused LoRA forward
+            (kecil/tune/fused_lora.py), and precision auto: the frozen base in bfloat16 where the
+            CPU computes it natively (AMX / AVX512-BF16), else float32
+  kecil-fp32  the same with `--precision float32`
   kecil-qlora  the same on the base quantized to kecil's weight-only int4, group 64
             (`kecil tune --base-bits 4`): less memory, some speed spent dequantizing
   trainer   transformers Trainer over peft's get_peft_model: 4 examples per step, each batch
@@ -39,8 +41,9 @@ from _common.report import emit, median, table  # noqa: E402
 
 BENCH = "tune"
 MODEL = "smollm2-135m"
-DATA = Path(__file__).resolve().parents[1] / "tests" / "tune" / "data" / "velmora_facts.jsonl"
-ENGINES = ("kecil", "kecil-bf16", "kecil-qlora", "trainer", "trainer-bf16")
+HANDBOOK = Path(__file__).resolve().parents[1] / "tests" / "tune" / "data" / "velmora_facts.jsonl"
+ALPACA_EXAMPLES = 200  # of LLaMA-Factory's 1,000: ~1 minute per run
+ENGINES = ("kecil", "kecil-fp32", "kecil-qlora", "trainer", "trainer-bf16")
 RANK, ALPHA, DROPOUT, LR, MAX_LENGTH, TRAINER_BATCH = 16, 32.0, 0.05, 2e-4, 256, 4
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TIMEOUT_SECONDS = 1200
@@ -52,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     threads = args.threads or physical_cores()
     engines = [e for e in ENGINES if e in args.engines.split(",")] if args.engines else list(ENGINES)
-    print(f"{BENCH}: {MODEL}, {args.epochs} epochs of {DATA.name}, on {cpu_model()}, {threads} threads", file=sys.stderr, flush=True)
-    common = {"bench": BENCH, "model": MODEL, "threads": threads, "epochs": args.epochs}
+    print(f"{BENCH}: {MODEL}, {args.epochs} epochs of {_data(args.data, args.examples).name}, on {cpu_model()}, {threads} threads", file=sys.stderr, flush=True)
+    common = {"bench": BENCH, "model": MODEL, "data": args.data, "threads": threads, "epochs": args.epochs}
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for round_no in range(1, args.rounds + 1):
         for engine in engines:
             print(f"  round {round_no}/{args.rounds}: {engine} ...", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--worker", engine, "--epochs", str(args.epochs), "--threads", str(threads),
-                   "--examples", str(args.examples)]
+                   "--examples", str(args.examples), "--data", args.data]
             done = run_isolated(cmd, timeout=TIMEOUT_SECONDS)
             if done.returncode != 0:
                 emit(**common, engine=engine, status="failed", reason=done.stderr.strip().splitlines()[-1:])
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(**common, engine=engine, statistic="median", rounds=args.rounds, **summary[engine])
         rows.append([engine, summary[engine]["real_tokens_per_second"], summary[engine]["peak_rss_mib"], summary[engine]["padded_share"], summary[engine]["final_loss"]])
     table(f"{BENCH} (medians of {args.rounds} rounds)", ["engine", "real tok/s", "peak RSS MiB", "padding", "final loss"], rows)
-    for mine in ("kecil", "kecil-bf16", "kecil-qlora"):
+    for mine in ("kecil", "kecil-fp32", "kecil-qlora"):
         for anchor in ("trainer", "trainer-bf16"):
             if mine in summary and anchor in summary:
                 speedup = summary[mine]["real_tokens_per_second"] / summary[anchor]["real_tokens_per_second"]
@@ -89,12 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _data(examples: int) -> Path:
-    """The data file, or a copy of its first `examples` lines (a quick smoke run)."""
+def _data(name: str, examples: int) -> Path:
+    """The data file, or a copy of its first `examples` lines (a quick smoke run).
+
+    handbook: the 48 short Velmora chat examples of the facts test, all about the same length
+    (little padding for the Trainer to waste); alpaca: the first 200 examples of LLaMA-Factory's
+    alpaca_en_demo.json, instructions whose lengths vary as real data's do."""
+    if name == "alpaca":
+        from _common.alpaca import alpaca_jsonl
+
+        data = alpaca_jsonl(ALPACA_EXAMPLES)
+    else:
+        data = HANDBOOK
     if not examples:
-        return DATA
-    subset = Path(tempfile.mkdtemp()) / DATA.name
-    subset.write_text("".join(DATA.read_text().splitlines(keepends=True)[:examples]))
+        return data
+    subset = Path(tempfile.mkdtemp()) / data.name
+    subset.write_text("".join(data.read_text().splitlines(keepends=True)[:examples]))
     return subset
 
 
@@ -127,9 +140,9 @@ def _worker(args) -> int:
         from kecil.tune.lora import TuneConfig, tune
 
         bits = 4 if args.worker == "kecil-qlora" else None
-        precision = "bfloat16" if args.worker == "kecil-bf16" else "float32"
+        precision = "float32" if args.worker == "kecil-fp32" else "auto"
         with tempfile.TemporaryDirectory() as out:
-            result = tune(TuneConfig(model=MODEL, data=_data(args.examples), output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
+            result = tune(TuneConfig(model=MODEL, data=_data(args.data, args.examples), output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
                                      dropout=DROPOUT, lr=LR, batch_size=1, max_length=MAX_LENGTH, val_split=0, save_every=10**6,
                                      threads=args.threads, base_bits=bits, precision=precision))
         print(json.dumps({"real_tokens": result.tokens, "padded_tokens": 0, "seconds": result.seconds, "steps": result.steps,
@@ -143,7 +156,7 @@ def _trainer_worker(args) -> int:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    model, tokenizer, examples = _examples(_data(args.examples))
+    model, tokenizer, examples = _examples(_data(args.data, args.examples))
     rows = [{"input_ids": e.ids, "labels": [t if keep else -100 for t, keep in zip(e.ids, e.trained)]} for e in examples]
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=list(TARGETS), task_type="CAUSAL_LM"))
@@ -184,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=2, help="passes over the data per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per engine, alternating")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    parser.add_argument("--data", choices=("handbook", "alpaca"), default="handbook", help="the training set (see _data)")
     parser.add_argument("--examples", type=int, default=0, help="train on the first N examples only (0 = all; a smoke run)")
     parser.add_argument("--engines", default="", help=f"comma-separated subset of {','.join(ENGINES)} (default: all)")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)

@@ -309,7 +309,7 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
     base_bits: Annotated[Optional[int], typer.Option("--base-bits", help="QLoRA: hold the frozen base as int4 or int8 weights (4 or 8) to cut memory; default float32.")] = None,
     base_group_size: Annotated[int, typer.Option("--base-group-size", help="With --base-bits: input columns per quantization scale (32, 64 or 128).")] = 64,
-    precision: Annotated[str, typer.Option("--precision", help="The frozen base's dtype: float32, bfloat16, or auto (bfloat16 where the CPU/GPU computes it natively). The adapter always trains in float32.")] = "float32",
+    precision: Annotated[str, typer.Option("--precision", help="The frozen base's dtype: float32, bfloat16, or auto (bfloat16 where the CPU/GPU computes it natively). The adapter weights are always float32.")] = "auto",
     threads: Threads = None,
 ) -> None:
     """Fine-tune MODEL on DATA with LoRA and write a PEFT adapter folder.

@@ -73,9 +73,9 @@ class TuneConfig:
     threads: int | None = None
     base_bits: int | None = None  # QLoRA: train on the base quantized to int4/int8 weights (less RAM); None = float32
     base_group_size: int = 64  # columns per quantization scale when base_bits is set
-    # The frozen base's dtype; auto = bfloat16 where computed natively. float32 by default: a bfloat16
-    # base measured no faster here (peft's per-module casts eat the matmul gain) and no smaller at peak.
-    precision: str = "float32"
+    # The frozen base's dtype; auto = bfloat16 where the CPU/GPU computes it natively (AMX, AVX512-BF16),
+    # where with the fused LoRA path it measured faster than float32 (docs/benchmarks.md); else float32.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rank", "batch_size", "grad_accum", "eval_every", "save_every"):
