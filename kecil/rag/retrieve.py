@@ -151,7 +151,7 @@ class Retriever:
         if not len(ids):
             return []
         vector = self.query_vector(query)
-        scores = matrix @ vector
+        scores = similarities(matrix, vector)
         if allowed is not None:
             scores = np.where(np.isin(ids, np.fromiter(allowed, np.int64, len(allowed))), scores, -np.inf)
         limit = min(limit, len(ids))
@@ -215,6 +215,16 @@ class Retriever:
     def _hits(self, ranked: list[tuple[int, float, int | None, int | None]], similarity: dict[int, float]) -> list[Hit]:
         chunks = self.kb.chunks([r[0] for r in ranked])
         return [Hit(chunks[i], s, b, d, similarity.get(i)) for i, s, b, d in ranked if i in chunks]
+
+
+def similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """matrix @ vector, computed by torch rather than numpy. numpy's OpenBLAS and torch (which
+    just embedded the query) each keep their own pool of threads that spin while idle; on a
+    2-core machine the two pools took turns stalling each other, which put the dense p95 at
+    150 ms for a 10 ms product (docs/benchmarks.md). One pool for both keeps it at ~20 ms."""
+    import torch
+
+    return torch.mv(torch.from_numpy(matrix), torch.from_numpy(vector)).numpy()
 
 
 def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], config: SearchConfig) -> list[tuple[int, float, int | None, int | None]]:

@@ -89,3 +89,54 @@ def test_bm25_leaves_out_terms_most_chunks_hold(squad_kb, embedder):
         assert sorted(retriever.selective_terms("the of and", 0.2)) == ["and", "of", "the"]  # all common: the rarest 3 stay
         assert retriever.selective_terms("the stadium", 1.0) == ["the", "stadium"]
         assert retriever.bm25("the of a", 5)  # only common terms: the rarest are kept, never nothing
+
+
+def test_dense_scores_match_numpy(squad_kb, embedder):
+    import numpy as np
+
+    from kecil.rag.retrieve import similarities
+
+    name, _, _ = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        ids, matrix = retriever.kb.vectors()
+        vector = retriever.query_vector("Which team won Super Bowl 50?")
+        np.testing.assert_allclose(similarities(matrix, vector), matrix @ vector, atol=1e-5)
+        hits = retriever.search("Which team won Super Bowl 50?", SearchConfig(k=5, method="dense"))
+        best = np.argsort(-(matrix @ vector))[:5]
+        assert [h.chunk.id for h in hits] == [int(ids[i]) for i in best]
+
+
+def test_bm25_order_is_fts5_rank_order(squad_kb, embedder):
+    import sqlite3
+
+    from kecil.rag.tokenise import fts_query
+
+    name, _, items = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        db = sqlite3.connect(retriever.kb.path)
+        try:
+            for item in items[:20]:
+                match = fts_query(item.question)
+                expected = db.execute("SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT 20", (match,)).fetchall()
+                assert [r[0] for r in retriever.kb.bm25(match, 20)] == [r[0] for r in expected], item.question
+        finally:
+            db.close()
+
+
+def test_term_counts_follow_writes(tmp_path):
+    import numpy as np
+
+    from kecil.rag.chunking import TextChunk
+    from kecil.rag.store import KnowledgeBase
+
+    def add(kb, path, texts):
+        kb.replace_file(path, "0" * 64, 1, 1, [TextChunk(t, "", 1, 1, None) for t in texts], np.eye(len(texts), 4, dtype=np.float32))
+
+    with KnowledgeBase.open("counts", create=True, embedder="test", dimension=4) as kb:
+        add(kb, "/a.txt", ["red apple", "green apple", "red car"])
+        assert kb.term_chunks(["apple", "red", "blue"]) == ({"apple": 2, "red": 2, "blue": 0}, 3)
+        assert kb.term_chunks(["apple"]) == ({"apple": 2}, 3)  # remembered
+        add(kb, "/b.txt", ["blue apple"])  # a write: the remembered counts are stale
+        assert kb.term_chunks(["apple", "blue"]) == ({"apple": 3, "blue": 1}, 4)
+        kb.remove_files(["/a.txt"])
+        assert kb.term_chunks(["apple", "red", "blue"]) == ({"apple": 1, "red": 0, "blue": 1}, 1)
