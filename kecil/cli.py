@@ -386,7 +386,7 @@ Rerank = Annotated[bool, typer.Option("--rerank", help="Reorder the best 10 cand
 def rag_ingest(
     folder: Annotated[str, typer.Argument(help="Folder (or one file) of .txt .md .html .pdf .docx .csv .json documents.")],
     kb: KbName,
-    embedder: Annotated[Optional[str], typer.Option("--embedder", help="Embedding model for a new knowledge base: all-minilm-l6-v2 (default, English) or multilingual-e5-small.")] = None,
+    embedder: Annotated[Optional[str], typer.Option("--embedder", help="Embedding model for a new knowledge base: all-minilm-l6-v2 (default, English) or multilingual-e5-small (~100 languages: use it for non-English documents; embeds ~2x slower).")] = None,
     chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Largest chunk, in model tokens (about).")] = 200,
     overlap: Annotated[int, typer.Option("--overlap", help="Tokens repeated from the end of one chunk at the start of the next.")] = 40,
     max_file_mb: Annotated[float, typer.Option("--max-file-mb", help="Skip files bigger than this.")] = 50.0,

