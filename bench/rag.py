@@ -14,8 +14,9 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
   ingest    chunks/s of `kecil rag ingest` on the corpus (load, chunk, embed, write), and the
             embedding-only part of it
   latency   p50/p95 per query of bm25/dense/hybrid at 10k and 100k chunks, warm process,
-            retrieval only (no generation), and of each step of a query apart. The 10k/100k stores are filled with chunks made
-            of recombined corpus sentences and vectors mixed from the real ones: embedding
+            retrieval only (no generation), and of each step of a query apart. The 10k/100k
+            stores are filled with chunks made of recombined corpus sentences and vectors
+            mixed from the real ones: embedding
             100k chunks takes longer than a benchmark run, and latency depends on the number
             of rows and the term statistics, not on what the vectors mean.
   refusal   the similarity threshold below which `kecil ask` says the documents do not cover
