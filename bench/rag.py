@@ -146,7 +146,7 @@ def fusion_grid(retriever, items, tuning, held_out, texts_by_id) -> list[dict]:
             (tune_r, tune_m), (test_r, test_m) = score(config, tuning), score(config, held_out)
             rows.append(dict(rrf_k=rrf_k, bm25_weight=bm25_weight, tune_recall_at_5=tune_r, tune_mrr=tune_m, test_recall_at_5=test_r, test_mrr=test_m))
     best = max(rows, key=lambda r: (r["tune_recall_at_5"], r["tune_mrr"]))
-    default = SearchConfig()
+    default = SearchConfig().for_embedder("all-minilm-l6-v2")
     for row in rows:
         emit(bench=BENCH, part="fusion", **row, best_on_tuning=row is best,
              default=(row["rrf_k"], row["bm25_weight"]) == (default.rrf_k, default.bm25_weight))
@@ -346,7 +346,7 @@ def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
             grid = [SearchConfig(rrf_k=k, bm25_weight=w) for k in (0, 1, 2, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
             tuned = max(grid, key=lambda c: score(lambda b, d: [r[0] for r in fuse(b, d, c)], tuning))
             engines = {"bm25": lambda b, d: [c for c, _ in b], "dense": lambda b, d: [c for c, _ in d],
-                       "hybrid default": lambda b, d: [r[0] for r in fuse(b, d, SearchConfig())],
+                       "hybrid default": lambda b, d: [r[0] for r in fuse(b, d, SearchConfig().for_embedder(name))],
                        f"hybrid tuned k={tuned.rrf_k} w={tuned.bm25_weight}": lambda b, d: [r[0] for r in fuse(b, d, tuned)]}
             for engine, pick in engines.items():
                 if engine == "bm25" and name != "all-minilm-l6-v2":

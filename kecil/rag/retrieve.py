@@ -3,8 +3,9 @@ reciprocal rank (Cormack et al. 2009, https://doi.org/10.1145/1571941.1572114).
 
 Fusion scores a chunk  w_bm25 / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense)  over the
 top `depth` of each list. Plain RRF (equal weights, k=60) has been measured below BM25 alone on
-paragraph QA elsewhere, so the defaults here are the ones tuned by bench/rag.py: a small k (the
-first ranks count most) and BM25 weighted 1.5 (see docs/benchmarks.md).
+paragraph QA elsewhere, so the defaults here are the ones tuned by bench/rag.py for each embedding
+model (FUSION): a small k (the first ranks count most), BM25 weighted up for MiniLM and down for
+multilingual-e5-small (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ METHODS = ("hybrid", "bm25", "dense")
 # BM25 leaves out query terms found in more than this share of the chunks (see Retriever.selective_terms);
 # measured on SQuAD to cost no recall (docs/benchmarks.md).
 COMMON_SHARE = 0.2
+# Fusion (rrf_k, BM25 weight) per embedding model, each the measured best of bench/rag.py for
+# that model: MiniLM on SQuAD's held-out half recall@5 0.976 against 0.945 for BM25 alone (plain
+# RRF, k=60 and equal weights: 0.955); multilingual-e5-small, whose dense side is much stronger,
+# needs BM25 weighted less, or hybrid falls below e5 dense alone on Chinese/Japanese/Korean/
+# Indonesian questions (0.651 against 0.676; with these 0.705, and 0.988 on SQuAD).
+FUSION = {"all-minilm-l6-v2": (5, 1.5), "multilingual-e5-small": (2, 0.75)}
+DEFAULT_FUSION = FUSION["all-minilm-l6-v2"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +45,9 @@ class SearchConfig:
     k: int = 5
     method: str = "hybrid"  # hybrid | bm25 | dense
     depth: int = 50  # candidates taken from each list before fusing
-    # bench/rag.py on SQuAD, held-out half (questions on every other article): recall@5 0.976
-    # against 0.945 for BM25 alone and 0.955 for plain RRF (k=60, equal weights). On the tuning
-    # half k=10 / weight 1 is one question better, and 0.971 held-out (docs/benchmarks.md).
-    rrf_k: int = 5
-    bm25_weight: float = 1.5
+    # None: the measured best for the knowledge base's embedding model (FUSION).
+    rrf_k: int | None = None
+    bm25_weight: float | None = None
     dense_weight: float = 1.0
     path: str | None = None  # only chunks of this file, or of files in this folder
     rerank: RerankConfig | None = None  # reorder the best candidates with the language model (rerank.py)
@@ -53,8 +59,14 @@ class SearchConfig:
             raise ConfigError(f"k must be at least 1, got {self.k}")
         if self.depth < self.k:
             object.__setattr__(self, "depth", self.k)
-        if self.rrf_k < 0 or self.bm25_weight < 0 or self.dense_weight < 0:
+        if (self.rrf_k or 0) < 0 or (self.bm25_weight or 0) < 0 or self.dense_weight < 0:
             raise ConfigError("rrf_k and the fusion weights must not be negative")
+
+    def for_embedder(self, name: str | None) -> SearchConfig:
+        """This config with the fusion settings left open filled in for embedding model `name`."""
+        rrf_k, bm25_weight = FUSION.get(name or "", DEFAULT_FUSION)
+        return replace(self, rrf_k=rrf_k if self.rrf_k is None else self.rrf_k,
+                       bm25_weight=bm25_weight if self.bm25_weight is None else self.bm25_weight)
 
 
 @dataclass(frozen=True)
@@ -183,7 +195,7 @@ class Retriever:
     # --- what callers use -----------------------------------------------------------------
     def search(self, query: str, config: SearchConfig | None = None) -> list[Hit]:
         """The best `config.k` chunks for `query`, best first."""
-        config = config or SearchConfig()
+        config = (config or SearchConfig()).for_embedder(self.kb.embedder_name)
         if config.rerank is not None:
             from kecil.rag.rerank import rerank
 
@@ -229,6 +241,7 @@ def similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
 def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], config: SearchConfig) -> list[tuple[int, float, int | None, int | None]]:
     """Weighted reciprocal-rank fusion of two ranked lists: (id, score, bm25 rank, dense rank), best first."""
+    config = config.for_embedder(None)  # settings left open: the default model's
     scores: dict[int, float] = {}
     ranks: dict[int, list[int | None]] = {}
     for which, (ranking, weight) in enumerate(((bm25, config.bm25_weight), (dense, config.dense_weight))):

@@ -140,3 +140,19 @@ def test_term_counts_follow_writes(tmp_path):
         assert kb.term_chunks(["apple", "blue"]) == ({"apple": 3, "blue": 1}, 4)
         kb.remove_files(["/a.txt"])
         assert kb.term_chunks(["apple", "red", "blue"]) == ({"apple": 1, "red": 0, "blue": 1}, 1)
+
+
+def test_fusion_defaults_follow_the_embedding_model_and_explicit_settings_win():
+    from kecil.rag.retrieve import FUSION
+
+    minilm = SearchConfig().for_embedder("all-minilm-l6-v2")
+    e5 = SearchConfig().for_embedder("multilingual-e5-small")
+    assert (minilm.rrf_k, minilm.bm25_weight) == FUSION["all-minilm-l6-v2"] != (e5.rrf_k, e5.bm25_weight)
+    assert (e5.rrf_k, e5.bm25_weight) == FUSION["multilingual-e5-small"]
+    assert SearchConfig(rrf_k=60, bm25_weight=1.0).for_embedder("multilingual-e5-small").rrf_k == 60
+    unknown = SearchConfig().for_embedder("some-other-model")
+    assert (unknown.rrf_k, unknown.bm25_weight) == (minilm.rrf_k, minilm.bm25_weight)
+    # When the two lists disagree on the first place, MiniLM's weights side with BM25, e5's with dense.
+    bm25, dense = [(1, 9.0)], [(3, 0.9)]
+    assert fuse(bm25, dense, minilm)[0][0] == 1
+    assert fuse(bm25, dense, e5)[0][0] == 3
