@@ -359,6 +359,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        release_freed_memory()
         step_loss = accelerator.reduce(torch.tensor(step_loss), reduction="sum").item()
         step_tokens = int(accelerator.reduce(torch.tensor(step_tokens), reduction="sum").item())
         tokens_this_session += step_tokens
@@ -403,6 +404,28 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
         first_val_loss=first_val, tokens=tokens_this_session, seconds=seconds, resumed_from_step=resumed_from, history=history,
         gguf_adapter=gguf_adapter,
     )
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim; a no-op elsewhere).
+
+    A step frees hundreds of MB of activations of shapes that change with every packed row; glibc
+    keeps such memory and the process's resident size creeps up step after step (measured: +340
+    MiB of peak over 20 steps of SmolLM2-135M). Trimming once per step costs a few milliseconds."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def collate_targets(batch: MicroBatch, examples) -> list[int]:
