@@ -7,8 +7,8 @@ render examples with kecil's chat-template code), same LoRA (r=16, alpha=32, dro
 seven linear projections), same optimizer (AdamW, lr 2e-4, cosine with 5% warm-up), same
 epochs and sequence limit (256 tokens):
 
-  kecil     kecil.tune.lora.tune with its defaults: examples packed into 256-token rows (one row
-            per step), logits only where the loss is taken, the fused LoRA forward
+  kecil     kecil.tune.lora.tune with its defaults: examples packed into 256-token rows (KECIL_ROWS
+            rows per step), logits only where the loss is taken, the fused LoRA forward
             (kecil/tune/fused_lora.py), and precision auto: the frozen base in bfloat16 where the
             CPU computes it natively (AMX / AVX512-BF16), else float32
   kecil-fp32  the same with `--precision float32`
@@ -43,6 +43,10 @@ BENCH = "tune"
 MODEL = "smollm2-135m"
 HANDBOOK = Path(__file__).resolve().parents[1] / "tests" / "tune" / "data" / "velmora_facts.jsonl"
 ALPACA_EXAMPLES = 200  # of LLaMA-Factory's 1,000: ~1 minute per run
+# kecil's packed rows per step, so that a step holds at least as many real tokens as the Trainer's
+# batch of 4 padded examples (same effective batch): the handbook's short examples pack ~5 to a
+# row; Alpaca's longer ones ~1.5.
+KECIL_ROWS = {"handbook": 1, "alpaca": 3}
 ENGINES = ("kecil", "kecil-fp32", "kecil-qlora", "trainer", "trainer-bf16")
 RANK, ALPHA, DROPOUT, LR, MAX_LENGTH, TRAINER_BATCH = 16, 32.0, 0.05, 2e-4, 256, 4
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -143,7 +147,7 @@ def _worker(args) -> int:
         precision = "float32" if args.worker == "kecil-fp32" else "auto"
         with tempfile.TemporaryDirectory() as out:
             result = tune(TuneConfig(model=MODEL, data=_data(args.data, args.examples), output=Path(out) / "adapter", epochs=args.epochs, rank=RANK, alpha=ALPHA,
-                                     dropout=DROPOUT, lr=LR, batch_size=1, max_length=MAX_LENGTH, val_split=0, save_every=10**6,
+                                     dropout=DROPOUT, lr=LR, batch_size=KECIL_ROWS[args.data], max_length=MAX_LENGTH, val_split=0, save_every=10**6,
                                      threads=args.threads, base_bits=bits, precision=precision))
         print(json.dumps({"real_tokens": result.tokens, "padded_tokens": 0, "seconds": result.seconds, "steps": result.steps,
                           "final_loss": result.train_loss}))
