@@ -409,7 +409,8 @@ def rag_ingest(
         return
     for path, reason in report.skipped:
         _err(f"skipped {path}: {reason}")
-    rate = f" ({report.chunks / report.seconds:.0f} chunks/s)" if report.chunks else ""
+    # The rate means nothing for a handful of chunks (it would round to 0 or read as a speed claim).
+    rate = f" ({report.chunks / report.seconds:.0f} chunks/s)" if report.chunks >= 20 and report.seconds > 0 else ""
     print(f"{kb}: {len(report.added)} files added, {len(report.updated)} updated, {report.unchanged} unchanged, "
           f"{len(report.removed)} removed, {len(report.skipped)} skipped; {report.chunks} chunks written in {report.seconds:.1f} s{rate}")
     if report.other_types:
