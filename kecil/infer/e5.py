@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kecil.errors import BackendError
-from kecil.infer.embeddings import Embedder, EmbedderSpec, package_dir, resolve_precision
+from kecil.infer.embeddings import Embedder, EmbedderSpec, mean_pool, package_dir, padded_batch, resolve_precision, untruncated_lengths
 
 if TYPE_CHECKING:
     import numpy as np
@@ -225,32 +225,18 @@ class E5Embedder(Embedder):
         return table[where.reshape(ids.shape)]
 
     def _embed_batch(self, texts: list[str], kind: str):
-        import numpy as np
-
         torch = self._torch
-        encodings = self._tokenizer.encode_batch(self._normalised(texts, kind), add_special_tokens=True)
-        width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(texts), width), dtype=np.int64)  # row padding: any id, masked out below
-        mask = np.zeros((len(texts), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.ids)] = 1
+        ids, mask = padded_batch(self._tokenizer.encode_batch(self._normalised(texts, kind), add_special_tokens=True))
         dtype = next(self._encoder.parameters()).dtype
         with torch.inference_mode():
             words = torch.from_numpy(self.word_vectors(ids)).to(dtype)
             mask_t = torch.from_numpy(mask)
-            hidden = self._encoder(inputs_embeds=words, attention_mask=mask_t).last_hidden_state.float()
-            weights = mask_t.unsqueeze(-1).float()
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        return pooled.numpy()
+            hidden = self._encoder(inputs_embeds=words, attention_mask=mask_t).last_hidden_state
+            return mean_pool(hidden, mask_t).numpy()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text is fed as (a passage, so with the "passage: " prefix), <s> and </s> included."""
-        self._tokenizer.no_truncation()
-        try:
-            return [len(e.ids) for e in self._tokenizer.encode_batch(self._normalised(texts, "passage"))]
-        finally:
-            self._tokenizer.enable_truncation(self.max_tokens)
+        return untruncated_lengths(self._tokenizer, self._normalised(texts, "passage"), self.max_tokens)
 
     def close(self) -> None:
         self._encoder = None

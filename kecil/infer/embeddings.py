@@ -152,6 +152,36 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def padded_batch(encodings) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, attention mask), int64 arrays of the batch's longest width, from `tokenizers`
+    encodings; the padding ids are 0 and masked out."""
+    import numpy as np
+
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        mask[row, : len(encoding.ids)] = 1
+    return ids, mask
+
+
+def mean_pool(hidden, mask):
+    """The mean of each row's unmasked token vectors, in float32: a bfloat16 sum over 256 tokens would round."""
+    hidden = hidden.float()
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def untruncated_lengths(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
+    """Token counts of `texts` without the embedder's cut at `max_tokens` (restored afterwards)."""
+    tokenizer.no_truncation()
+    try:
+        return [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    finally:
+        tokenizer.enable_truncation(max_tokens)
+
+
 class MiniLMEmbedder(Embedder):
     """A sentence-transformers BERT model (Transformer -> mean pooling -> normalise) in transformers."""
 
@@ -193,26 +223,13 @@ class MiniLMEmbedder(Embedder):
 
     def _embed_batch(self, texts: list[str], kind: str):
         torch = self._torch
-        encodings = self._encode(texts)
-        width = max(len(e.ids) for e in encodings)
-        ids = torch.zeros((len(texts), width), dtype=torch.long)
-        mask = torch.zeros((len(texts), width), dtype=torch.long)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
-            mask[row, : len(encoding.ids)] = 1
+        ids, mask = (torch.from_numpy(a) for a in padded_batch(self._encode(texts)))
         with torch.inference_mode():
             hidden = self._model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
-            hidden = hidden.float()  # pooled in float32: a bfloat16 sum over 256 tokens would round
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        return pooled.float().numpy()
+            return mean_pool(hidden, mask).numpy()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        self._tokenizer.no_truncation()
-        try:
-            return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
-        finally:
-            self._tokenizer.enable_truncation(self.max_tokens)
+        return untruncated_lengths(self._tokenizer, list(texts), self.max_tokens)
 
     def close(self) -> None:
         self._model = None
