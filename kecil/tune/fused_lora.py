@@ -75,15 +75,16 @@ class _LoraDelta(torch.autograd.Function):
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapters = [a for a in self.active_adapters if a in self.lora_A]
+    # args/kwargs include peft's adapter_names (mixed-adapter batches)
     if (
-        self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None or len(adapters) != 1
-        or adapters[0] in self.lora_variant or args or kwargs
+        self.disable_adapters or self.merged or len(adapters) != 1 or adapters[0] in self.lora_variant
+        or args or kwargs or not x.is_floating_point()
     ):
         return self._peft_forward(x, *args, **kwargs)
     name = adapters[0]
     weight_a, weight_b = self.lora_A[name].weight, self.lora_B[name].weight
     base_out = self.base_layer(x)
-    if x.dtype != base_out.dtype or not x.is_floating_point():
+    if x.dtype != base_out.dtype:  # a base layer that changes dtype (none of kecil's does)
         return self._peft_forward(x)
     if weight_a.dtype != x.dtype:
         # A bfloat16 base: the adapter computes in bfloat16 too (its float32 weights cast, a few

@@ -1,8 +1,9 @@
 """LoRA fine-tuning on a CPU: `tune(TuneConfig(...))` trains a low-rank adapter on your JSONL data.
 
-LoRA: https://arxiv.org/abs/2106.09685. The base model stays frozen in float32 (or, with
-precision="bfloat16"/"auto", in bfloat16 — measured no faster on a 2-core AMX CPU, see
-docs/benchmarks.md); only the small A/B matrices train, always in float32, as do logits and loss. Examples are packed into rows (kecil/tune/packing.py) and the vocabulary
+LoRA: https://arxiv.org/abs/2106.09685. The base model stays frozen, in bfloat16 where the
+hardware computes it natively and float32 elsewhere (`precision`); only the small A/B matrices
+train, always held in float32, through kecil's fused LoRA forward (kecil/tune/fused_lora.py);
+logits and loss are float32. Examples are packed into rows (kecil/tune/packing.py) and the vocabulary
 projection is computed only at the positions that carry loss, which on chat data is a fraction
 of the tokens: the two together are where kecil's speed over a padded Trainer comes from. The
 run is a fixed function of (data, settings, seed), checkpointed every `save_every` steps, and a
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError
+from kecil.infer.embeddings import PRECISIONS
 from kecil.tune import checkpoint as ckpt
 from kecil.tune.data import PromptStyle, read_dataset, split_validation, tokenize_dataset
 from kecil.tune.packing import MicroBatch, collate, plan_epochs
@@ -40,7 +42,6 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),  # fused projections
 }
 SUMMARY_FILE = "kecil_tune.json"
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def base_precision(requested: str) -> str:
 def to_bfloat16_base(model):
     """Hold the frozen model in bfloat16, but project to the vocabulary in float32: the logits feed
     the loss, and bfloat16's 8-bit mantissa would round a logit of 20 by ±0.06. peft then keeps
-    the LoRA matrices in float32 (its autocast_adapter_dtype) and casts each input up to them."""
+    the LoRA matrices in float32 (its autocast_adapter_dtype); the fused forward computes with
+    bfloat16 copies of them, so the activations stay bfloat16."""
     import functools
 
     import torch
@@ -425,22 +427,16 @@ def release_freed_memory(slack_mib: int = 128) -> None:
             _malloc_trim = False
     if not _malloc_trim:
         return
-    size = _resident_mib()
-    if size > _trimmed_size + slack_mib:
+    import psutil
+
+    process = psutil.Process()
+    if process.memory_info().rss > _trimmed_size + slack_mib * 2**20:
         _malloc_trim(0)
-        _trimmed_size = _resident_mib()
-
-
-def _resident_mib() -> float:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
+        _trimmed_size = process.memory_info().rss
 
 
 _malloc_trim = None
-_trimmed_size = 0.0
+_trimmed_size = 0  # resident bytes after the last trim
 
 
 def collate_targets(batch: MicroBatch, examples) -> list[int]:
