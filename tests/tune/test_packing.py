@@ -25,6 +25,16 @@ def test_plan_is_a_fixed_function_of_the_seed():
     assert sorted(seen) == sorted(list(range(7)) * 3)
 
 
+def test_rows_are_padded_to_a_multiple_of_16_that_carries_no_loss():
+    examples = [Example(list(range(1, n + 1)), [False] + [True] * (n - 1)) for n in (5, 13)]
+    input_ids, position_ids, predict, targets = collate(MicroBatch([[0, 1]]), examples, pad_id=0)
+    assert input_ids.shape == (1, 32)
+    assert input_ids[0, 18:].eq(0).all() and not predict[0, 17:].any()
+    assert len(targets) == 4 + 12 == int(predict.sum())
+    assert position_ids[0, 18:].tolist() == list(range(14))  # the padding is a block of its own
+    assert collate(MicroBatch([[0, 1]]), examples, pad_id=0, width_multiple=1)[0].shape == (1, 18)
+
+
 def _per_example_losses(model, examples, batch, pad_id):
     import torch
     import torch.nn.functional as F
