@@ -393,10 +393,6 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
             "precision": precision,
             "processes": world, "distributed_backend": accelerator.state.backend if world > 1 else None,
         }
-        if precision == "bfloat16":
-            # The LoRA matrices are float32 already; this also makes any base layer peft saves along
-            # (a tied embedding under an lm_head adapter) float32, so the files match a float32 run.
-            inner.float()
         write_adapter(inner, output, summary)
         gguf_adapter = write_gguf_adapter(output, ref.architecture, inner.config)
     accelerator.wait_for_everyone()
@@ -408,14 +404,16 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
     )
 
 
-def release_freed_memory(slack_mib: int = 128) -> None:
+def release_freed_memory(slack_mib: int = 512) -> None:
     """Hand the heap's free pages back to the system (glibc's malloc_trim) once the process has
     grown `slack_mib` past its size after the last trim; a no-op where there is no glibc.
 
-    A step frees hundreds of MB of activations of shapes that change with every packed row; glibc
-    keeps such memory and the resident size crept up step after step (+400 MiB of peak over 20
-    steps of SmolLM2-135M). Trimming after every step cost ~8% of the speed (the next step
-    faults the pages back in); trimming only past the slack keeps the peak down at almost no cost."""
+    A step frees hundreds of MB of activations; glibc keeps such memory, and while every step had
+    a new row width (before packing.WIDTH_MULTIPLE) resident memory crept up by ~40 MiB a step.
+    Trimming is a guard against such growth, not a routine: after a trim the next step faults
+    its pages back in (100k page faults, ~10% of a step on SmolLM2-135M), and a slack of 128 MiB,
+    smaller than one step's activations, had made it trim after every step. With 512 MiB a
+    20-step run trimmed rarely and peaked 50 MiB above one never trimmed."""
     global _malloc_trim, _trimmed_size
     if _malloc_trim is None:
         import ctypes
@@ -449,7 +447,7 @@ def write_adapter(model, output: Path, summary: dict) -> None:
     output.mkdir(parents=True, exist_ok=True)
     temporary = output / f".tmp-adapter-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(str(temporary))
+    model.save_pretrained(str(temporary), state_dict=_float32_saved_state(model))
     (temporary / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     # adapter_config.json last: it is what marks the folder as an adapter.
     names = sorted(p.name for p in temporary.iterdir())
@@ -457,6 +455,19 @@ def write_adapter(model, output: Path, summary: dict) -> None:
     for name in names:
         os.replace(temporary / name, output / name)
     shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _float32_saved_state(model) -> dict:
+    """The model's state with the tensors peft will save in float32. The LoRA matrices are float32
+    already; a base layer peft saves along (a tied embedding under an lm_head adapter) of a
+    bfloat16 base is cast, so the files match a float32 run. Casting only those, not the whole
+    model, spared the end of a run a float32 copy of the base (+300 MiB of peak for SmolLM2-135M)."""
+    import torch
+    from peft.utils import get_peft_model_state_dict
+
+    state = model.state_dict()
+    saved = {id(t) for t in get_peft_model_state_dict(model, state_dict=state).values()}
+    return {k: v.float() if id(v) in saved and v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}
 
 
 def write_gguf_adapter(output: Path, architecture: str, model_config) -> Path | None:

@@ -31,3 +31,16 @@ def test_precision_is_checked_and_auto_resolves_to_a_dtype():
         TuneConfig(model="m", data="d.jsonl", output="o", precision="float16")
     assert base_precision("auto") in ("float32", "bfloat16")
     assert base_precision("float32") == "float32"
+
+
+def test_a_bfloat16_base_layer_that_peft_saves_along_is_written_in_float32(tiny_hf_model, tmp_path):
+    """A LoRA on the embedding makes peft save the embedding's own weight too: float32 on disk,
+    as from a float32 run, though only the saved tensors are cast (not the whole base)."""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(4))
+    tune(TuneConfig(model=str(tiny_hf_model("llama")), data=data, output=tmp_path / "a", epochs=1, max_length=32,
+                    val_split=0, precision="bfloat16", target_modules=("q_proj", "embed_tokens")))
+    weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    assert any("embed_tokens.base_layer" in name or name.endswith("embed_tokens.weight") for name in weights), sorted(weights)
+    assert all(str(w.dtype) == "torch.float32" for w in weights.values())
