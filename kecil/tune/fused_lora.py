@@ -13,7 +13,10 @@ torch's CPU generator makes one 32-bit draw per element. Here, per projection:
 - the scale and the add fold into one `addmm`;
 - backward keeps the input (which q/k/v, and gate/up, share: saved once, not one dropped copy per
   projection) and the mask as bytes, and recomputes the dropped input, so activations take less
-  memory as well.
+  memory as well;
+- the mask is applied by multiplying with 0/1 bytes: torch's CPU kernels for boolean masks
+  (`where`, `masked_fill`, `~`) are not vectorised, and took 80 µs on a (256, 576) bfloat16
+  input where the multiplication takes 30.
 
 Only the forward changes: modules, parameter names, saved adapters, merging and export stay
 peft's. Anything this path does not cover (a merged or disabled adapter, several adapters, DoRA
@@ -31,12 +34,12 @@ _LEVELS = 1 << 16  # 16-bit random integers
 
 
 def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
-    """A boolean mask of `shape` that keeps each element with probability ~1-p, and that probability."""
+    """A uint8 mask of `shape`, 1 where an element is kept (probability ~1-p), and that probability."""
     n = shape.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # the full 64 bits
     draws = words.view(torch.int16)[:n].view(shape)
     kept_levels = round((1.0 - p) * _LEVELS)
-    return draws >= (_LEVELS // 2 - kept_levels), kept_levels / _LEVELS
+    return (draws >= (_LEVELS // 2 - kept_levels)).view(torch.uint8), kept_levels / _LEVELS
 
 
 class _LoraDelta(torch.autograd.Function):
@@ -45,7 +48,7 @@ class _LoraDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base_out, x, weight_a, weight_b, keep, scale: float):
         flat_x = x.reshape(-1, x.shape[-1])
-        dropped = flat_x if keep is None else torch.where(keep.reshape(flat_x.shape), flat_x, 0.0)
+        dropped = flat_x if keep is None else flat_x * keep.reshape(flat_x.shape)
         hidden = dropped @ weight_a.t()  # (tokens, rank): small, kept for B's gradient
         out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), hidden, weight_b.t(), alpha=scale)
         ctx.save_for_backward(x, weight_a, weight_b, keep, hidden)
@@ -63,12 +66,12 @@ class _LoraDelta(torch.autograd.Function):
             grad_b = (grad.t() @ hidden).mul_(ctx.scale)
         if need_a:
             flat_x = x.reshape(-1, x.shape[-1])
-            dropped = flat_x if keep is None else torch.where(keep.reshape(flat_x.shape), flat_x, 0.0)
+            dropped = flat_x if keep is None else flat_x * keep.reshape(flat_x.shape)
             grad_a = grad_hidden.t() @ dropped
         if need_x:
             grad_x = grad_hidden @ weight_a
             if keep is not None:
-                grad_x.masked_fill_(~keep.reshape(grad_x.shape), 0.0)
+                grad_x.mul_(keep.reshape(grad_x.shape))
             grad_x = grad_x.view(x.shape)
         return (grad_out if need_base else None), grad_x, grad_a, grad_b, None, None
 
