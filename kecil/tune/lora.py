@@ -5,7 +5,8 @@ hardware computes it natively and float32 elsewhere (`precision`); only the smal
 train, always held in float32, through kecil's fused LoRA forward (kecil/tune/fused_lora.py);
 logits and loss are float32. Examples are packed into rows (kecil/tune/packing.py) and the vocabulary
 projection is computed only at the positions that carry loss, which on chat data is a fraction
-of the tokens: the two together are where kecil's speed over a padded Trainer comes from. The
+of the tokens: the two together are where kecil's speed over a padded Trainer comes from.
+Attention runs per example rather than over whole rows (kecil/tune/packed_attention.py). The
 run is a fixed function of (data, settings, seed), checkpointed every `save_every` steps, and a
 killed run resumed with `resume=True` ends with the same adapter as one never interrupted.
 Launched with `accelerate launch`, the same code trains data-parallel over several processes.
@@ -149,8 +150,8 @@ def token_loss_sum(model, input_ids, position_ids, predict, targets):
     """Summed cross-entropy over the positions in `predict`, logits computed only there."""
     import torch.nn.functional as F
 
-    # No attention mask and no cache: transformers then reads the restarting position ids as
-    # packed sequences and masks across them (see packing.py).
+    # No attention mask and no cache: the restarting position ids mark the packed examples, for
+    # packed_attention.py, or for transformers' own block-diagonal mask where that is not used.
     device = next(model.parameters()).device
     input_ids, position_ids, predict, targets = (t.to(device) for t in (input_ids, position_ids, predict, targets))
     out = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=predict, use_cache=False)
@@ -271,6 +272,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
     from kecil.infer.load import physical_cores
     from kecil.infer.torch_backend import load_transformers
     from kecil.tune.fused_lora import use_fused_lora
+    from kecil.tune.packed_attention import use_packed_attention
 
     # One process normally; under `accelerate launch --multi_gpu` one per GPU, or per CPU process
     # over gloo when there is no GPU (accelerate only goes multi-CPU when told cpu=True).
@@ -282,6 +284,7 @@ def tune(config: TuneConfig, progress: Callable[[TuneProgress], None] | None = N
         model = to_bfloat16_base(model)
     if config.base_bits:
         model = quantize_base(model, config.base_bits, config.base_group_size)
+    use_packed_attention(model, config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     def tokenize(text: str):
