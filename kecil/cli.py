@@ -380,6 +380,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 TopK_ = Annotated[int, typer.Option("--k", "-k", help="How many chunks to retrieve.")]
 PathFilter = Annotated[Optional[str], typer.Option("--path", help="Only chunks of this file, or of the files in this folder.")]
 Rerank = Annotated[bool, typer.Option("--rerank", help="Reorder the best 10 candidates by how likely the language model finds the question after each (slower; see docs/benchmarks.md).")]
+Fusion = Annotated[Optional[str], typer.Option("--fusion", help="How hybrid fuses BM25 and dense: convex (normalised scores) or rrf (reciprocal rank); default: the measured best for the knowledge base's embedding model.")]
 
 
 @rag_app.command("ingest")
@@ -436,6 +437,7 @@ def rag_search(
     k: TopK_ = 5,
     method: Annotated[str, typer.Option("--method", help="hybrid, bm25 or dense.")] = "hybrid",
     path: PathFilter = None,
+    fusion: Fusion = None,
     rerank: Rerank = False,
     as_json: AsJson = False,
 ) -> None:
@@ -443,7 +445,7 @@ def rag_search(
     from kecil.rag.rerank import RerankConfig
     from kecil.rag.retrieve import SearchConfig, search
 
-    hits = search(query, kb, SearchConfig(k=k, method=method, path=path, rerank=RerankConfig() if rerank else None))
+    hits = search(query, kb, SearchConfig(k=k, method=method, path=path, fusion=fusion, rerank=RerankConfig() if rerank else None))
     if as_json:
         for rank, h in enumerate(hits, start=1):
             c = h.chunk
@@ -465,6 +467,7 @@ def rag_eval(
     qa: Annotated[str, typer.Option("--qa", help='JSON Lines file: {"question": ..., "answers": [...]} per line.')],
     k: TopK_ = 5,
     method: Annotated[str, typer.Option("--method", help="hybrid, bm25 or dense.")] = "hybrid",
+    fusion: Fusion = None,
     rerank: Rerank = False,
     as_json: AsJson = False,
 ) -> None:
@@ -479,12 +482,12 @@ def rag_eval(
 
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("questions", total=None)
-        config = SearchConfig(k=k, method=method, rerank=RerankConfig() if rerank else None)
+        config = SearchConfig(k=k, method=method, fusion=fusion, rerank=RerankConfig() if rerank else None)
         result = evaluate_kb(kb, Path(qa), config, progress=lambda n: bar.advance(task, n))
     if as_json:
         print(json.dumps(result.as_dict()))
         return
-    print(f"{kb} ({method}{' + rerank' if rerank else ''}, {result.questions} questions): recall@{k} {result.recall:.3f}, MRR {result.mrr:.3f}, median {result.median_ms:.1f} ms per query")
+    print(f"{kb} ({method}{f' {fusion}' if fusion and method == 'hybrid' else ''}{' + rerank' if rerank else ''}, {result.questions} questions): recall@{k} {result.recall:.3f}, MRR {result.mrr:.3f}, median {result.median_ms:.1f} ms per query")
 
 
 @rag_app.command("list")

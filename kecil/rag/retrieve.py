@@ -1,16 +1,20 @@
-"""Retrieval: BM25 (SQLite FTS5), dense (embedding dot product) and the two fused by weighted
-reciprocal rank (Cormack et al. 2009, https://doi.org/10.1145/1571941.1572114).
+"""Retrieval: BM25 (SQLite FTS5), dense (embedding dot product) and the two fused, either by a
+convex combination of normalised scores (Bruch et al. 2023, https://arxiv.org/abs/2210.11934) or
+by weighted reciprocal rank (Cormack et al. 2009, https://doi.org/10.1145/1571941.1572114).
 
-Fusion scores a chunk  w_bm25 / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense)  over the
-top `depth` of each list. Plain RRF (equal weights, k=60) has been measured below BM25 alone on
-paragraph QA elsewhere, so the defaults here are the ones tuned by bench/rag.py for each embedding
-model (FUSION): a small k (the first ranks count most), BM25 weighted up for MiniLM and down for
-multilingual-e5-small (see docs/benchmarks.md).
+Both fuse the top `depth` of each list. Convex scores a chunk
+    alpha * bm25 / best_bm25  +  (1 - alpha) * (cosine - mean_cosine) / std_cosine,
+BM25 scaled by the query's best (its theoretical minimum is 0) and the cosine as a z-score over
+every chunk of the knowledge base: the dense side has scored them all anyway, and the z-score says
+how far a chunk stands out for this query, whatever the model's cosine range. Reciprocal rank
+scores  w_bm25 / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense).  Plain RRF (equal
+weights, k=60) has been measured below BM25 alone on paragraph QA elsewhere, so the defaults here
+are the ones chosen by bench/rag.py for each embedding model (FUSION; see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,15 +30,32 @@ if TYPE_CHECKING:
     from kecil.rag.rerank import RerankConfig
 
 METHODS = ("hybrid", "bm25", "dense")
+FUSIONS = ("convex", "rrf")
 # BM25 leaves out query terms found in more than this share of the chunks (see Retriever.selective_terms);
 # measured on SQuAD to cost no recall (docs/benchmarks.md).
 COMMON_SHARE = 0.2
-# Fusion (rrf_k, BM25 weight) per embedding model, each the measured best of bench/rag.py for
-# that model: MiniLM on SQuAD's held-out half recall@5 0.976 against 0.945 for BM25 alone (plain
-# RRF, k=60 and equal weights: 0.955); multilingual-e5-small, whose dense side is much stronger,
-# needs BM25 weighted less, or hybrid falls below e5 dense alone on Chinese/Japanese/Korean/
-# Indonesian questions (0.651 against 0.676; with these 0.705, and 0.988 on SQuAD).
-FUSION = {"all-minilm-l6-v2": (5, 1.5), "multilingual-e5-small": (2, 0.75)}
+
+
+@dataclass(frozen=True)
+class FusionDefaults:
+    """The fusion settings a knowledge base's embedding model gets unless a search sets its own."""
+
+    fusion: str  # convex | rrf
+    alpha: float  # convex: BM25's share
+    rrf_k: int  # rrf: the rank offset
+    bm25_weight: float  # rrf: BM25's weight (dense's is 1)
+
+
+# Per embedding model, each the measured best of bench/rag.py for that model. MiniLM: convex,
+# alpha chosen on SQuAD's tuning half, recall@5 0.978 on the held-out half against 0.945 for BM25
+# alone and 0.976 for RRF k=5 / 1.5, and unlike that RRF never below BM25 on the non-English set
+# (where MiniLM's dense side finds almost nothing). multilingual-e5-small keeps RRF with BM25
+# weighted less: its dense side is much stronger, and convex with MiniLM's alpha fell below e5
+# dense alone on Chinese/Japanese/Korean/Indonesian questions (RRF k=2 / 0.75: 0.705 against 0.676).
+FUSION = {
+    "all-minilm-l6-v2": FusionDefaults("convex", alpha=0.8, rrf_k=5, bm25_weight=1.5),
+    "multilingual-e5-small": FusionDefaults("rrf", alpha=0.8, rrf_k=2, bm25_weight=0.75),
+}
 DEFAULT_FUSION = FUSION["all-minilm-l6-v2"]
 
 
@@ -46,9 +67,11 @@ class SearchConfig:
     method: str = "hybrid"  # hybrid | bm25 | dense
     depth: int = 50  # candidates taken from each list before fusing
     # None: the measured best for the knowledge base's embedding model (FUSION).
+    fusion: str | None = None  # convex (normalised scores) | rrf (reciprocal rank)
+    alpha: float | None = None  # convex: BM25's share, the cosine's is 1 - alpha
     rrf_k: int | None = None
-    bm25_weight: float | None = None
-    dense_weight: float = 1.0
+    bm25_weight: float | None = None  # rrf
+    dense_weight: float = 1.0  # rrf
     path: str | None = None  # only chunks of this file, or of files in this folder
     rerank: RerankConfig | None = None  # reorder the best candidates with the language model (rerank.py)
 
@@ -59,14 +82,17 @@ class SearchConfig:
             raise ConfigError(f"k must be at least 1, got {self.k}")
         if self.depth < self.k:
             object.__setattr__(self, "depth", self.k)
+        if self.fusion is not None and self.fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of: {', '.join(FUSIONS)}")
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha (BM25's share in convex fusion) must be between 0 and 1, got {self.alpha}")
         if (self.rrf_k or 0) < 0 or (self.bm25_weight or 0) < 0 or self.dense_weight < 0:
             raise ConfigError("rrf_k and the fusion weights must not be negative")
 
     def for_embedder(self, name: str | None) -> SearchConfig:
         """This config with the fusion settings left open filled in for embedding model `name`."""
-        rrf_k, bm25_weight = FUSION.get(name or "", DEFAULT_FUSION)
-        return replace(self, rrf_k=rrf_k if self.rrf_k is None else self.rrf_k,
-                       bm25_weight=bm25_weight if self.bm25_weight is None else self.bm25_weight)
+        defaults = FUSION.get(name or "", DEFAULT_FUSION)
+        return replace(self, **{f.name: getattr(defaults, f.name) for f in fields(defaults) if getattr(self, f.name) is None})
 
 
 @dataclass(frozen=True)
@@ -157,19 +183,19 @@ class Retriever:
         return kept or sorted(terms, key=counts.__getitem__)[:3]
 
     def dense(self, query: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        return self.dense_scores(query, allowed).top(limit)
+
+    def dense_scores(self, query: str, allowed: set[int] | None = None) -> DenseScores:
+        """The query's cosine similarity to every chunk (one product over the whole matrix)."""
         import numpy as np
 
         ids, matrix = self.kb.vectors()
         if not len(ids):
-            return []
-        vector = self.query_vector(query)
-        scores = similarities(matrix, vector)
+            return DenseScores(ids, np.zeros(0, np.float32))
+        scores = similarities(matrix, self.query_vector(query))
         if allowed is not None:
             scores = np.where(np.isin(ids, np.fromiter(allowed, np.int64, len(allowed))), scores, -np.inf)
-        limit = min(limit, len(ids))
-        top = np.argpartition(-scores, limit - 1)[:limit]
-        top = top[np.argsort(-scores[top])]
-        return [(int(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+        return DenseScores(ids, scores)
 
     def query_vector(self, query: str) -> np.ndarray:
         vector = self._query_vectors.get(query)
@@ -205,24 +231,13 @@ class Retriever:
         if config.method == "bm25":
             ranked = [(i, s, r, None) for r, (i, s) in enumerate(self.bm25(query, config.k, allowed), start=1)]
             return self._hits(ranked, {})
-        dense = self.dense(query, config.depth if config.method == "hybrid" else config.k, allowed)
-        similarity = dict(dense)
+        scores = self.dense_scores(query, allowed)
+        dense = scores.top(config.depth if config.method == "hybrid" else config.k)
         if config.method == "dense":
-            return self._hits([(i, s, None, r) for r, (i, s) in enumerate(dense, start=1)], similarity)
-        bm25 = self.bm25(query, config.depth, allowed)
-        fused = fuse(bm25, dense, config)[: config.k]
-        missing = [row[0] for row in fused if row[0] not in similarity]
-        if missing:  # found by BM25 alone: their similarity still tells `kecil ask` how relevant they are
-            similarity.update(self._similarities(query, missing))
-        return self._hits(fused, similarity)
-
-    def _similarities(self, query: str, chunk_ids: list[int]) -> dict[int, float]:
-        import numpy as np
-
-        ids, matrix = self.kb.vectors()
-        rows = np.searchsorted(ids, chunk_ids)  # ids are ascending: chunk ids are never reused
-        vector = self.query_vector(query)
-        return {i: float(matrix[r] @ vector) for i, r in zip(chunk_ids, rows) if r < len(ids) and ids[r] == i}
+            return self._hits([(i, s, None, r) for r, (i, s) in enumerate(dense, start=1)], dict(dense))
+        fused = fuse(self.bm25(query, config.depth, allowed), dense, config, scores)[: config.k]
+        # BM25's finds carry their cosine similarity too: it tells `kecil ask` how relevant they are.
+        return self._hits(fused, scores.of([row[0] for row in fused]))
 
     def _hits(self, ranked: list[tuple[int, float, int | None, int | None]], similarity: dict[int, float]) -> list[Hit]:
         chunks = self.kb.chunks([r[0] for r in ranked])
@@ -239,17 +254,66 @@ def similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return torch.mv(torch.from_numpy(matrix), torch.from_numpy(vector)).numpy()
 
 
-def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], config: SearchConfig) -> list[tuple[int, float, int | None, int | None]]:
-    """Weighted reciprocal-rank fusion of two ranked lists: (id, score, bm25 rank, dense rank), best first."""
+@dataclass(frozen=True)
+class DenseScores:
+    """One query's cosine similarity to every chunk (-inf for chunks a path filter leaves out)."""
+
+    ids: np.ndarray  # chunk ids, ascending (chunk ids are never reused)
+    scores: np.ndarray
+
+    def top(self, limit: int) -> list[tuple[int, float]]:
+        """The best `limit` (chunk id, cosine), best first."""
+        import numpy as np
+
+        limit = min(limit, len(self.ids))
+        if limit < 1:
+            return []
+        top = np.argpartition(-self.scores, limit - 1)[:limit]
+        top = top[np.argsort(-self.scores[top])]
+        return [(int(self.ids[i]), float(self.scores[i])) for i in top if np.isfinite(self.scores[i])]
+
+    def of(self, chunk_ids: list[int]) -> dict[int, float]:
+        """{chunk id: cosine} for those of `chunk_ids` the knowledge base holds."""
+        import numpy as np
+
+        rows = np.searchsorted(self.ids, chunk_ids)
+        return {i: float(self.scores[r]) for i, r in zip(chunk_ids, rows) if r < len(self.ids) and self.ids[r] == i}
+
+    def spread(self) -> tuple[float, float]:
+        """(mean, standard deviation) of the cosines over the chunks searched: what a z-score needs."""
+        import numpy as np
+
+        searched = self.scores[np.isfinite(self.scores)]
+        if len(searched) < 2:
+            return 0.0, 1.0
+        return float(searched.mean(dtype=np.float64)), float(searched.std(dtype=np.float64)) or 1.0
+
+
+def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], config: SearchConfig,
+         scores: DenseScores | None = None) -> list[tuple[int, float, int | None, int | None]]:
+    """Fuse two ranked lists of (chunk id, score), best first, by `config.fusion`: rows of (id,
+    fused score, bm25 rank, dense rank), best first. Convex fusion needs `scores`, the query's
+    cosine to every chunk: for the z-score's mean and spread, and the cosine of BM25's finds."""
     config = config.for_embedder(None)  # settings left open: the default model's
-    scores: dict[int, float] = {}
     ranks: dict[int, list[int | None]] = {}
-    for which, (ranking, weight) in enumerate(((bm25, config.bm25_weight), (dense, config.dense_weight))):
+    for which, ranking in enumerate((bm25, dense)):
         for rank, (chunk_id, _) in enumerate(ranking, start=1):
-            scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (config.rrf_k + rank)
             ranks.setdefault(chunk_id, [None, None])[which] = rank
-    order = sorted(scores, key=lambda i: (-scores[i], ranks[i][0] or 1 << 30))
-    return [(i, scores[i], ranks[i][0], ranks[i][1]) for i in order]
+    if config.fusion == "convex":
+        assert scores is not None, "convex fusion needs the query's cosine to every chunk"
+        mean, std = scores.spread()
+        cosine = scores.of(list(ranks))
+        best = max((s for _, s in bm25), default=0.0) or 1.0
+        bm25_scores = dict(bm25)
+        fused = {i: config.alpha * bm25_scores.get(i, 0.0) / best + (1 - config.alpha) * (cosine[i] - mean) / std
+                 for i in ranks if i in cosine}
+    else:
+        fused = {}
+        for which, weight in enumerate((config.bm25_weight, config.dense_weight)):
+            for chunk_id, rank in ((i, r[which]) for i, r in ranks.items() if r[which] is not None):
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (config.rrf_k + rank)
+    order = sorted(fused, key=lambda i: (-fused[i], ranks[i][0] or 1 << 30))
+    return [(i, fused[i], ranks[i][0], ranks[i][1]) for i in order]
 
 
 def search(query: str, kb: str, config: SearchConfig | None = None) -> list[Hit]:

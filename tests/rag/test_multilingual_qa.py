@@ -12,9 +12,9 @@ from kecil.rag.evaluate import QAItem, evaluate
 from kecil.rag.ingest import IngestConfig, ingest
 from kecil.rag.retrieve import Retriever, SearchConfig
 
-# Fusion for an e5 knowledge base: measured on this set and on SQuAD (docs/benchmarks.md); the
-# default (k 5, BM25 weight 1.5) is tuned for MiniLM, whose dense side is much weaker.
-E5_FUSION = {"rrf_k": 2, "bm25_weight": 0.75}
+# Fusion for an e5 knowledge base (its default): measured on this set and on SQuAD (docs/benchmarks.md);
+# MiniLM's (convex, and RRF k 5 / BM25 weight 1.5) are tuned for a much weaker dense side.
+E5_FUSION = {"fusion": "rrf", "rrf_k": 2, "bm25_weight": 0.75}
 
 
 @pytest.fixture(scope="module")

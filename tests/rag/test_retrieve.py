@@ -6,16 +6,19 @@ import json
 
 import pytest
 
+from kecil.errors import ConfigError
 from kecil.rag.evaluate import evaluate, first_answer_rank, read_qa
-from kecil.rag.retrieve import Retriever, SearchConfig, fuse
+from kecil.rag.retrieve import DenseScores, Retriever, SearchConfig, fuse
 from tests.test_cli import assert_clean_error, kecil
 
 
 @pytest.fixture(scope="module")
 def results(squad_kb, embedder):
     name, _, items = squad_kb
+    configs = {m: SearchConfig(k=5, method=m) for m in ("bm25", "dense", "hybrid")}
+    configs |= {f"hybrid-{f}": SearchConfig(k=5, fusion=f) for f in ("convex", "rrf")}
     with Retriever(name, embedder=embedder) as retriever:
-        return {m: evaluate(retriever, items, SearchConfig(k=5, method=m)) for m in ("bm25", "dense", "hybrid")}
+        return {label: evaluate(retriever, items, config) for label, config in configs.items()}
 
 
 def test_hybrid_recall_is_at_least_each_single_method(results):
@@ -25,15 +28,57 @@ def test_hybrid_recall_is_at_least_each_single_method(results):
     assert hybrid.recall >= 0.9 and hybrid.mrr >= 0.75
 
 
+def test_both_fusions_beat_each_single_method_and_convex_is_the_minilm_default(results):
+    # measured on these 170: BM25 0.935, dense 0.924, convex 0.976 (MRR 0.871), RRF k=5 / 1.5 0.976 (MRR 0.889)
+    assert results["hybrid"].ranks == results["hybrid-convex"].ranks  # MiniLM's default is convex
+    single = max(results["bm25"].recall, results["dense"].recall)
+    for fusion in ("hybrid-convex", "hybrid-rrf"):
+        assert results[fusion].recall >= single, {m: r.recall for m, r in results.items()}
+
+
+def test_convex_fusion_is_bm25_over_its_best_plus_the_cosine_z_score():
+    import numpy as np
+
+    # cosines of chunks 1..4 (mean 0.4, standard deviation sqrt(0.05))
+    scores = DenseScores(np.array([1, 2, 3, 4]), np.array([0.7, 0.5, 0.3, 0.1], np.float32))
+    mean, std = scores.spread()
+    assert mean == pytest.approx(0.4) and std == pytest.approx(0.05 ** 0.5)
+    bm25 = [(4, 8.0), (3, 2.0)]
+    rows = fuse(bm25, scores.top(2), SearchConfig(fusion="convex", alpha=0.5), scores)
+    z = {i: (c - 0.4) / 0.05 ** 0.5 for i, c in zip([1, 2, 3, 4], [0.7, 0.5, 0.3, 0.1])}
+    expected = {1: 0.5 * z[1], 2: 0.5 * z[2], 3: 0.5 * 2 / 8 + 0.5 * z[3], 4: 0.5 * 1 + 0.5 * z[4]}
+    assert [r[0] for r in rows] == sorted(expected, key=lambda i: -expected[i])
+    assert {r[0]: r[1] for r in rows} == pytest.approx(expected, abs=1e-6)
+    assert {r[0]: r[2:] for r in rows} == {1: (None, 1), 2: (None, 2), 3: (2, None), 4: (1, None)}
+    # alpha 1: BM25's order, then the dense-only finds; alpha 0: the cosine order
+    assert [r[0] for r in fuse(bm25, scores.top(2), SearchConfig(fusion="convex", alpha=1.0), scores)][:2] == [4, 3]
+    assert [r[0] for r in fuse(bm25, scores.top(2), SearchConfig(fusion="convex", alpha=0.0), scores)] == [1, 2, 3, 4]
+
+
+def test_hybrid_search_computes_one_dense_product(squad_kb, embedder, monkeypatch):
+    from kecil.rag import retrieve
+
+    products = []
+    real = retrieve.similarities
+    monkeypatch.setattr(retrieve, "similarities", lambda matrix, vector: products.append(1) or real(matrix, vector))
+    name, _, _ = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        for fusion in ("convex", "rrf"):
+            products.clear()
+            hits = retriever.search("Which team won Super Bowl 50?", SearchConfig(k=5, fusion=fusion))
+            assert len(products) == 1 and len(hits) == 5
+            assert all(h.similarity is not None for h in hits)  # BM25's finds carry their cosine too
+
+
 def test_first_answer_rank_is_case_insensitive():
     assert first_answer_rank(["nothing", "The DENVER Broncos won"], ("Denver Broncos",)) == 2
     assert first_answer_rank(["nothing"], ("x y",)) is None
 
 
 def test_fusion_rewards_agreement_and_weights_count():
-    both = fuse([(1, 9.0), (2, 8.0)], [(2, 0.9), (3, 0.8)], SearchConfig())
+    both = fuse([(1, 9.0), (2, 8.0)], [(2, 0.9), (3, 0.8)], SearchConfig(fusion="rrf"))
     assert [row[0] for row in both] == [2, 1, 3] and both[0][2:] == (2, 1)
-    dense_heavy = fuse([(1, 9.0)], [(3, 0.8)], SearchConfig(bm25_weight=0.5, dense_weight=1.0))
+    dense_heavy = fuse([(1, 9.0)], [(3, 0.8)], SearchConfig(fusion="rrf", bm25_weight=0.5, dense_weight=1.0))
     assert [row[0] for row in dense_heavy] == [3, 1]
 
 
@@ -65,6 +110,9 @@ def test_cli_search_eval_list_stats_remove(squad_kb, tmp_path):
     assert json.loads(kecil("rag", "stats", name, "--json").stdout)["chunks"] >= 100
     assert_clean_error(kecil("rag", "search", "x", "--kb", "no-such-kb"), "no knowledge base", "kecil rag ingest")
     assert_clean_error(kecil("rag", "search", "x", "--kb", name, "--method", "magic"), "hybrid")
+    assert_clean_error(kecil("rag", "search", "x", "--kb", name, "--fusion", "magic"), "convex")
+    done = kecil("rag", "eval", "--kb", name, "--qa", str(qa), "--fusion", "rrf")
+    assert done.returncode == 0 and "hybrid rrf, 20 questions" in done.stdout, done.stderr
     bad_qa = tmp_path / "bad.jsonl"
     bad_qa.write_text('{"question": "q"}\n')
     assert_clean_error(kecil("rag", "eval", "--kb", name, "--qa", str(bad_qa)), "line 1")
@@ -143,16 +191,24 @@ def test_term_counts_follow_writes(tmp_path):
 
 
 def test_fusion_defaults_follow_the_embedding_model_and_explicit_settings_win():
+    from dataclasses import astuple
+
     from kecil.rag.retrieve import FUSION
+
+    def settings(config):
+        return config.fusion, config.alpha, config.rrf_k, config.bm25_weight
 
     minilm = SearchConfig().for_embedder("all-minilm-l6-v2")
     e5 = SearchConfig().for_embedder("multilingual-e5-small")
-    assert (minilm.rrf_k, minilm.bm25_weight) == FUSION["all-minilm-l6-v2"] != (e5.rrf_k, e5.bm25_weight)
-    assert (e5.rrf_k, e5.bm25_weight) == FUSION["multilingual-e5-small"]
+    assert settings(minilm) == astuple(FUSION["all-minilm-l6-v2"]) and minilm.fusion == "convex"
+    assert settings(e5) == astuple(FUSION["multilingual-e5-small"]) and e5.fusion == "rrf"
     assert SearchConfig(rrf_k=60, bm25_weight=1.0).for_embedder("multilingual-e5-small").rrf_k == 60
-    unknown = SearchConfig().for_embedder("some-other-model")
-    assert (unknown.rrf_k, unknown.bm25_weight) == (minilm.rrf_k, minilm.bm25_weight)
-    # When the two lists disagree on the first place, MiniLM's weights side with BM25, e5's with dense.
+    assert SearchConfig(fusion="rrf").for_embedder("all-minilm-l6-v2").fusion == "rrf"
+    assert settings(SearchConfig().for_embedder("some-other-model")) == settings(minilm)
+    # When the two lists disagree on the first place, RRF with MiniLM's weights sides with BM25, e5's with dense.
     bm25, dense = [(1, 9.0)], [(3, 0.9)]
-    assert fuse(bm25, dense, minilm)[0][0] == 1
+    assert fuse(bm25, dense, SearchConfig(fusion="rrf").for_embedder("all-minilm-l6-v2"))[0][0] == 1
     assert fuse(bm25, dense, e5)[0][0] == 3
+    for bad in ({"fusion": "max"}, {"alpha": 1.5}, {"alpha": -0.1}):
+        with pytest.raises(ConfigError):
+            SearchConfig(**bad)
