@@ -152,12 +152,19 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+# Batch widths are rounded up to a multiple of this: bfloat16 matrix products on a CPU go through
+# oneDNN, which builds and caches a kernel per shape, and sorted batches otherwise bring a new
+# width almost every batch. Measured on 929 SQuAD chunks: 109 -> 116 chunks/s (bench/rag.py).
+WIDTH_MULTIPLE = 16
+
+
 def padded_batch(encodings) -> tuple[np.ndarray, np.ndarray]:
-    """(token ids, attention mask), int64 arrays of the batch's longest width, from `tokenizers`
-    encodings; the padding ids are 0 and masked out."""
+    """(token ids, attention mask), int64 arrays as wide as the batch's longest text rounded up to
+    WIDTH_MULTIPLE, from `tokenizers` encodings; the padding ids are 0 and masked out."""
     import numpy as np
 
-    width = max(len(e.ids) for e in encodings)
+    longest = max(len(e.ids) for e in encodings)
+    width = -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
     ids = np.zeros((len(encodings), width), dtype=np.int64)
     mask = np.zeros((len(encodings), width), dtype=np.int64)
     for row, encoding in enumerate(encodings):

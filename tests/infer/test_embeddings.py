@@ -64,6 +64,16 @@ def test_batching_does_not_change_results(minilm):
     np.testing.assert_allclose(minilm.embed(TEXTS, batch_size=32), one_by_one, atol=1e-5)
 
 
+def test_batches_are_padded_to_a_multiple_of_16_and_masked(minilm):
+    from kecil.infer.embeddings import padded_batch
+
+    encodings = minilm._tokenizer.encode_batch(["short", "a somewhat longer text than the first one"])
+    ids, mask = padded_batch(encodings)
+    assert ids.shape == mask.shape == (2, 16)
+    assert mask.sum(axis=1).tolist() == [len(e.ids) for e in encodings]
+    assert (ids[mask == 0] == 0).all()
+
+
 def test_progress_counts_every_text(minilm):
     seen: list[int] = []
     minilm.embed(TEXTS * 3, batch_size=5, progress=seen.append)
