@@ -145,8 +145,10 @@ def native_bfloat16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
+    """The dtype a CPU model computes in for a requested precision: auto = bfloat16 where the CPU
+    multiplies it natively, float32 elsewhere (the embedders; tune's frozen base on a CPU)."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown embedding precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return precision

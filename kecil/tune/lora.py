@@ -188,16 +188,15 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 def base_precision(requested: str) -> str:
     """The dtype the frozen base is held in. bfloat16 halves its memory and runs the big matrix
     products on bf16 hardware; where bf16 is only emulated it is slower than float32, so auto
-    picks it only where the CUDA GPU or the CPU (AVX512-BF16/AMX) computes it natively."""
-    if requested != "auto":
-        return requested
+    picks it only where the CUDA GPU or the CPU (AVX512-BF16/AMX) computes it natively: on a CPU
+    the same choice as the embedders'."""
     import torch
 
-    from kecil.infer.embeddings import native_bfloat16
+    from kecil.infer.embeddings import resolve_precision
 
-    if torch.cuda.is_available():
+    if requested == "auto" and torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if native_bfloat16() else "float32"
+    return resolve_precision(requested)
 
 
 def to_bfloat16_base(model):
