@@ -36,18 +36,23 @@ class _Plan:
         self.count = len(segments)
         # cost of a full causal row against one per example: choose the cheaper
         self.worth_it = self.count * self.longest**2 < rows * width**2
-        slot = torch.arange(self.longest)
-        # Slots past an example's end repeat its last token: as keys they lie after every real
-        # query (causal attention never reads them); as queries their output is dropped.
-        self.gather = torch.cat([first + slot.clamp(max=length - 1) for first, length in segments])
-        self.scatter = torch.cat([n * self.longest + torch.arange(length) for n, (_, length) in enumerate(segments)])
+        if self.worth_it:
+            slot = torch.arange(self.longest)
+            # Slots past an example's end repeat its last token: as keys they lie after every real
+            # query (causal attention never reads them); as queries their output is dropped.
+            self.gather = torch.cat([first + slot.clamp(max=length - 1) for first, length in segments])
+            self.scatter = torch.cat([n * self.longest + torch.arange(length) for n, (_, length) in enumerate(segments)])
+        else:  # the block-diagonal causal mask over whole rows, (rows, 1, width, width)
+            same = torch.cumsum(position_ids == 0, dim=1)  # example number of each token
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            self.mask = ((same[:, :, None] == same[:, None, :]) & causal)[:, None]
 
 
 _cache: dict[str, object] = {"position_ids": None, "plan": None}
 
 
 def _plan_for(position_ids: torch.Tensor) -> _Plan:
-    # Every layer of one forward gets the same position_ids tensor: the plan is made once.
+    # Every layer of one forward gets the same position_ids tensor: the plan (and any mask) is made once.
     if _cache["position_ids"] is not position_ids:
         _cache["position_ids"], _cache["plan"] = position_ids, _Plan(position_ids.cpu())
     return _cache["plan"]
@@ -65,11 +70,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     dtype = query.dtype
     compute = torch.float32 if dtype == torch.bfloat16 and query.device.type == "cpu" else dtype
     if not plan.worth_it:  # a few long examples: one masked pass over each row is cheaper
-        same = torch.cumsum(position_ids == 0, dim=1)  # example number of each token
-        causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
-        mask = (same[:, :, None] == same[:, None, :]) & causal
         out = F.scaled_dot_product_attention(
-            query.to(compute), key.to(compute), value.to(compute), attn_mask=mask[:, None], dropout_p=dropout,
+            query.to(compute), key.to(compute), value.to(compute), attn_mask=plan.mask.to(query.device), dropout_p=dropout,
             scale=scaling, enable_gqa=key.shape[1] != heads,
         )
         return out.to(dtype).transpose(1, 2).contiguous(), None
