@@ -42,14 +42,18 @@ def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     return (draws >= (_LEVELS // 2 - kept_levels)).view(torch.uint8), kept_levels / _LEVELS
 
 
+def _dropped(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """x as (tokens, features), with the dropped elements zeroed."""
+    flat_x = x.reshape(-1, x.shape[-1])
+    return flat_x if keep is None else flat_x * keep.reshape(flat_x.shape)
+
+
 class _LoraDelta(torch.autograd.Function):
     """out = base_out + scale · ((x ⊙ keep) Aᵀ) Bᵀ, where `scale` already holds 1/keep-share."""
 
     @staticmethod
     def forward(ctx, base_out, x, weight_a, weight_b, keep, scale: float):
-        flat_x = x.reshape(-1, x.shape[-1])
-        dropped = flat_x if keep is None else flat_x * keep.reshape(flat_x.shape)
-        hidden = dropped @ weight_a.t()  # (tokens, rank): small, kept for B's gradient
+        hidden = _dropped(x, keep) @ weight_a.t()  # (tokens, rank): small, kept for B's gradient
         out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), hidden, weight_b.t(), alpha=scale)
         ctx.save_for_backward(x, weight_a, weight_b, keep, hidden)
         ctx.scale = scale
@@ -65,9 +69,7 @@ class _LoraDelta(torch.autograd.Function):
         if need_b:
             grad_b = (grad.t() @ hidden).mul_(ctx.scale)
         if need_a:
-            flat_x = x.reshape(-1, x.shape[-1])
-            dropped = flat_x if keep is None else flat_x * keep.reshape(flat_x.shape)
-            grad_a = grad_hidden.t() @ dropped
+            grad_a = grad_hidden.t() @ _dropped(x, keep)  # recomputed rather than saved
         if need_x:
             grad_x = grad_hidden @ weight_a
             if keep is not None:
