@@ -411,7 +411,8 @@ def release_freed_memory(slack_mib: int = 512) -> None:
     grown `slack_mib` past its size after the last trim; a no-op where there is no glibc.
 
     A step frees hundreds of MB of activations; glibc keeps such memory, and while every step had
-    a new row width (before packing.WIDTH_MULTIPLE) resident memory crept up by ~40 MiB a step.
+    a new row width (before rows were padded to WIDTH_MULTIPLE) resident memory crept up by ~40 MiB
+    a step.
     Trimming is a guard against such growth, not a routine: after a trim the next step faults
     its pages back in (100k page faults, ~10% of a step on SmolLM2-135M), and a slack of 128 MiB,
     smaller than one step's activations, had made it trim after every step. With 512 MiB a

@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kecil.infer.embeddings import WIDTH_MULTIPLE, padded_width
 from kecil.tune.data import Example
 
 
@@ -64,14 +65,6 @@ def plan_epochs(
     return batches
 
 
-# Row widths are rounded up to a multiple of this. On a CPU, bfloat16 matrix products go through
-# oneDNN, which builds (slowly) and caches a kernel per matrix shape: with a new width at almost
-# every step, a bfloat16 LoRA step took 1.12 s; with widths rounded to 16 (a fixed set of
-# max_length/16 shapes), 0.99 s, and resident memory stopped creeping up with the kernel cache.
-# float32 measured the same either way; the padding costs at most 15 tokens a row.
-WIDTH_MULTIPLE = 16
-
-
 def collate(batch: MicroBatch, examples: Sequence[Example], pad_id: int, width_multiple: int = WIDTH_MULTIPLE):
     """Tensors for one micro-batch: (input_ids, position_ids, predict, targets).
 
@@ -81,8 +74,8 @@ def collate(batch: MicroBatch, examples: Sequence[Example], pad_id: int, width_m
     """
     import torch
 
-    longest = max(sum(len(examples[i].ids) for i in row) for row in batch.rows)
-    width = -(-longest // width_multiple) * width_multiple
+    # Rounded up to a fixed set of widths (WIDTH_MULTIPLE says why); at most 15 padding tokens a row.
+    width = padded_width(max(sum(len(examples[i].ids) for i in row) for row in batch.rows), width_multiple)
     input_ids = torch.full((len(batch.rows), width), pad_id, dtype=torch.long)
     # Padding continues as one more "example" counting from 0, which keeps it in a block of its own.
     position_ids = torch.zeros((len(batch.rows), width), dtype=torch.long)
