@@ -11,6 +11,8 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
             BM25 shares alpha; weighted reciprocal rank: a grid of weights and RRF k), each from
             the same candidates per question: chosen on the tuning half, reported on both halves
             with the gain over the better single method on each
+  windows   one vector per chunk vs one per run of 2 or 3 sentences (a chunk scored by its best):
+            vectors, ingest chunks/s, and dense / hybrid recall@5 on both halves
   rerank    hybrid + the SLM reranker (kecil/rag/rerank.py) against hybrid alone, on the first
             --rerank-questions held-out questions, with its time per query
   ingest    chunks/s of `kecil rag ingest` on the corpus (load, chunk, embed, write), and the
@@ -176,12 +178,14 @@ def fusion_grid(retriever, items, tuning, held_out, texts_by_id) -> list[dict]:
 
 
 def synthetic_fill(kb, target: int, sentences: list[tuple[str, int]], vectors_by_id: dict, rng: random.Random) -> float:
-    """Add chunks to `kb` until it holds `target`; returns store-only chunks/s."""
+    """Add chunks to `kb` until it holds `target`; returns store-only chunks/s. Each chunk gets one
+    vector per two of its sentences, as ingest's 2-sentence windows give it."""
     import numpy as np
 
     from kecil.rag.chunking import TextChunk
 
     noise = np.random.default_rng(rng.randint(0, 1 << 30))
+    dim = len(next(iter(vectors_by_id.values())))
     have = kb.stats()["chunks"]
     started, written, file_no = time.perf_counter(), 0, have // 1000
     while have < target:
@@ -190,9 +194,12 @@ def synthetic_fill(kb, target: int, sentences: list[tuple[str, int]], vectors_by
         for _ in range(n):
             picks = [rng.choice(sentences) for _ in range(rng.randint(3, 6))]
             chunks.append(TextChunk(" ".join(s for s, _ in picks), "", 1, 1, None))
-            mixed = sum(vectors_by_id[c] for _, c in picks) + noise.standard_normal(len(vectors_by_id[picks[0][1]])).astype(np.float32) * 0.05
-            vectors.append(mixed / np.linalg.norm(mixed))
-        kb.replace_file(f"/synthetic/part{file_no:05d}.txt", "0" * 64, 0, 0, chunks, np.vstack(vectors).astype(np.float32))
+            rows = []
+            for pair in (picks[i : i + 2] for i in range(0, len(picks) - 1, 2)):
+                mixed = sum(vectors_by_id[c] for _, c in pair) + noise.standard_normal(dim).astype(np.float32) * 0.05
+                rows.append(mixed / np.linalg.norm(mixed))
+            vectors.append(np.vstack(rows).astype(np.float32))
+        kb.replace_file(f"/synthetic/part{file_no:05d}.txt", "0" * 64, 0, 0, chunks, vectors)
         file_no, have, written = file_no + 1, have + n, written + n
     return written / (time.perf_counter() - started)
 
@@ -200,8 +207,8 @@ def synthetic_fill(kb, target: int, sentences: list[tuple[str, int]], vectors_by
 def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
     from kecil.rag.retrieve import SearchConfig
 
-    ids, matrix = retriever.kb.vectors()
-    vectors_by_id = {int(i): matrix[r] for r, i in enumerate(ids)}
+    stored = retriever.kb.vectors()
+    vectors_by_id = {int(i): stored.matrix[r] for r, i in zip(stored.starts, stored.ids)}  # each chunk's first vector
     sentences = [(s.strip() + ".", cid) for cid, text in texts_by_id.items() for s in text.split(". ") if len(s.split()) > 4]
     questions = [i.question for i in items[:100]]
     rows, parts = [], []
@@ -210,7 +217,9 @@ def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
         started = time.perf_counter()
         retriever.kb.vectors()
         load_s = time.perf_counter() - started
-        emit(bench=BENCH, part="store", chunks=size, store_chunks_per_s=round(rate, 1), vector_load_s=round(load_s, 3), db_mb=round(retriever.kb.stats()["bytes"] / 2**20, 1))
+        stats = retriever.kb.stats()
+        emit(bench=BENCH, part="store", chunks=size, vectors=stats["vectors"], store_chunks_per_s=round(rate, 1), vector_load_s=round(load_s, 3),
+             db_mb=round(stats["bytes"] / 2**20, 1), matrix_mb=round(retriever.kb.vectors().matrix.nbytes / 2**20, 1))
         for method in ("bm25", "dense", "hybrid"):
             config = SearchConfig(k=K, method=method)
             retriever.search(questions[0], config)  # warm
@@ -268,6 +277,34 @@ def refusal(embedder, articles, questions, home: Path) -> list[dict]:
                          answerable=len(best[True]), unanswerable=len(best[False])))
     table("Refusal threshold (best chunk's cosine similarity)", ["threshold", "answerable kept", "unanswerable refused"],
           [(r["threshold"], r["answerable_kept"], r["unanswerable_refused"]) for r in rows])
+    return rows
+
+
+def windows(embedder, corpus: Path, items, tuning, held_out) -> list[dict]:
+    """One vector per chunk against one per run of n sentences (ingest's window_sentences), each
+    ingested from scratch: vectors, ingest speed, and dense / hybrid recall on both halves."""
+    from kecil.rag.evaluate import evaluate
+    from kecil.rag.ingest import IngestConfig, ingest
+    from kecil.rag.retrieve import Retriever, SearchConfig
+
+    halves_ = {"tune": [items[i] for i in tuning], "test": [items[i] for i in held_out]}
+    rows = []
+    for size in (0, 2, 3):
+        report = ingest(IngestConfig(corpus, f"squad-windows-{size}", window_sentences=size), embedder=embedder)
+        row = dict(window_sentences=size, chunks=report.chunks, vectors=report.vectors, ingest_chunks_per_s=round(report.chunks / report.seconds, 1),
+                   embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1))
+        with Retriever(f"squad-windows-{size}", embedder=embedder) as retriever:
+            retriever.embed_queries([i.question for i in items])
+            for method in ("bm25", "dense", "hybrid"):
+                for half, subset in halves_.items():
+                    result = evaluate(retriever, subset, SearchConfig(k=K, method=method))
+                    row[f"{method}_{half}_recall_at_5"] = round(result.recall, 4)
+                    row[f"{method}_{half}_mrr"] = round(result.mrr, 4)
+        rows.append(emit(bench=BENCH, part="windows", **row))
+    table("Sentence windows: vectors per chunk (0 = one, the whole chunk), each ingested from scratch",
+          ["sentences", "vectors", "ingest chunks/s", "dense tune / held-out", "hybrid tune / held-out", "BM25 tune / held-out"],
+          [(r["window_sentences"], r["vectors"], r["ingest_chunks_per_s"], f"{r['dense_tune_recall_at_5']} / {r['dense_test_recall_at_5']}",
+            f"{r['hybrid_tune_recall_at_5']} / {r['hybrid_test_recall_at_5']}", f"{r['bm25_tune_recall_at_5']} / {r['bm25_test_recall_at_5']}") for r in rows])
     return rows
 
 
@@ -355,7 +392,7 @@ def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
                 with Retriever(kb, embedder=embedder) as retriever:
                     retriever.embed_queries([i.question for i in items])
                     lists = [(retriever.bm25(i.question, 50), retriever.dense_scores(i.question)) for i in items]
-                    ids = list(map(int, retriever.kb.vectors()[0]))
+                    ids = list(map(int, retriever.kb.vectors().ids))
                     texts = {i: c.text for i, c in retriever.kb.chunks(ids).items()}
 
             def score(pick, indices):
@@ -401,7 +438,7 @@ def main() -> None:
     parser.add_argument("--rerank-questions", type=int, default=20, help="held-out questions to rerank (~6 s each on 2 cores)")
     parser.add_argument("--e5-sample", type=int, default=1000, help="chunks to time multilingual-e5-small on")
     parser.add_argument("--e5-sets", default="squad,chatterbot", help="QA sets to compare multilingual-e5-small with MiniLM on")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,rerank,latency,refusal,embedders,e5")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,windows,rerank,latency,refusal,embedders,e5")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     emit(bench=BENCH, part="machine", load_average=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count())
@@ -420,11 +457,11 @@ def main() -> None:
         corpus = write_corpus(Path(home) / "corpus", articles)[0].parent
         with load_embedder() as embedder:
             report = ingest(IngestConfig(corpus, "squad"), embedder=embedder)
-            emit(bench=BENCH, part="ingest", embedder=f"{embedder.name} {embedder.precision}", files=len(report.added), chunks=report.chunks,
+            emit(bench=BENCH, part="ingest", embedder=f"{embedder.name} {embedder.precision}", files=len(report.added), chunks=report.chunks, vectors=report.vectors,
                  seconds=round(report.seconds, 2), chunks_per_s=round(report.chunks / report.seconds, 1),
                  embed_chunks_per_s=round(report.chunks / report.embed_seconds, 1))
             with Retriever("squad", embedder=embedder) as retriever:
-                ids = list(map(int, retriever.kb.vectors()[0]))
+                ids = list(map(int, retriever.kb.vectors().ids))
                 stored = retriever.kb.chunks(ids)
                 texts_by_id = {i: index_text(stored[i].text, stored[i].section) for i in ids}
                 answer_texts = {i: stored[i].text for i in ids}
@@ -432,6 +469,8 @@ def main() -> None:
                     quality(retriever, items, held_out, texts_by_id, answer_texts)
                 if "fusion" not in skip:
                     fusion_grid(retriever, items, tuning, held_out, answer_texts)
+                if "windows" not in skip:
+                    windows(embedder, corpus, items, tuning, held_out)
                 if "rerank" not in skip:
                     rerank_quality(retriever, items, held_out, args.rerank_questions)
                 if "embedders" not in skip:

@@ -391,6 +391,7 @@ def rag_ingest(
     chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Largest chunk, in model tokens (about).")] = 200,
     overlap: Annotated[int, typer.Option("--overlap", help="Tokens repeated from the end of one chunk at the start of the next.")] = 40,
     max_file_mb: Annotated[float, typer.Option("--max-file-mb", help="Skip files bigger than this.")] = 50.0,
+    window_sentences: Annotated[Optional[int], typer.Option("--window-sentences", help="Embed each chunk as runs of about this many sentences, a search scoring it by its best run (default: the measured best for the embedder; 0: one vector per chunk).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Add a folder of documents to a knowledge base; a second run only re-reads what changed."""
@@ -401,7 +402,8 @@ def rag_ingest(
     from kecil.rag.chunking import ChunkConfig
     from kecil.rag.ingest import IngestConfig, ingest
 
-    config = IngestConfig(Path(folder), kb, embedder=embedder, chunking=ChunkConfig(chunk_tokens, overlap), max_file_mb=max_file_mb)
+    config = IngestConfig(Path(folder), kb, embedder=embedder, chunking=ChunkConfig(chunk_tokens, overlap), max_file_mb=max_file_mb,
+                          window_sentences=window_sentences)
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("ingesting", total=None)
         report = ingest(config, progress=lambda done, total: bar.update(task, completed=done, total=total))

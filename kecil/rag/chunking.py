@@ -154,6 +154,22 @@ def _overlap(pieces: list[_Piece], room: int) -> list[_Piece]:
     return tail
 
 
+# A paragraph break ends a "sentence" too: list items and table rows carry no full stop.
+_WINDOW_BREAK = regex.compile(_SENTENCE_END.pattern + r"|\n\s*\n")
+
+
+def sentence_windows(text: str, size: int) -> list[str]:
+    """`text` cut into consecutive runs of about `size` sentences (as even as the count allows,
+    none repeated): what a chunk's several vectors are made of (ingest.py). A text of at most
+    1.5 x `size` sentences is its own single window."""
+    sentences = [s.strip() for s in _WINDOW_BREAK.split(text) if s and s.strip()]
+    runs = (2 * len(sentences) + size - 1) // (2 * size) if size >= 1 else 1  # n / size, a half rounded down
+    if runs <= 1:
+        return [text]
+    bounds = [round(i * len(sentences) / runs) for i in range(runs + 1)]
+    return [" ".join(sentences[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
 def index_text(chunk_text: str, section: str) -> str:
     """What is embedded and BM25-indexed for a chunk: its section path, then its text."""
     return f"{section}\n{chunk_text}" if section else chunk_text

@@ -103,7 +103,7 @@ class Hit:
     score: float
     bm25_rank: int | None = None
     dense_rank: int | None = None
-    similarity: float | None = None  # cosine similarity of chunk and query (dense and hybrid)
+    similarity: float | None = None  # best cosine similarity of the query to one of the chunk's vectors (dense and hybrid)
     rerank_score: float | None = None  # the reranking model's mean log-probability of the question (rerank.py)
 
 
@@ -186,13 +186,15 @@ class Retriever:
         return self.dense_scores(query, allowed).top(limit)
 
     def dense_scores(self, query: str, allowed: set[int] | None = None) -> DenseScores:
-        """The query's cosine similarity to every chunk (one product over the whole matrix)."""
+        """The query's cosine similarity to every chunk: to the best of the chunk's vectors (one
+        product over the whole matrix, then the best row of each chunk)."""
         import numpy as np
 
-        ids, matrix = self.kb.vectors()
+        vectors = self.kb.vectors()
+        ids = vectors.ids
         if not len(ids):
             return DenseScores(ids, np.zeros(0, np.float32))
-        scores = similarities(matrix, self.query_vector(query))
+        scores = vectors.best(similarities(vectors.matrix, self.query_vector(query)))
         if allowed is not None:
             scores = np.where(np.isin(ids, np.fromiter(allowed, np.int64, len(allowed))), scores, -np.inf)
         return DenseScores(ids, scores)

@@ -1,6 +1,10 @@
 """The knowledge-base store: one SQLite file per knowledge base holding files, chunks, an FTS5
 index for BM25 and the chunk embeddings, searched through an in-memory matrix.
 
+A chunk has one or more vectors (one per few-sentence window of it, ingest.py); they sit in one
+BLOB, so a chunk's vectors go in and out with it, and a store written with one vector per chunk
+reads the same way.
+
 SQLite runs in WAL mode so a search reads while an ingest writes, and every file is replaced in
 one transaction, so an ingest killed midway leaves each file either fully in or fully out.
 Vectors are float32 BLOBs in the same file (the one source of truth) and are searched as a numpy
@@ -52,6 +56,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     line_end INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks(file_id);
+-- embedding: the chunk's vectors, float32 little-endian, one after another (length = n * dimension * 4)
 CREATE TABLE IF NOT EXISTS vectors (chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, embedding BLOB NOT NULL);
 -- Terms come pre-tokenised (tokenise.py); `ascii` only splits them at the spaces between them.
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms, tokenize = 'ascii');
@@ -98,6 +103,23 @@ def _missing(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Vectors:
+    """Every chunk's vectors as one matrix: chunk `ids[i]` owns rows `starts[i]` up to the next start."""
+
+    ids: np.ndarray  # chunk ids, ascending (chunk ids are never reused)
+    matrix: np.ndarray  # float32, one row per vector
+    starts: np.ndarray  # int64, the first row of each chunk
+
+    def best(self, row_scores: np.ndarray) -> np.ndarray:
+        """Each chunk's best score among its rows (`row_scores` has one per matrix row)."""
+        import numpy as np
+
+        if len(row_scores) == len(self.ids):  # one vector per chunk
+            return row_scores
+        return np.maximum.reduceat(row_scores, self.starts) if len(self.ids) else row_scores[:0]
+
+
+@dataclass(frozen=True)
 class FileRecord:
     id: int
     path: str
@@ -127,8 +149,7 @@ class KnowledgeBase:
         self._db = connection
         self._lock = threading.RLock()  # one connection, shared by a server's threads
         self._matrix_state: tuple[str, str] | None = None
-        self._ids = None
-        self._matrix = None
+        self._vectors: Vectors | None = None
         self._count_state: tuple[str | None, str | None] | None = None
         self._count = 0
         self._term_counts: dict[str, int] = {}  # valid for _count_state
@@ -231,9 +252,13 @@ class KnowledgeBase:
             rows = self._db.execute("SELECT id, path, sha256, size, mtime_ns, chunks FROM files").fetchall()
         return {row[1]: FileRecord(*row) for row in rows}
 
-    def replace_file(self, path: str, sha256: str, size: int, mtime_ns: int, chunks: Sequence[TextChunk], vectors: np.ndarray) -> None:
-        """Put `path` in with its chunks and vectors, replacing what it had, in one transaction."""
+    def replace_file(self, path: str, sha256: str, size: int, mtime_ns: int, chunks: Sequence[TextChunk], vectors: Sequence[np.ndarray]) -> None:
+        """Put `path` in with its chunks and their vectors, replacing what it had, in one
+        transaction. `vectors[i]` is chunk i's vector, or an (n, dimension) array of its n vectors."""
         assert len(chunks) == len(vectors)
+        dim = self.dimension
+        if any(v.size == 0 or v.size % dim for v in vectors):
+            raise ValueError(f"every chunk needs one or more vectors of {dim} numbers")
         with self._write_txn(removal=True) as db:
             self._delete_file(db, path)
             file_id = db.execute(
@@ -310,28 +335,30 @@ class KnowledgeBase:
                 known.update((t, found.get(t, 0)) for t in todo)
             return {t: known[t] for t in terms}, self._count
 
-    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, float32 matrix with one row per chunk), kept in memory and brought up to
-        date cheaply: new chunks are appended; after a removal the matrix is read again."""
+    def vectors(self) -> Vectors:
+        """Every chunk's vectors, kept in memory and brought up to date cheaply: new chunks are
+        appended; after a removal the matrix is read again."""
         import numpy as np
 
         with self._lock:
             generation, removals = self.meta("generation"), self.meta("removals")
             if self._matrix_state == (generation, removals):
-                return self._ids, self._matrix
+                return self._vectors
             dim = self.dimension
             if self._matrix_state is None or self._matrix_state[1] != removals:
-                after, ids, matrix = 0, np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+                after, held = 0, Vectors(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
             else:
-                ids, matrix = self._ids, self._matrix
-                after = int(ids[-1]) if len(ids) else 0
+                held = self._vectors
+                after = int(held.ids[-1]) if len(held.ids) else 0
             rows = self._db.execute("SELECT chunk_id, embedding FROM vectors WHERE chunk_id > ? ORDER BY chunk_id", (after,)).fetchall()
             if rows:
-                new_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-                new = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-                ids, matrix = np.concatenate([ids, new_ids]), np.concatenate([matrix, new])
-            self._ids, self._matrix, self._matrix_state = ids, matrix, (generation, removals)
-            return ids, matrix
+                counts = np.fromiter((len(r[1]) // (4 * dim) for r in rows), np.int64, len(rows))
+                new = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(-1, dim)
+                starts = len(held.matrix) + np.concatenate([[0], np.cumsum(counts)[:-1]])
+                held = Vectors(np.concatenate([held.ids, np.fromiter((r[0] for r in rows), np.int64, len(rows))]),
+                               np.concatenate([held.matrix, new]), np.concatenate([held.starts, starts]))
+            self._vectors, self._matrix_state = held, (generation, removals)
+            return held
 
     def chunk_ids_under(self, path: str) -> set[int]:
         """Ids of the chunks of the file `path`, or of every file in the folder `path`."""
@@ -358,8 +385,11 @@ class KnowledgeBase:
     def stats(self) -> dict:
         with self._lock:
             files, chunks = self._db.execute("SELECT COUNT(*), COALESCE(SUM(chunks), 0) FROM files").fetchone()
+            # length() of a BLOB comes from its record header: the vectors themselves are not read
+            vector_bytes = self._db.execute("SELECT COALESCE(SUM(length(embedding)), 0) FROM vectors").fetchone()[0]
             size = sum(Path(f"{self.path}{extra}").stat().st_size for extra in ("", "-wal") if Path(f"{self.path}{extra}").exists())
         return {
             "name": self.name, "path": str(self.path), "files": files, "chunks": chunks,
+            "vectors": vector_bytes // (4 * self.dimension) if self.dimension else 0,
             "embedder": self.embedder_name, "dimension": self.dimension, "bytes": size,
         }

@@ -129,3 +129,29 @@ def test_killed_ingest_resumes_without_duplicates_and_search_works_meanwhile(tmp
     with Retriever("resume", embedder=embedder) as retriever:
         texts = [h.chunk.text for h in retriever.search("codename-59 room 159", SearchConfig(k=60, method="bm25"))]
         assert len(texts) == len(set(texts))  # no duplicates
+
+
+def test_chunks_are_embedded_as_sentence_windows_unless_told_otherwise(tmp_path, embedder):
+    import numpy as np
+
+    from kecil.rag.chunking import index_text, sentence_windows
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    facts = [f"The depot in town {i} opens at {i + 5} o'clock and keeps {i * 3} trucks." for i in range(30)]
+    (docs / "depots.txt").write_text(" ".join(facts), encoding="utf-8")
+    windowed = ingest(IngestConfig(docs, "windows"), embedder=embedder)  # MiniLM: 2-sentence windows
+    whole = ingest(IngestConfig(docs, "whole", window_sentences=0), embedder=embedder)
+    assert windowed.chunks == whole.chunks >= 2 and whole.vectors == whole.chunks
+    with KnowledgeBase.open("windows") as kb:
+        vectors, stored = kb.vectors(), kb.chunks([int(i) for i in kb.vectors().ids])
+        expected = [sentence_windows(stored[int(i)].text, 2) for i in vectors.ids]
+        assert windowed.vectors == len(vectors.matrix) == sum(map(len, expected)) > 4 * windowed.chunks
+        first = stored[int(vectors.ids[0])]
+        alone = embedder.embed([index_text(w, first.section) for w in expected[0]])
+        # the same vectors as embedding the windows apart (bfloat16 sums differ a little with the batch's padding)
+        assert np.einsum("ij,ij->i", vectors.matrix[: len(expected[0])], alone).min() > 0.999
+    # a question on one sentence finds its chunk through that sentence's window
+    with Retriever("windows", embedder=embedder) as retriever:
+        hit = retriever.search("When does the depot in town 17 open?", SearchConfig(k=1, method="dense"))[0]
+        assert "town 17 opens at 22" in hit.chunk.text

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kecil.rag.chunking import ChunkConfig, approx_tokens, chunk_blocks
+from kecil.rag.chunking import ChunkConfig, approx_tokens, chunk_blocks, sentence_windows
 from kecil.rag.loaders import UnreadableFile, load, unit_of
 from tests.rag.documents import write_bad_folder, write_mixed_folder
 
@@ -72,3 +72,16 @@ def test_cjk_text_without_sentence_ends_is_cut_to_size():
     text = "中" * 1000
     chunks = chunk_blocks(load(Path("x.txt"), text.encode()), ChunkConfig(max_tokens=100, overlap_tokens=0))
     assert "".join(c.text for c in chunks) == text and max(len(c.text) for c in chunks) <= 100
+
+
+def test_sentence_windows_cover_each_sentence_once_in_even_runs():
+    sentences = [f"Sentence {i} is here." for i in range(11)]
+    windows = sentence_windows(" ".join(sentences), 3)
+    assert [w.count("Sentence") for w in windows] == [3, 3, 2, 3]  # 11 sentences: four runs, as even as can be
+    assert " ".join(windows) == " ".join(sentences)  # in order, none left out or repeated
+    assert [w.count("Sentence") for w in sentence_windows(" ".join(sentences[:7]), 2)] == [2, 3, 2]
+    short = "One. Two. Three."  # 1.5 runs or fewer: the text is its own window, unchanged
+    assert sentence_windows(short, 2) == [short] and sentence_windows(short, 0) == [short]
+    # a paragraph break ends a sentence too (list items carry no full stop); CJK ends without spaces
+    assert sentence_windows("- milk\n\n- eggs\n\n- flour\n\n- sugar", 2) == ["- milk - eggs", "- flour - sugar"]
+    assert sentence_windows("一。二。三。四。", 2) == ["一。 二。", "三。 四。"]

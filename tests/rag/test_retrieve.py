@@ -139,19 +139,24 @@ def test_bm25_leaves_out_terms_most_chunks_hold(squad_kb, embedder):
         assert retriever.bm25("the of a", 5)  # only common terms: the rarest are kept, never nothing
 
 
-def test_dense_scores_match_numpy(squad_kb, embedder):
+def test_dense_scores_are_each_chunks_best_vector(squad_kb, embedder):
     import numpy as np
 
     from kecil.rag.retrieve import similarities
 
     name, _, _ = squad_kb
     with Retriever(name, embedder=embedder) as retriever:
-        ids, matrix = retriever.kb.vectors()
+        vectors = retriever.kb.vectors()
+        assert len(vectors.matrix) > len(vectors.ids)  # MiniLM chunks are embedded as sentence windows
         vector = retriever.query_vector("Which team won Super Bowl 50?")
-        np.testing.assert_allclose(similarities(matrix, vector), matrix @ vector, atol=1e-5)
+        rows = vectors.matrix @ vector
+        np.testing.assert_allclose(similarities(vectors.matrix, vector), rows, atol=1e-5)
+        ends = list(vectors.starts[1:]) + [len(rows)]
+        per_chunk = np.array([rows[a:b].max() for a, b in zip(vectors.starts, ends)])
         hits = retriever.search("Which team won Super Bowl 50?", SearchConfig(k=5, method="dense"))
-        best = np.argsort(-(matrix @ vector))[:5]
-        assert [h.chunk.id for h in hits] == [int(ids[i]) for i in best]
+        best = np.argsort(-per_chunk)[:5]
+        assert [h.chunk.id for h in hits] == [int(vectors.ids[i]) for i in best]
+        assert [h.similarity for h in hits] == pytest.approx([float(per_chunk[i]) for i in best], abs=1e-5)
 
 
 def test_bm25_order_is_fts5_rank_order(squad_kb, embedder):
@@ -212,3 +217,30 @@ def test_fusion_defaults_follow_the_embedding_model_and_explicit_settings_win():
     for bad in ({"fusion": "max"}, {"alpha": 1.5}, {"alpha": -0.1}):
         with pytest.raises(ConfigError):
             SearchConfig(**bad)
+
+
+def test_a_chunk_with_several_vectors_is_scored_by_its_best(tmp_path):
+    import numpy as np
+
+    from kecil.rag.chunking import TextChunk
+    from kecil.rag.store import KnowledgeBase
+
+    eye = np.eye(4, dtype=np.float32)
+    chunks = [TextChunk(t, "", 1, 1, None) for t in ("first", "second", "third")]
+    with KnowledgeBase.open("several-vectors", create=True, embedder="test", dimension=4) as kb:
+        # chunk 1: two vectors; chunk 2: one vector given as a row; chunk 3: three vectors
+        kb.replace_file("/a.txt", "0" * 64, 1, 1, chunks, [eye[[0, 1]], eye[2], eye[[3, 3, 0]] * 0.5])
+        vectors = kb.vectors()
+        assert len(vectors.matrix) == 6 and list(vectors.starts) == [0, 2, 3]
+        assert vectors.best(vectors.matrix @ eye[1]).tolist() == [1.0, 0.0, 0.0]
+        assert vectors.best(vectors.matrix @ eye[0]).tolist() == [1.0, 0.0, 0.5]  # chunk 3's best is its last vector
+        assert kb.stats()["vectors"] == 6 and kb.stats()["chunks"] == 3
+        kb.replace_file("/b.txt", "1" * 64, 1, 1, chunks[:1], [eye[[2, 3]]])  # appended to the matrix in memory
+        vectors = kb.vectors()
+        assert list(vectors.starts) == [0, 2, 3, 6] and vectors.best(vectors.matrix @ eye[3]).tolist() == [0.0, 0.0, 0.5, 1.0]
+        kb.remove_files(["/a.txt"])  # a removal: read again
+        vectors = kb.vectors()
+        assert len(vectors.ids) == 1 and list(vectors.starts) == [0] and len(vectors.matrix) == 2
+        with pytest.raises(ValueError, match="vectors of 4 numbers"):
+            kb.replace_file("/c.txt", "2" * 64, 1, 1, chunks[:1], [np.zeros(3, np.float32)])
+        assert kb.stats()["chunks"] == 1  # the refused file left nothing behind
