@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 # chunk, for models not measured with windows (multilingual-e5-small reads 512 tokens and was
 # tuned on whole chunks).
 WINDOW_SENTENCES = {"all-minilm-l6-v2": 2}
+# Chunks (of any number of files) embedded in one call before their files are written: enough
+# batches that the embedder's two streams rarely wait on a last short one.
+COMMIT_CHUNKS = 256
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: 
                 pending.append(item)
             done += 1
             # Embedding many files' chunks together keeps batches full; each file still commits alone.
-            if sum(len(p.chunks) for p in pending) >= config.batch_size * 8:
+            if sum(len(p.chunks) for p in pending) >= COMMIT_CHUNKS:
                 _commit(kb, embedder, pending, config, report)
                 if progress:
                     progress(done, len(todo))

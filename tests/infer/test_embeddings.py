@@ -64,6 +64,30 @@ def test_batching_does_not_change_results(minilm):
     np.testing.assert_allclose(minilm.embed(TEXTS, batch_size=32), one_by_one, atol=1e-5)
 
 
+def test_two_streams_give_the_serial_vectors_and_leave_torch_threads_alone(minilm, monkeypatch):
+    import threading
+
+    import torch
+
+    from kecil.infer import embeddings
+
+    texts = [f"Report {i} on the harbour: {'calm water ' * (i % 30)}" for i in range(120)]
+    threads = torch.get_num_threads()
+    used: set[str] = set()
+    real = type(minilm)._embed_batch
+    monkeypatch.setattr(type(minilm), "_embed_batch", lambda self, batch, kind: used.add(threading.current_thread().name) or real(self, batch, kind))
+    together = minilm.embed(texts, batch_size=8)
+    if threads >= 2:  # 15 batches on two threads of their own
+        assert len(used) == 2 and all(name.startswith("kecil-embed") for name in used)
+    monkeypatch.setattr(embeddings, "_batch_streams", lambda batches: embeddings._Serial())
+    np.testing.assert_allclose(together, minilm.embed(texts, batch_size=8), atol=1e-5)
+    seen = []  # a thread started afterwards gets the caller's thread count, not the streams' half
+    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    assert torch.get_num_threads() == threads and seen == [threads]
+
+
 def test_batches_are_padded_to_a_multiple_of_16_and_masked(minilm):
     from kecil.infer.embeddings import padded_batch
 
