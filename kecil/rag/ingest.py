@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 # chunk, for models not measured with windows (multilingual-e5-small reads 512 tokens and was
 # tuned on whole chunks).
 WINDOW_SENTENCES = {"all-minilm-l6-v2": 2}
-# Chunks (of any number of files) embedded in one call before their files are written: enough
-# batches that the embedder's two streams rarely wait on a last short one.
-COMMIT_CHUNKS = 256
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,9 @@ class IngestConfig:
     chunking: ChunkConfig = field(default_factory=ChunkConfig)
     max_file_mb: float = 50.0  # bigger files are skipped: a 200 MB log is rarely a document
     batch_size: int = 32
+    # Chunks (of any number of files) embedded in one call before their files are written: enough
+    # batches that the embedder's two streams rarely wait on a last short one.
+    commit_chunks: int = 256
     # Sentences per vector (see above): None = the measured choice for the embedding model, 0 = one vector per chunk.
     window_sentences: int | None = None
 
@@ -57,8 +57,8 @@ class IngestConfig:
         check_name(self.kb)
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be above 0, got {self.max_file_mb}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.commit_chunks < 1:
+            raise ConfigError(f"batch_size and commit_chunks must be at least 1, got {self.batch_size} and {self.commit_chunks}")
         if self.window_sentences is not None and self.window_sentences < 0:
             raise ConfigError(f"window_sentences must be 0 (one vector per chunk) or more, got {self.window_sentences}")
 
@@ -161,7 +161,7 @@ def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: 
                 pending.append(item)
             done += 1
             # Embedding many files' chunks together keeps batches full; each file still commits alone.
-            if sum(len(p.chunks) for p in pending) >= COMMIT_CHUNKS:
+            if sum(len(p.chunks) for p in pending) >= config.commit_chunks:
                 _commit(kb, embedder, pending, config, report)
                 if progress:
                     progress(done, len(todo))

@@ -92,8 +92,8 @@ SLOW_INGEST = textwrap.dedent("""
     import sys
     from pathlib import Path
     from kecil.rag.ingest import IngestConfig, ingest
-    # batch_size=1 commits every 8 chunks, so there is plenty of "midway" to kill it in
-    ingest(IngestConfig(Path(sys.argv[1]), sys.argv[2], batch_size=1))
+    # one text per batch, files committed every 8 chunks: there is plenty of "midway" to kill it in
+    ingest(IngestConfig(Path(sys.argv[1]), sys.argv[2], batch_size=1, commit_chunks=8))
 """)
 
 

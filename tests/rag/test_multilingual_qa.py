@@ -38,7 +38,7 @@ def test_multilingual_e5_finds_non_english_answers_that_bm25_and_minilm_miss(qa_
     with load_embedder("multilingual-e5-small") as e5:
         ingest(IngestConfig(folder, "chat-e5"), embedder=e5)
         dense, hybrid = recalls("chat-e5", e5, items, [{"method": "dense"}, E5_FUSION])
-    # measured on these 333: BM25 0.44, MiniLM dense 0.11, e5 dense 0.68, e5 hybrid 0.71
-    assert minilm < bm25 - 0.2
+    # measured on these 333: BM25 0.44, MiniLM dense 0.24 (0.11 with one vector per chunk), e5 dense 0.68, e5 hybrid 0.71
+    assert minilm < bm25 - 0.1 and minilm < dense - 0.3
     assert dense > bm25 + 0.15
     assert hybrid >= max(dense, bm25)
