@@ -9,9 +9,9 @@ empty, too big, not UTF-8) are skipped and listed in the report; the rest go in.
 A chunk is embedded as several vectors, one per run of a few sentences (chunking.sentence_windows),
 and a search scores it by its best one: a question usually matches one or two sentences of a
 200-token chunk, and one vector for the whole chunk blurs them with the rest. Measured with
-MiniLM on SQuAD (docs/benchmarks.md): dense recall@5 0.890 -> 0.916 on the held-out half, hybrid
-0.978 -> 0.982 and 0.988 -> 0.994 on the tuning half, for about the same embedding time, because
-the windows do not overlap and together hold the chunk's tokens once.
+MiniLM on SQuAD (docs/benchmarks.md): dense recall@5 0.890 -> 0.912 on the held-out half, hybrid
+0.978 -> 0.984 there and 0.988 -> 0.994 on the tuning half, for about the same embedding time,
+because the windows do not overlap and together hold the chunk's tokens once.
 """
 
 from __future__ import annotations
