@@ -289,6 +289,7 @@ def answers(retriever, questions, held_out, n: int) -> list[dict]:
     text, case-insensitive) with the default 3 chunks given to the model and with 5."""
     from kecil.infer.load import load_model
     from kecil.rag.ask import PASSAGE, AskConfig, ask
+    from kecil.rag.evaluate import first_answer_rank
 
     picked = [questions[i] for i in held_out[:: max(1, len(held_out) // n)][:n]]
     rows = []
@@ -302,7 +303,7 @@ def answers(retriever, questions, held_out, n: int) -> list[dict]:
                 seconds.append(time.perf_counter() - start)
                 if not answer.answered:
                     continue
-                holds = lambda text: any(a.lower() in text.lower() for a in q["answers"])  # noqa: E731
+                holds = lambda text: first_answer_rank([text], tuple(q["answers"])) == 1  # noqa: E731
                 words, _, quote = answer.text.partition(PASSAGE)
                 counts["answered"] += 1
                 counts["right"] += holds(answer.text)

@@ -217,23 +217,21 @@ def stream_ask(
     # Reranking (when asked for, with no model of its own) uses the answering model: one model in memory.
     rerank = config.search.rerank
     backend = answering_model() if rerank is not None and rerank.model is None else None
+    retriever = kb if isinstance(kb, Retriever) else None
     try:
-        retriever = kb if isinstance(kb, Retriever) else Retriever(kb)
+        # kept open to the end: its embedder finds the closest passage when the answer needs one
+        retriever = retriever or Retriever(kb)
         lent = backend is not None and retriever.rerank_model is None
         if lent:
             retriever.rerank_model = backend
         try:
             hits = retriever.search(question, replace(config.search, k=config.k))
-            kb_name = retriever.kb.name
-            passage = closest_passage(retriever, question, hits[0].chunk.text) if hits else ""
         finally:
             if lent:
                 retriever.rerank_model = None
-            if retriever is not kb:
-                retriever.close()
         best = max((h.similarity for h in hits if h.similarity is not None), default=None)
         if not hits or best is None or best < config.min_similarity:
-            text = refusal(kb_name)
+            text = refusal(retriever.kb.name)
             yield text
             yield Answer(text, [], answered=False)
             return
@@ -257,10 +255,11 @@ def stream_ask(
         if piece := checked.finish():
             yield piece
         cited = sorted({int(n) for n in _CITE.findall(checked.text) if 1 <= int(n) <= len(citations)})
-        if not cited and passage:
+        if not cited and citations:
             # Nothing the model wrote is in the sources (small models at times answer "The answer
             # is: 1"): show the sentence of the best source closest to the question, so the
             # reader still gets what the documents say, marked as a quote and not as an answer.
+            passage = closest_passage(retriever, question, citations[0].text)
             piece = ("\n\n" if checked.text else "") + f'{PASSAGE} "{passage}" [1]'
             checked.add(piece)
             yield piece
@@ -269,6 +268,8 @@ def stream_ask(
         used = [c for c in citations if c.number in cited] or citations
         yield Answer(text, used, answered=True, model=backend.ref.name, usage=last.usage if last else None, timings=last.timings if last else None)
     finally:
+        if retriever is not None and retriever is not kb:
+            retriever.close()
         if backend is not None and backend is not model:
             backend.close()
 
