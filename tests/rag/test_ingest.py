@@ -100,8 +100,11 @@ SLOW_INGEST = textwrap.dedent("""
 def test_killed_ingest_resumes_without_duplicates_and_search_works_meanwhile(tmp_path, embedder):
     docs = tmp_path / "many"
     docs.mkdir()
-    for i in range(60):
-        (docs / f"memo{i:02d}.md").write_text(f"# Memo {i}\n\nMemo number {i} is about project codename-{i}.\n\nIt was filed in room {100 + i}.\n")
+    # Enough files that the child is still writing after the searches below, on a slow CI machine too
+    # (60 once finished in that time: every file committed, the process not yet exited).
+    total = 400
+    for i in range(total):
+        (docs / f"memo{i:03d}.md").write_text(f"# Memo {i}\n\nMemo number {i} is about project codename-{i}.\n\nIt was filed in room {100 + i}.\n")
     child = subprocess.Popen([sys.executable, "-c", SLOW_INGEST, str(docs), "resume"], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -119,15 +122,15 @@ def test_killed_ingest_resumes_without_duplicates_and_search_works_meanwhile(tmp
         if child.poll() is None:
             child.kill()
     partial = counts("resume")
-    assert 8 <= partial["files"] < 60
+    assert 8 <= partial["files"] < total
     assert partial["chunks"] == partial["vectors"] == partial["chunks_fts"]  # no half-written file
 
     report = ingest(IngestConfig(docs, "resume"), embedder=embedder)
-    assert report.unchanged >= partial["files"] - 1 and len(report.added) == 60 - report.unchanged
+    assert report.unchanged >= partial["files"] - 1 and len(report.added) == total - report.unchanged
     done = counts("resume")
-    assert done["files"] == 60 and done["chunks"] == done["vectors"] == done["chunks_fts"] == 60
+    assert done["files"] == total and done["chunks"] == done["vectors"] == done["chunks_fts"] == total
     with Retriever("resume", embedder=embedder) as retriever:
-        texts = [h.chunk.text for h in retriever.search("codename-59 room 159", SearchConfig(k=60, method="bm25"))]
+        texts = [h.chunk.text for h in retriever.search("codename-59 room 159", SearchConfig(k=total, method="bm25"))]
         assert len(texts) == len(set(texts))  # no duplicates
 
 
