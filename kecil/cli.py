@@ -556,6 +556,9 @@ def ask(
         print("\nSources:")
         for c in answer.citations:
             print(f"  [{c.number}] {_where(c)}")
+    if answer.withheld:
+        n = len(answer.withheld)
+        print(f"\n({n} sentence{'s' if n > 1 else ''} of the model's withheld: a number in {'them' if n > 1 else 'it'} is in none of the sources; --json shows {'them' if n > 1 else 'it'})")
 
 
 # --- quantize (kecil/compress) ------------------------------------------------------------

@@ -6,7 +6,7 @@ similar enough to the question (a threshold measured on answerable vs unanswerab
 see docs/benchmarks.md), no model is run: the answer says the documents do not cover it,
 rather than letting the model invent one. Small models often forget the [n] markers or write
 wrong ones, so every answer sentence's markers are checked against the sources' words
-(`attribute`). When nothing the model wrote is in the sources, the sentence of the best source
+(`check_sentences`); a sentence with a number that no source has is withheld. When nothing the model wrote is in the sources, the sentence of the best source
 closest to the question is shown after it, as a quote. A model that starts repeating a
 sentence is stopped there.
 """
@@ -42,10 +42,12 @@ SYSTEM = (
 PASSAGE = "The closest passage in the documents:"  # how a quote shown in place of an answer starts
 _STOP = ("\nQuestion:", "\nSources:")
 _CITE = regex.compile(r"\[(\d+)\]")
+_NUMBER = regex.compile(r"\p{N}+(?:[.,]\p{N}+)*")
 # a sentence, with any [n] markers written after its full stop; a single line break does not end
 # one (small models copy a source's wrapped lines), a blank line does; nor does a Latin stop with
-# a letter or digit right after it ("security@example.com", "3.5")
-_SENTENCE = regex.compile(r"(?:[^.!?。！？\n]|\n(?!\n)|[.!?]+(?=[\p{L}\p{N}]))+(?:[.!?。！？]+)?(?:[ \t]*\[\d+\])*")
+# a letter or digit right after it ("security@example.com", "3.5"); closing quotes and brackets
+# right after its stop are its own (the marker goes after them: 'is "18 days." [1]')
+_SENTENCE = regex.compile(r"(?:[^.!?。！？\n]|\n(?!\n)|[.!?]+(?=[\p{L}\p{N}]))+(?:[.!?。！？]+[\"'”’»」』)]*)?(?:[ \t]*\[\d+\])*")
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,11 @@ class Answer:
     model: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    withheld: list[str] = field(default_factory=list)  # the model's sentences with a number in no source
 
     def as_dict(self) -> dict:
         return {"text": self.text, "answered": self.answered, "model": self.model,
-                "citations": [c.as_dict() for c in self.citations]}
+                "citations": [c.as_dict() for c in self.citations], "withheld": self.withheld}
 
 
 def refusal(kb: str) -> str:
@@ -145,34 +148,56 @@ def _content_terms(text: str) -> set[str]:
     return {t for t in tokenise(text) if t.isdigit() or len(t) >= 4 or not t.isascii()} - _NOT_EVIDENCE
 
 
+def _numbers(text: str) -> set[str]:
+    """The numbers in `text`, with their separators dropped: "1,000" and "1000" are one number."""
+    return {regex.sub(r"[.,]", "", n) for n in _NUMBER.findall(text)}
+
+
 def attribute(text: str, citations: list[Citation]) -> str:
-    """`text` with its [n] markers checked against the sources: a marker stays only if source n
-    shares at least half as many content terms with its sentence as the source sharing the
-    most; a sentence left without one gets that source. No source is cited for a sentence that
-    shares no term with any, or whose numbers are not all in it: then the claim is not in the
-    documents (small models change the numbers they copy)."""
+    """`text` with its [n] markers checked against the sources (see `check_sentences`)."""
+    checked = check_sentences(text, citations)[0]
+    # withheld first sentences leave the space that followed them
+    return checked if text[:1].isspace() else checked.lstrip()
+
+
+def check_sentences(text: str, citations: list[Citation]) -> tuple[str, list[str]]:
+    """`text` with its [n] markers checked against the sources, and the sentences withheld.
+
+    A marker stays only if source n shares at least half as many content terms with its
+    sentence as the source sharing the most; a sentence left without one gets that source. No
+    source is cited for a sentence that shares no term with any, or whose numbers are not all in
+    it. A sentence with a number that is in none of the sources is withheld: small models
+    change the numbers they copy ("18 days" became "The answer is: 3"), and a wrong number next
+    to a citation-checked answer reads as if the documents said it."""
     if not citations:
-        return text
+        return text, []
     vocab = {c.number: _content_terms(c.text + " " + c.section) for c in citations}
-    out, at = [], 0
+    figures = {c.number: _numbers(c.text + " " + c.section) for c in citations}
+    known = set().union(*figures.values())
+    out, withheld, at = [], [], 0
     for match in _SENTENCE.finditer(text):
         sentence = match.group()
         body = regex.sub(r"\s*\[\d+\]", "", sentence).rstrip()
+        numbers = _numbers(body)
+        if not numbers <= known:
+            withheld.append(body.strip())
+            out.append(text[at : match.start()])
+            at = match.end()
+            continue
         terms = _content_terms(body)
         cited = [int(n) for n in _CITE.findall(sentence)]
         shared = {n: len(terms & vocab[n]) for n in vocab}
         most = max(shared.values())
-        numbers = {t for t in terms if t.isdigit()}
         keep = [n for n in dict.fromkeys(cited) if n in vocab and (not terms or shared[n] and 2 * shared[n] >= most)]
         if not keep and most:
             keep = [max(vocab, key=shared.__getitem__)]
-        keep = [n for n in keep if numbers <= vocab[n]]
+        keep = [n for n in keep if numbers <= figures[n]]
         if not body.strip():
             keep = []
         trailing = sentence[len(sentence.rstrip()):]
         out.append(text[at : match.start()] + body + "".join(f" [{n}]" for n in keep) + trailing)
         at = match.end()
-    return "".join(out) + text[at:]
+    return "".join(out) + text[at:], withheld
 
 
 def closest_passage(retriever: Retriever, question: str, text: str) -> str:
@@ -266,7 +291,8 @@ def stream_ask(
             cited = [1]
         text = checked.text
         used = [c for c in citations if c.number in cited] or citations
-        yield Answer(text, used, answered=True, model=backend.ref.name, usage=last.usage if last else None, timings=last.timings if last else None)
+        yield Answer(text, used, answered=True, model=backend.ref.name, usage=last.usage if last else None,
+                     timings=last.timings if last else None, withheld=checked.withheld)
     finally:
         if retriever is not None and retriever is not kb:
             retriever.close()
@@ -287,6 +313,7 @@ class AttributedStream:
         self._sent: list[str] = []
         self._seen: set[str] = set()
         self.repeating = False  # a finished sentence repeated an earlier one (and was dropped)
+        self.withheld: list[str] = []  # sentences with a number in none of the sources
 
     @property
     def text(self) -> str:
@@ -328,7 +355,8 @@ class AttributedStream:
             done = done[: kept[-1].end()] if kept else ""
             if not done.strip():
                 return ""
-        out = attribute(done, self.citations)
+        out, withheld = check_sentences(done, self.citations)
+        self.withheld += withheld
         if not self.text:  # a first sentence dropped whole (a bare marker) leaves its space behind
             out = out.lstrip()
         self._sent.append(out)

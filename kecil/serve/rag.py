@@ -115,7 +115,8 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
             "id": f"chatcmpl-{call.id}", "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": piece.text}, "logprobs": None,
                          "finish_reason": "stop"}],
-            "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered, "usage": usage(call),
+            "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered,
+            "withheld": piece.withheld, "usage": usage(call),
         })
 
     def event(payload: dict) -> str:
@@ -128,7 +129,8 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
             yield event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
         record(piece)
         yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                     "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered})
+                     "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered,
+                     "withheld": piece.withheld})
         if body.stream_options and body.stream_options.include_usage:
             yield event({"choices": [], "usage": usage(call)})
 

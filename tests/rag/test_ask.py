@@ -78,16 +78,31 @@ def test_attribution_marks_sentences_by_shared_words():
     assert attribute("Coldplay played at halftime. The Broncos won.", cites) == "Coldplay played at halftime. [2] The Broncos won. [1]"
     assert attribute("Coldplay sang [2].", cites) == "Coldplay sang. [2]"  # a right marker stays
     assert attribute("The Broncos won [2].", cites) == "The Broncos won. [1]"  # a wrong one is corrected
-    assert attribute("The answer is: 7 [1]", cites) == "The answer is: 7"  # in no source: no citation
+    assert attribute("The Broncos won [1] [2].", cites) == "The Broncos won. [1]"
     # a sentence copied with its line breaks is one sentence with one marker; a blank line ends it
     assert attribute("The Denver Broncos\nwon the game.\n\nColdplay sang.", cites) == "The Denver Broncos\nwon the game. [1]\n\nColdplay sang. [2]"
+    # closing quotes and brackets after the stop belong to the sentence: one marker, after them
+    assert attribute('Coldplay "sang at halftime." [2] (The Broncos won.)', cites) == 'Coldplay "sang at halftime." [2] (The Broncos won.) [1]'
     # a full stop inside an address does not end the sentence
     assert attribute("Mail coldplay@example.com at halftime. The Broncos won.", cites) == "Mail coldplay@example.com at halftime. [2] The Broncos won. [1]"
     # a marker whose source shares less than half of what the best one shares is moved to the best
     assert attribute("Coldplay starred in the halftime show for Denver [1].", cites) == "Coldplay starred in the halftime show for Denver. [2]"
     assert attribute("Coldplay starred in the halftime show for Denver and the Broncos [1].", cites).endswith(" [1]")
-    # a number in no source: the sentence is not what the sources say, whatever words it shares
-    assert attribute("The Broncos won 3 games [1]. The Broncos won 2.5 games.", cites) == "The Broncos won 3 games. The Broncos won 2.5 games."
+
+
+def test_a_sentence_with_a_number_in_no_source_is_withheld():
+    from kecil.rag.ask import Citation, check_sentences
+
+    cites = [Citation(1, "a.md", None, 1, 1, "lines", "", "The Broncos won 3 games in 2016.", 1.0),
+             Citation(2, "b.md", None, 3, 4, "lines", "", "Coldplay played for 1,500 fans.", 0.5)]
+    # a number that is in another source only: the sentence stays, citing neither
+    assert attribute("The Broncos won 1500 games [1].", cites) == "The Broncos won 1500 games."
+    # numbers in no source: the sentence is held back, whatever words it shares
+    text, withheld = check_sentences("The answer is: 18 [1]. The Broncos won 3 games. They won 2.5 games.\n\nColdplay played.", cites)
+    assert text == " The Broncos won 3 games. [1]\n\nColdplay played. [2]"
+    assert withheld == ["The answer is: 18.", "They won 2.5 games."]
+    assert attribute("The answer is: 7 [1]", cites) == "" and attribute("In 2017 they lost.\n\nColdplay played.", cites) == "Coldplay played. [2]"
+    assert attribute("Coldplay played for 1,500 fans in 2016 [2].", cites) == "Coldplay played for 1,500 fans in 2016."
 
 
 def test_streamed_text_is_the_answer_text_with_checked_markers():
@@ -104,6 +119,8 @@ def test_streamed_text_is_the_answer_text_with_checked_markers():
         "The Broncos won [2]. [1] Coldplay sang",
         "Nothing here [7]. Wait... the Broncos [12",
         "The answer is: 7 [1]",
+        'He said: "Coldplay sang." [2] The Broncos (in 2016.) won.',
+        "In 2017 the Broncos lost.\n\nColdplay sang [2]. In 2016 they won. 12 fans came.",
         "Write to the Broncos at info@broncos.com within 2.5 days. Coldplay.[2]Sang",
         "",
     ]
@@ -177,6 +194,7 @@ def test_cli_ask_json(squad_kb):
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["answered"] and answer["citations"]
+    assert isinstance(answer["withheld"], list) and not any(w in answer["text"] for w in answer["withheld"])
     for citation in answer["citations"]:  # only sources the answer cites are listed, each with its place
         assert f"[{citation['number']}]" in answer["text"]
         assert citation["file"].endswith(".md") and citation["lines"][0] >= 1 and citation["text"]

@@ -393,7 +393,7 @@ def test_rag_model_answers_with_citations(server, handbook):
     r = post(server, {"model": f"rag:{handbook}", "messages": [{"role": "user", "content": "Who founded the Zorblat Institute?"}]})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["answered"] is True and body["citations"]
+    assert body["answered"] is True and body["citations"] and isinstance(body["withheld"], list)
     assert any("Amina Rahman" in c["text"] and c["file"].endswith("history.md") for c in body["citations"])
     assert body["choices"][0]["message"]["content"]
 
