@@ -43,11 +43,13 @@ PASSAGE = "The closest passage in the documents:"  # how a quote shown in place 
 _STOP = ("\nQuestion:", "\nSources:")
 _CITE = regex.compile(r"\[(\d+)\]")
 _NUMBER = regex.compile(r"\p{N}+(?:[.,]\p{N}+)*")
+_ENUMERATOR = regex.compile(r"\s*(?:\p{N}{1,3}|\p{L})[.)]")  # "1." or "b)" opening a list item: its own "sentence"
 # a sentence, with any [n] markers written after its full stop; a single line break does not end
 # one (small models copy a source's wrapped lines), a blank line does; nor does a Latin stop with
 # a letter or digit right after it ("security@example.com", "3.5"); closing quotes and brackets
-# right after its stop are its own (the marker goes after them: 'is "18 days." [1]')
-_SENTENCE = regex.compile(r"(?:[^.!?。！？\n]|\n(?!\n)|[.!?]+(?=[\p{L}\p{N}]))+(?:[.!?。！？]+[\"'”’»」』)]*)?(?:[ \t]*\[\d+\])*")
+# right after its stop are its own (the marker goes after them: 'is "18 days." [1]'); a line that
+# opens a list item ("2. ", "b) ", "- ") starts a new one
+_SENTENCE = regex.compile(r"(?:[^.!?。！？\n]|\n(?!\n|[ \t]*(?:(?:\p{N}{1,3}|\p{L})[.)]|[-*•])[ \t])|[.!?]+(?=[\p{L}\p{N}]))+(?:[.!?。！？]+[\"'”’»」』)]*)?(?:[ \t]*\[\d+\])*")
 
 
 @dataclass(frozen=True)
@@ -153,35 +155,44 @@ def _numbers(text: str) -> set[str]:
     return {regex.sub(r"[.,]", "", n) for n in _NUMBER.findall(text)}
 
 
-def attribute(text: str, citations: list[Citation]) -> str:
+def attribute(text: str, citations: list[Citation], question: str = "") -> str:
     """`text` with its [n] markers checked against the sources (see `check_sentences`)."""
-    checked = check_sentences(text, citations)[0]
+    checked = check_sentences(text, citations, question)[0]
     # withheld first sentences leave the space that followed them
     return checked if text[:1].isspace() else checked.lstrip()
 
 
-def check_sentences(text: str, citations: list[Citation]) -> tuple[str, list[str]]:
+def check_sentences(text: str, citations: list[Citation], question: str = "") -> tuple[str, list[str]]:
     """`text` with its [n] markers checked against the sources, and the sentences withheld.
 
     A marker stays only if source n shares at least half as many content terms with its
     sentence as the source sharing the most; a sentence left without one gets that source. No
     source is cited for a sentence that shares no term with any, or whose numbers are not all in
-    it. A sentence with a number that is in none of the sources is withheld: small models
-    change the numbers they copy ("18 days" became "The answer is: 3"), and a wrong number next
-    to a citation-checked answer reads as if the documents said it."""
+    it. A sentence with a number that is in none of the sources (nor in the question) is
+    withheld: small models change the numbers they copy ("18 days" became "The answer is: 3"),
+    and a wrong number next to a citation-checked answer reads as if the documents said it. A
+    list's "1." is not a number."""
     if not citations:
         return text, []
     vocab = {c.number: _content_terms(c.text + " " + c.section) for c in citations}
     figures = {c.number: _numbers(c.text + " " + c.section) for c in citations}
-    known = set().union(*figures.values())
+    asked = _numbers(question)
+    known = set().union(asked, *figures.values())
     out, withheld, at = [], [], 0
     for match in _SENTENCE.finditer(text):
         sentence = match.group()
+        if _ENUMERATOR.fullmatch(sentence):
+            out.append(text[at : match.end()])  # as it is, unless its item is withheld
+            at = match.end()
+            continue
         body = regex.sub(r"\s*\[\d+\]", "", sentence).rstrip()
         numbers = _numbers(body)
         if not numbers <= known:
             withheld.append(body.strip())
-            out.append(text[at : match.start()])
+            if out and _ENUMERATOR.fullmatch(out[-1]):
+                out.pop()
+            else:
+                out.append(text[at : match.start()])
             at = match.end()
             continue
         terms = _content_terms(body)
@@ -191,7 +202,7 @@ def check_sentences(text: str, citations: list[Citation]) -> tuple[str, list[str
         keep = [n for n in dict.fromkeys(cited) if n in vocab and (not terms or shared[n] and 2 * shared[n] >= most)]
         if not keep and most:
             keep = [max(vocab, key=shared.__getitem__)]
-        keep = [n for n in keep if numbers <= figures[n]]
+        keep = [n for n in keep if numbers - asked <= figures[n]]
         if not body.strip():
             keep = []
         trailing = sentence[len(sentence.rstrip()):]
@@ -265,7 +276,7 @@ def stream_ask(
         citations = _fit(backend, question, _citations(hits), config.max_tokens)
         # A small model that has answered sometimes goes on to write the next "Question:" itself.
         generation = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature, stop=_STOP)
-        checked = AttributedStream(citations)
+        checked = AttributedStream(citations, question)
         last = None
         stream = backend.stream_chat(build_messages(question, citations), generation)
         try:
@@ -307,8 +318,9 @@ class AttributedStream:
 
     _AFTER = regex.compile(r"[^\s\[\]\d]")  # a character no trailing " [12]" marker has
 
-    def __init__(self, citations: list[Citation]):
+    def __init__(self, citations: list[Citation], question: str = ""):
         self.citations = citations
+        self.question = question
         self._pending = ""  # raw text not yet passed on
         self._sent: list[str] = []
         self._seen: set[str] = set()
@@ -325,10 +337,10 @@ class AttributedStream:
             self._pending = self._pending.lstrip()
         cut = 0
         for match in _SENTENCE.finditer(self._pending):
-            if match.end() < len(self._pending) and self._AFTER.search(self._pending, match.end()):
-                cut = match.end()
-            else:
+            if not (match.end() < len(self._pending) and self._AFTER.search(self._pending, match.end())):
                 break
+            if not _ENUMERATOR.fullmatch(match.group()):  # a list's "3." waits for its item: both may go
+                cut = match.end()
         return self._emit(self._pending[:cut], self._pending[cut:])
 
     def finish(self) -> str:
@@ -344,6 +356,8 @@ class AttributedStream:
             return ""
         kept = []
         for match in _SENTENCE.finditer(done):
+            if _ENUMERATOR.fullmatch(match.group()):
+                continue
             key = " ".join(tokenise(_CITE.sub("", match.group())))
             if key and key in self._seen:
                 self.repeating = True
@@ -355,7 +369,7 @@ class AttributedStream:
             done = done[: kept[-1].end()] if kept else ""
             if not done.strip():
                 return ""
-        out, withheld = check_sentences(done, self.citations)
+        out, withheld = check_sentences(done, self.citations, self.question)
         self.withheld += withheld
         if not self.text:  # a first sentence dropped whole (a bare marker) leaves its space behind
             out = out.lstrip()

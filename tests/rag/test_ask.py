@@ -103,6 +103,10 @@ def test_a_sentence_with_a_number_in_no_source_is_withheld():
     assert withheld == ["The answer is: 18.", "They won 2.5 games."]
     assert attribute("The answer is: 7 [1]", cites) == "" and attribute("In 2017 they lost.\n\nColdplay played.", cites) == "Coldplay played. [2]"
     assert attribute("Coldplay played for 1,500 fans in 2016 [2].", cites) == "Coldplay played for 1,500 fans in 2016."
+    # a list's numbers are not claims; an item withheld takes its number with it
+    assert attribute("The Broncos:\n1. Won 3 games.\n2. Won 4 games.\n3. Had 1,500 fans.", cites) == "The Broncos: [1]\n1. Won 3 games. [1]\n3. Had 1,500 fans. [2]"
+    # numbers the question asked about are not invented
+    assert attribute("The 7th game was won by the Broncos.", cites, question="Who won the 7th game?") == "The 7th game was won by the Broncos. [1]"
 
 
 def test_streamed_text_is_the_answer_text_with_checked_markers():
@@ -120,6 +124,7 @@ def test_streamed_text_is_the_answer_text_with_checked_markers():
         "Nothing here [7]. Wait... the Broncos [12",
         "The answer is: 7 [1]",
         'He said: "Coldplay sang." [2] The Broncos (in 2016.) won.',
+        "The Broncos:\n1. Won in 2016 [1].\n2. Lost in 2017.\n3. Coldplay sang.\n4. 3 fans left.",
         "In 2017 the Broncos lost.\n\nColdplay sang [2]. In 2016 they won. 12 fans came.",
         "Write to the Broncos at info@broncos.com within 2.5 days. Coldplay.[2]Sang",
         "",
