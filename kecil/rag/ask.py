@@ -6,9 +6,9 @@ similar enough to the question (a threshold measured on answerable vs unanswerab
 see docs/benchmarks.md), no model is run: the answer says the documents do not cover it,
 rather than letting the model invent one. Small models often forget the [n] markers or write
 wrong ones, so every answer sentence's markers are checked against the sources' words
-(`check_sentences`); a sentence with a number that no source has is withheld. When nothing the model wrote is in the sources, the sentence of the best source
-closest to the question is shown after it, as a quote. A model that starts repeating a
-sentence is stopped there.
+(`check_sentences`); a sentence with a number that no source has is withheld. When nothing
+the model wrote is in the sources, the sentence of the best source closest to the question is
+shown after it, as a quote. A model that starts repeating a sentence is stopped there.
 """
 
 from __future__ import annotations
