@@ -13,6 +13,7 @@ import asyncio
 import json
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -21,6 +22,9 @@ from kecil.errors import ConfigError, KecilError, KnowledgeBaseError
 from kecil.serve.completions import Call, guarded_stream, usage
 from kecil.serve.pool import SerialEngine
 from kecil.serve.protocol import APIError, ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from kecil.rag.ask import Answer
 
 PREFIX = "rag:"
 
@@ -35,6 +39,12 @@ def knowledge_bases() -> list[str]:
     except ImportError:
         return []
     return list_kbs()
+
+
+def grounding(answer: Answer) -> dict:
+    """What a knowledge-base reply adds to an OpenAI chat completion, streamed or not."""
+    fields = answer.as_dict()
+    return {key: fields[key] for key in ("citations", "answered", "withheld")}
 
 
 async def run_rag(server, request: Request, body: ChatCompletionRequest, call: Call):
@@ -115,8 +125,7 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
             "id": f"chatcmpl-{call.id}", "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": piece.text}, "logprobs": None,
                          "finish_reason": "stop"}],
-            "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered,
-            "withheld": piece.withheld, "usage": usage(call),
+            **grounding(piece), "usage": usage(call),
         })
 
     def event(payload: dict) -> str:
@@ -128,9 +137,7 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
         while not isinstance(piece := await next_piece(), Answer):
             yield event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
         record(piece)
-        yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                     "citations": [c.as_dict() for c in piece.citations], "answered": piece.answered,
-                     "withheld": piece.withheld})
+        yield event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **grounding(piece)})
         if body.stream_options and body.stream_options.include_usage:
             yield event({"choices": [], "usage": usage(call)})
 
