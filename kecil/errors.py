@@ -41,6 +41,11 @@ class BackendError(KecilError):
     """An inference backend is missing, cannot run this model, or failed while running it."""
 
 
+class UnsupportedError(BackendError):
+    """The engine running a model cannot do what was asked of it (a grammar or log-probabilities
+    on the torch engine): the message names the engine and what would do it."""
+
+
 class PromptTooLongError(KecilError):
     """The prompt does not fit in the context window; never truncated silently."""
 

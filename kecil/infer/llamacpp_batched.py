@@ -7,70 +7,35 @@ newly admitted ones (chunked, so a long prompt never stalls the others for long)
 of waiting for them to finish. This is the scheme of llama.cpp's own server (one slot per request),
 driven from Python through llama-cpp-python's C bindings, whose calls release the GIL.
 
-Each sequence samples with its own llama.cpp sampler chain, built exactly as the single-sequence
-llamacpp backend builds it, so a seeded request gives the same text alone, in a batch, or through
-`kecil generate`.
+This module schedules; each sequence samples through kecil/infer/llamacpp_sampling.py. It is
+the llama.cpp engine of kecil/infer/engine.py: `submit` for generations, `score` for the
+log-probabilities of a given text, both sharing the batch.
 """
 
 from __future__ import annotations
 
-import ctypes
-import queue
-import random
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
+from typing import ClassVar
 
 from kecil.errors import BackendError, ConfigError
-from kecil.infer.backend import Backend
+from kecil.infer.backend import Backend, shared_prefix_length
+from kecil.infer.engine import GenerationHandle, SamplingExtras, drain
 from kecil.infer.generation import Chunk, GenerationConfig, Timings, TokenLogprob, Usage
-from kecil.infer.llamacpp_runtime import import_llama_cpp
+from kecil.infer.llamacpp_context import BatchContext
+from kecil.infer.llamacpp_sampling import Sampling
 from kecil.infer.streaming import TokenText
 from kecil.models.info import ModelInfo
 from kecil.models.reference import ModelRef
 
-PENALTY_LAST_N = 64  # llama-cpp-python's default window for repetition penalties, kept for parity
-
-
-def _token_data_dtype():
-    import numpy as np
-
-    return np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
-
-@dataclass(frozen=True)
-class SamplingExtras:
-    """What an OpenAI-style request may ask for beyond GenerationConfig."""
-
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    grammar: str | None = None  # GBNF text; the root rule is `root`
-    logprobs: bool = False
-    top_logprobs: int = 0  # alternatives reported per token (0-20)
-
-    def __post_init__(self) -> None:
-        for name in ("frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            if not -2.0 <= value <= 2.0:
-                raise ConfigError(f"{name} must be between -2 and 2, got {value}")
-        if not 0 <= self.top_logprobs <= 20:
-            raise ConfigError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
-
-
-class GenerationHandle:
-    """A submitted generation. `cancel()` stops it at the next decode step and frees its slot."""
-
-    def __init__(self, engine: BatchedLlamaCppBackend):
-        self._engine = engine
-        self.cancelled = False
-        self.done = threading.Event()
-
-    def cancel(self) -> None:
-        if not self.done.is_set():
-            self.cancelled = True
-            self._engine._wake()
+# Prompt tokens a cache hit must save before a busy engine hands out a slot out of order: every
+# gap between busy slots costs each later decode step one more pass through the model.
+REORDER_GAIN = 64
 
 
 @dataclass(eq=False)
@@ -87,12 +52,18 @@ class _Sequence:
     next_token: int | None = None  # sampled, not yet fed back
     batch_index: int = -1  # row of this step's logits to sample from, -1 = none this step
     sampler: object = None
-    grammar: int | None = None  # a llama_sampler pointer, kept out of the chain (see _sample_constrained)
+    grammar: int | None = None  # a llama_sampler pointer, kept out of the chain (see Sampling.sample)
     text: TokenText | None = None
     started: float = 0.0  # when prompt processing began
     first: float = 0.0  # when the first token was sampled
     last: float = 0.0
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Scoring instead of generating (Engine.score): log-probabilities of prompt_ids[score_from:].
+    scored: Future | None = None
+    score_ids: list[int] = field(default_factory=list)  # the whole scored text (prompt_ids less its last token)
+    score_from: int = 0
+    score_rows: list[tuple[int, int]] = field(default_factory=list)  # (batch row, prompt position) this step
+    scores: list[float] = field(default_factory=list)
 
 
 class BatchedLlamaCppBackend(Backend):
@@ -104,12 +75,19 @@ class BatchedLlamaCppBackend(Backend):
     """
 
     name = "llamacpp"
+    extras: ClassVar[frozenset[str]] = frozenset({"grammar", "logprobs", "penalties"})
+    batches: ClassVar[bool] = True
 
     @staticmethod
     def unsupported_reason(ref: ModelRef) -> str | None:
         if ref.format != "gguf":
             return "continuous batching runs GGUF files through llama.cpp; convert the model with `kecil quantize`"
         return None
+
+    @classmethod
+    def open(cls, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, parallel: int = 4,
+             adapter: Path | None = None) -> BatchedLlamaCppBackend:
+        return cls(ref, info, context_length=context_length, threads=threads, parallel=parallel, adapter=adapter)
 
     def __init__(
         self,
@@ -130,39 +108,13 @@ class BatchedLlamaCppBackend(Backend):
             raise BackendError(reason)
         self.parallel = parallel
         self.batch_size = max(batch_size, parallel)
-        llama_cpp = import_llama_cpp()
-        from llama_cpp import _internals
-
-        self._lib, self._internals = llama_cpp, _internals
-        params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = 0
-        try:
-            self._model = _internals.LlamaModel(path_model=str(ref.path), params=params, verbose=False)
-            cparams = llama_cpp.llama_context_default_params()
-            # One KV stream per sequence, each `context_length` long: a request can always use
-            # the whole window, and no request can crowd another out of the cache.
-            cparams.n_ctx = context_length * parallel
-            cparams.n_seq_max = parallel
-            cparams.kv_unified = False
-            cparams.n_batch = self.batch_size
-            cparams.n_ubatch = min(self.batch_size, 512)
-            cparams.n_threads = threads
-            cparams.n_threads_batch = threads
-            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as in llamacpp.py
-            cparams.no_perf = True
-            self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=False)
-            self._lora = None
-            if adapter is not None:
-                self._apply_lora(Path(adapter))
-        except (ValueError, RuntimeError) as exc:
-            self._close_native()
-            raise BackendError(
-                f"llama.cpp could not load {ref.path} for serving ({exc}); check it with `kecil info {ref.spec}`"
-                " or lower --parallel / --context"
-            ) from None
+        self._native = BatchContext(ref, context_length=context_length, parallel=parallel,
+                                    batch_size=self.batch_size, threads=threads, adapter=adapter)
+        self._lib, self._model, self._ctx = self._native.lib, self._native.model, self._native.ctx
         self._vocab = self._model.vocab
-        self.n_vocab = self._model.n_vocab()
-        self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
+        self._sampling = Sampling(self._lib, self._native.internals, self._model, self._ctx)
+        self.n_vocab = self._sampling.n_vocab
+        self._batch = self._lib.llama_batch_init(self.batch_size, 0, 1)
         self._pending: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._free_slots = list(range(parallel))
@@ -170,6 +122,9 @@ class BatchedLlamaCppBackend(Backend):
         # in that slot evaluates only what differs (requests to one server mostly share a chat
         # template and system prompt), as llama.cpp's server does.
         self._cached: list[list[int]] = [[] for _ in range(parallel)]
+        self._last_used = [0.0] * parallel  # when each slot was last handed out (0 = never)
+        # Prompt tokens submitted, and how many of them a slot's cache spared from evaluation.
+        self.prompt_tokens = self.prompt_tokens_reused = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"kecil-batch-{ref.name}", daemon=True)
@@ -186,22 +141,9 @@ class BatchedLlamaCppBackend(Backend):
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     def stream_ids(self, prompt_ids: list[int], config: GenerationConfig, extras: SamplingExtras | None = None) -> Iterator[Chunk]:
-        chunks: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
-        handle = self.submit(prompt_ids, config, chunks.put, extras)
+        return drain(self, prompt_ids, config, extras)
 
-        def drain() -> Iterator[Chunk]:
-            try:
-                while True:
-                    chunk = chunks.get()
-                    yield chunk
-                    if chunk.finish_reason is not None:
-                        return
-            finally:
-                handle.cancel()  # a consumer that stops early frees the slot
-
-        return drain()
-
-    # --- submitting work -------------------------------------------------------------------
+    # --- the Engine interface ----------------------------------------------------------------
     @property
     def load(self) -> tuple[int, int]:
         """(running sequences, queued sequences); cancelled ones no longer count, though the
@@ -222,14 +164,37 @@ class BatchedLlamaCppBackend(Backend):
         if not prompt_ids:
             raise ConfigError("the prompt is empty: there is nothing to continue")
         config = self.fit_to_context(prompt_ids, config)
-        handle = GenerationHandle(self)
-        sequence = _Sequence(list(prompt_ids), config, extras or SamplingExtras(), emit, handle)
+        return self._queue(_Sequence(list(prompt_ids), config, extras or SamplingExtras(), emit, GenerationHandle(self._wake)))
+
+    def score(self, ids: Sequence[int], *, start: int = 1) -> list[float]:
+        """Log-probabilities of ids[start:], computed in the shared batch next to running generations."""
+        ids = [int(t) for t in ids]
+        if not 1 <= start <= len(ids):
+            raise ConfigError(f"start must be in [1, {len(ids)}] (the first token has nothing before it), got {start}")
+        self.fit_to_context(ids[:-1], GenerationConfig(max_tokens=1))  # refuses what cannot fit
+        if start == len(ids):
+            return []
+        done: Future = Future()
+
+        def emit(chunk: Chunk) -> None:  # only a failure reaches it: scores go to `done` directly
+            if chunk.error is not None and not done.done():
+                done.set_exception(BackendError(chunk.error))
+
+        sequence = _Sequence(ids[:-1], GenerationConfig(max_tokens=1), SamplingExtras(), emit,
+                             GenerationHandle(self._wake), scored=done, score_ids=ids, score_from=start)
+        self._queue(sequence)
+        try:
+            return done.result()
+        finally:
+            sequence.handle.cancel()
+
+    def _queue(self, sequence: _Sequence) -> GenerationHandle:
         with self._cond:
             if self._stopping:
                 raise BackendError(f"{self.ref.name} has been unloaded; send the request again")
             self._pending.append(sequence)
             self._cond.notify()
-        return handle
+        return sequence.handle
 
     def _wake(self) -> None:
         with self._cond:
@@ -259,61 +224,59 @@ class BatchedLlamaCppBackend(Backend):
             if sequence.handle.cancelled:
                 sequence.handle.done.set()
                 continue
-            sequence.slot = min(self._free_slots)  # lowest first: see _step
+            sequence.slot = self._choose_slot(sequence.prompt_ids)
             self._free_slots.remove(sequence.slot)
+            self._last_used[sequence.slot] = perf_counter()
             self._reuse_prefix(sequence)
             sequence.started = perf_counter()
-            try:
-                sequence.sampler = self._make_sampler(sequence.config, sequence.extras)
-                if sequence.extras.grammar:
-                    sequence.grammar = self._make_grammar(sequence.extras.grammar)
-            except BackendError as exc:
-                if sequence.sampler is not None:
-                    sequence.sampler.close()
-                self._free_slots.append(sequence.slot)
-                self._fail(sequence, exc)
-                continue
-            sequence.text = TokenText(sequence.config, self.detokenize, self.is_end)
+            if sequence.scored is None:
+                try:
+                    sequence.sampler = self._sampling.chain(sequence.config, sequence.extras)
+                    if sequence.extras.grammar:
+                        sequence.grammar = self._sampling.grammar(sequence.extras.grammar)
+                except BackendError as exc:
+                    if sequence.sampler is not None:
+                        sequence.sampler.close()
+                    self._free_slots.append(sequence.slot)
+                    self._fail(sequence, exc)
+                    continue
+                sequence.text = TokenText(sequence.config, self.detokenize, self.is_end)
             self._running.append(sequence)
+
+    def _choose_slot(self, prompt: list[int]) -> int:
+        """A free slot for `prompt`, keeping as much cached prompt as is worth keeping.
+
+        A slot whose whole cached prompt begins `prompt` (the same question again, or the next turn
+        of a conversation) loses nothing and evaluates only the rest: its time to first token is a
+        few tokens'. Otherwise an idle engine takes the least recently used slot (an empty one
+        first), so the prompts other slots hold stay cached for their next turn; a busy engine
+        takes the lowest free slot, because a decode step is fastest while the busy slots run
+        consecutively (see _step), unless a slot that loses nothing saves REORDER_GAIN tokens.
+        """
+        lowest = min(self._free_slots)
+        shared = {slot: shared_prefix_length(self._cached[slot], prompt) for slot in self._free_slots}
+        whole = [slot for slot in self._free_slots if self._cached[slot] and shared[slot] >= len(self._cached[slot])]
+        best = max(whole, key=lambda slot: (shared[slot], -slot), default=None)
+        if not self._running:
+            if best is not None:
+                return best
+            return min(self._free_slots, key=lambda slot: (self._last_used[slot], slot))
+        if best is not None and shared[best] - shared[lowest] >= REORDER_GAIN:
+            return best
+        return lowest
 
     def _reuse_prefix(self, sequence: _Sequence) -> None:
         """Keep the KV cells of the prompt prefix this slot already holds; drop the rest."""
         cached, prompt = self._cached[sequence.slot], sequence.prompt_ids
-        keep = 0
-        for a, b in zip(cached, prompt[:-1]):  # the last prompt token is always evaluated: its logits are needed
-            if a != b:
-                break
-            keep += 1
+        # The last prompt token is always evaluated (its logits are needed); a scoring sequence
+        # also re-evaluates every position whose log-probability it reports.
+        limit = len(prompt) - 1 if sequence.scored is None else min(len(prompt) - 1, sequence.score_from - 1)
+        keep = min(shared_prefix_length(cached, prompt), limit)
         self._lib.llama_memory_seq_rm(self._ctx.memory, sequence.slot, keep, -1)
         self._cached[sequence.slot] = prompt[:keep]
         sequence.fed = sequence.n_past = keep
-
-    def _make_grammar(self, gbnf: str):
-        grammar = self._lib.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
-        if not grammar:
-            raise BackendError("llama.cpp rejected the response grammar (see the kecil.llamacpp log for why)")
-        return grammar
-
-    def _make_sampler(self, config: GenerationConfig, extras: SamplingExtras):
-        """The chain llama-cpp-python's Llama.generate builds (see llamacpp.py)."""
-        sampler = self._internals.LlamaSampler()
-        sampler.add_penalties(
-            n_vocab=self.n_vocab,
-            penalty_last_n=PENALTY_LAST_N,
-            penalty_repeat=config.repetition_penalty,
-            penalty_freq=extras.frequency_penalty,
-            penalty_present=extras.presence_penalty,
-        )
-        if config.greedy:
-            sampler.add_greedy()
-        else:
-            sampler.add_top_k(config.top_k)
-            sampler.add_typical(1.0, 1)
-            sampler.add_top_p(config.top_p, 1)
-            sampler.add_min_p(0.0, 1)
-            sampler.add_temp(config.temperature)
-            sampler.add_dist(config.seed if config.seed is not None else random.getrandbits(32))
-        return sampler
+        self.prompt_tokens += len(prompt)
+        self.prompt_tokens_reused += keep
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         batch = self._batch
@@ -333,32 +296,26 @@ class BatchedLlamaCppBackend(Backend):
         if not self._running:
             return
         self._batch.n_tokens = 0
-        # Tokens go in slot order, and slots are handed out lowest first: with a KV stream per
-        # sequence, llama.cpp puts sequences in one micro-batch only while their ids run
-        # consecutively (llama_batch_allocr::split_equal), and every break costs a whole extra
-        # pass through the model. Out of order, 16 sequences took 16 passes per step.
+        # Tokens go in slot order: with a KV stream per sequence, llama.cpp puts sequences in one
+        # micro-batch only while their ids run consecutively (llama_batch_allocr::split_equal),
+        # and every break costs a whole extra pass through the model. Out of order, 16 sequences
+        # took 16 passes per step; slots are handed out lowest first where nothing is gained by
+        # another (_choose_slot).
         self._running.sort(key=lambda s: s.slot)
         decoding = sum(s.next_token is not None for s in self._running)
         room = self.batch_size - decoding  # every decoding sequence gets its token this step
         for sequence in self._running:
             sequence.batch_index = -1
+            sequence.score_rows = []
             if sequence.next_token is not None:
                 sequence.batch_index = self._add(sequence.next_token, sequence.n_past, sequence.slot, True)
                 sequence.n_past += 1
                 sequence.next_token = None
                 continue
-            left = len(sequence.prompt_ids) - sequence.fed
-            take = min(left, room)
-            if take <= 0:
-                continue
-            for j in range(sequence.fed, sequence.fed + take):
-                last = j == len(sequence.prompt_ids) - 1
-                index = self._add(sequence.prompt_ids[j], sequence.n_past, sequence.slot, last)
-                sequence.n_past += 1
-                if last:
-                    sequence.batch_index = index
-            sequence.fed += take
-            room -= take
+            take = min(len(sequence.prompt_ids) - sequence.fed, room)
+            if take > 0:
+                self._feed_prompt(sequence, take)
+                room -= take
         if self._batch.n_tokens == 0:
             return
         status = self._lib.llama_decode(self._ctx.ctx, self._batch)
@@ -366,18 +323,42 @@ class BatchedLlamaCppBackend(Backend):
             raise BackendError(f"llama.cpp failed to decode a batch (status {status})")
         now = perf_counter()
         for sequence in list(self._running):
-            if sequence.batch_index >= 0:
+            if sequence.scored is not None:
+                self._collect_scores(sequence)
+            elif sequence.batch_index >= 0:
                 self._sample(sequence, now)
 
+    def _feed_prompt(self, sequence: _Sequence, take: int) -> None:
+        """Put the next `take` prompt tokens of `sequence` in the batch, asking for the logits of
+        the last one (a generation samples from it) or of each scored position."""
+        last = len(sequence.prompt_ids) - 1
+        for j in range(sequence.fed, sequence.fed + take):
+            if sequence.scored is not None:
+                wanted = j + 1 >= sequence.score_from  # row j predicts the token at j + 1
+                index = self._add(sequence.prompt_ids[j], sequence.n_past, sequence.slot, wanted)
+                if wanted:
+                    sequence.score_rows.append((index, j))
+            else:
+                index = self._add(sequence.prompt_ids[j], sequence.n_past, sequence.slot, j == last)
+                if j == last:
+                    sequence.batch_index = index
+            sequence.n_past += 1
+        sequence.fed += take
+
+    def _collect_scores(self, sequence: _Sequence) -> None:
+        for row, j in sequence.score_rows:
+            sequence.scores.append(self._sampling.logprob(row, sequence.score_ids[j + 1]).logprob)
+        if sequence.fed == len(sequence.prompt_ids):
+            self._release(sequence)
+            if not sequence.scored.done():
+                sequence.scored.set_result(sequence.scores)
+
     def _sample(self, sequence: _Sequence, now: float) -> None:
-        if sequence.grammar is None:  # sample and accept in one C call: the fast path
-            token = self._lib.llama_sampler_sample(sequence.sampler.sampler, self._ctx.ctx, sequence.batch_index)
-        else:
-            token = self._sample_constrained(sequence)
+        token = self._sampling.sample(sequence.sampler, sequence.grammar, sequence.batch_index)
         sequence.first = sequence.first or now
         sequence.last = now
         if sequence.extras.logprobs:
-            sequence.pending_logprobs.append(self._logprob(sequence, token))
+            sequence.pending_logprobs.append(self._sampling.logprob(sequence.batch_index, token, sequence.extras.top_logprobs))
         text = sequence.text.push(token)
         if text:  # tokens held back for a possible stop sequence keep their logprobs until released
             sequence.emit(Chunk(text, logprobs=tuple(sequence.pending_logprobs)))
@@ -386,61 +367,6 @@ class BatchedLlamaCppBackend(Backend):
             self._finish(sequence)
         else:
             sequence.next_token = token
-
-    def _logits(self, sequence: _Sequence):
-        import numpy as np
-
-        row = self._lib.llama_get_logits_ith(self._ctx.ctx, sequence.batch_index)
-        return np.ctypeslib.as_array(ctypes.cast(row, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-
-    def _candidates(self, ids, logits):
-        """A llama_token_data_array over numpy memory (kept alive by the returned array)."""
-        import numpy as np
-
-        data = np.empty(len(ids), dtype=_token_data_dtype())
-        data["id"], data["logit"], data["p"] = ids, logits, 0.0
-        lib = self._lib
-        array = lib.llama_token_data_array(data.ctypes.data_as(lib.llama_token_data_p), len(ids), -1, False)
-        return data, array
-
-    def _sample_constrained(self, sequence: _Sequence) -> int:
-        """Grammar-constrained sampling the way llama.cpp's own server does it: sample freely, keep
-        the token if the grammar allows it, and only otherwise mask the whole vocabulary and sample
-        again. Masking 49k candidates costs far more than checking one, and most tokens pass."""
-        import numpy as np
-
-        lib, chain = self._lib, sequence.sampler.sampler
-        logits = self._logits(sequence)
-        ids = np.arange(self.n_vocab, dtype=np.int32)
-        keep, array = self._candidates(ids, logits)
-        lib.llama_sampler_apply(chain, ctypes.byref(array))
-        token = array.data[array.selected].id
-        one, single = self._candidates(np.array([token], dtype=np.int32), np.array([1.0], dtype=np.float32))
-        lib.llama_sampler_apply(sequence.grammar, ctypes.byref(single))
-        if not np.isfinite(one["logit"][0]):
-            keep, array = self._candidates(ids, logits)
-            lib.llama_sampler_apply(sequence.grammar, ctypes.byref(array))
-            lib.llama_sampler_apply(chain, ctypes.byref(array))
-            token = array.data[array.selected].id
-        lib.llama_sampler_accept(sequence.grammar, token)
-        lib.llama_sampler_accept(chain, token)
-        return int(token)
-
-    def _logprob(self, sequence: _Sequence, token: int) -> TokenLogprob:
-        import numpy as np
-
-        logits = self._logits(sequence)
-        shifted = logits - logits.max()
-        logsumexp = float(np.log(np.exp(shifted).sum()))
-        top: tuple[tuple[str, float], ...] = ()
-        if sequence.extras.top_logprobs:
-            best = np.argpartition(-shifted, sequence.extras.top_logprobs)[: sequence.extras.top_logprobs]
-            best = best[np.argsort(-shifted[best])]
-            top = tuple((self._piece(int(t)), float(shifted[t]) - logsumexp) for t in best)
-        return TokenLogprob(self._piece(token), float(shifted[token]) - logsumexp, top)
-
-    def _piece(self, token: int) -> str:
-        return self._model.token_to_piece(token, True).rstrip(b"\0").decode("utf-8", errors="replace")
 
     def _finish(self, sequence: _Sequence) -> None:
         tail = sequence.text.flush()
@@ -477,7 +403,7 @@ class BatchedLlamaCppBackend(Backend):
             sequence.sampler.close()
             sequence.sampler = None
         if sequence.grammar is not None:
-            self._lib.llama_sampler_free(sequence.grammar)
+            self._sampling.free_grammar(sequence.grammar)
             sequence.grammar = None
         with self._cond:
             self._free_slots.append(sequence.slot)
@@ -492,27 +418,4 @@ class BatchedLlamaCppBackend(Backend):
             self._cond.notify_all()
         self._thread.join()
         self._lib.llama_batch_free(self._batch)
-        self._close_native()
-
-    def _apply_lora(self, adapter: Path) -> None:
-        """Load the GGUF LoRA and set it on the context, as llama-cpp-python's Llama does for lora_path."""
-        lib = self._lib
-        self._lora = lib.llama_adapter_lora_init(self._model.model, str(adapter).encode("utf-8"))
-        if not self._lora:
-            self._lora = None
-            raise ValueError(f"the LoRA file {adapter} does not fit this model")
-        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._lora)
-        scales = (ctypes.c_float * 1)(1.0)
-        if lib.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
-            raise ValueError(f"llama.cpp could not set the LoRA {adapter}")
-
-    def _close_native(self) -> None:
-        lora = getattr(self, "_lora", None)
-        if lora is not None:
-            self._lib.llama_adapter_lora_free(lora)  # before the model it belongs to
-            self._lora = None
-        for name in ("_ctx", "_model"):
-            native = getattr(self, name, None)
-            if native is not None:
-                native.close()
-                setattr(self, name, None)
+        self._native.close()

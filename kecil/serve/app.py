@@ -16,12 +16,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kecil.errors import ConfigError, KecilError, PromptTooLongError
-from kecil.serve.completions import Call, run_generation
+from kecil.serve.completions import run_generation
 from kecil.serve.config import ServeConfig
 from kecil.serve.metrics import Metrics
 from kecil.serve.pool import ModelPool
 from kecil.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from kecil.serve.rag import PREFIX, knowledge_bases, run_rag, wants_rag
+from kecil.serve.reply import Call
 from kecil.serve.security import AuditLog, GuardMiddleware
 
 log = logging.getLogger("kecil.serve")
@@ -174,7 +175,13 @@ def _call(request: Request, endpoint: str, model: str) -> Call:
 
 
 def _routes(app: FastAPI, server: Server) -> None:
-    pool, config = server.pool, server.config
+    _probe_routes(app, server)
+    _model_routes(app, server)
+    _answer_routes(app, server)
+
+
+def _probe_routes(app: FastAPI, server: Server) -> None:
+    """What an orchestrator polls: liveness, readiness and Prometheus metrics."""
 
     @app.get("/health")
     async def health():
@@ -185,7 +192,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     async def ready():
         """Readiness: the first model is loaded and requests will be served."""
         if server.ready:
-            return {"status": "ready", "loaded": [m.name for m in pool.loaded()]}
+            return {"status": "ready", "loaded": [m.name for m in server.pool.loaded()]}
         status = {"status": "error", "error": server.load_error} if server.load_error else {"status": "loading"}
         return JSONResponse(status, status_code=503)
 
@@ -194,6 +201,11 @@ def _routes(app: FastAPI, server: Server) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _model_routes(app: FastAPI, server: Server) -> None:
+    """/v1/models: chat models, the embedding model and the knowledge bases, loaded or not."""
+    pool, config = server.pool, server.config
 
     def model_entry(name: str, kind: str, loaded: bool) -> dict:
         return {"id": name, "object": "model", "created": 0, "owned_by": "kecil", "kind": kind, "loaded": loaded}
@@ -216,6 +228,10 @@ def _routes(app: FastAPI, server: Server) -> None:
                 return entry
         raise APIError(404, f"the model {model_id!r} is not served here", code="model_not_found", param="model")
 
+
+def _answer_routes(app: FastAPI, server: Server) -> None:
+    """The OpenAI endpoints that run a model."""
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         call = _call(request, "/v1/chat/completions", body.model)
@@ -230,25 +246,28 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request):
-        call = _call(request, "/v1/embeddings", body.model)
-        embedder = await asyncio.to_thread(pool.embedder, body.model)
-        if body.dimensions is not None and body.dimensions != embedder.dimension:
-            raise APIError(400, f"{body.model} makes {embedder.dimension}-dimensional embeddings; "
-                           f"dimensions={body.dimensions} is not available", param="dimensions")
-        counts = await asyncio.to_thread(embedder.count_tokens, body.input)
-        for i, n in enumerate(counts):
-            if n > embedder.max_tokens:
-                raise APIError(400, f"input {i} is {n} tokens but {body.model} reads at most {embedder.max_tokens}: "
-                               "split the text into smaller pieces", code="context_length_exceeded", param="input")
-        vectors = await asyncio.to_thread(embedder.embed, body.input)
-        call.prompt_tokens = sum(counts)
-        data = []
-        for i, vector in enumerate(vectors):
-            if body.encoding_format == "base64":
-                encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-            else:
-                encoded = vector.tolist()
-            data.append({"object": "embedding", "index": i, "embedding": encoded})
-        server.finish(call)
-        return {"object": "list", "data": data, "model": body.model,
-                "usage": {"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens}}
+        return await _embed(server, body, _call(request, "/v1/embeddings", body.model))
+
+
+async def _embed(server: Server, body: EmbeddingRequest, call: Call) -> dict:
+    embedder = await asyncio.to_thread(server.pool.embedder, body.model)
+    if body.dimensions is not None and body.dimensions != embedder.dimension:
+        raise APIError(400, f"{body.model} makes {embedder.dimension}-dimensional embeddings; "
+                       f"dimensions={body.dimensions} is not available", param="dimensions")
+    counts = await asyncio.to_thread(embedder.count_tokens, body.input)
+    for i, n in enumerate(counts):
+        if n > embedder.max_tokens:
+            raise APIError(400, f"input {i} is {n} tokens but {body.model} reads at most {embedder.max_tokens}: "
+                           "split the text into smaller pieces", code="context_length_exceeded", param="input")
+    vectors = await asyncio.to_thread(embedder.embed, body.input)
+    call.prompt_tokens = sum(counts)
+    data = []
+    for i, vector in enumerate(vectors):
+        if body.encoding_format == "base64":
+            encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            encoded = vector.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    server.finish(call)
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens}}

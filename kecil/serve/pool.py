@@ -1,96 +1,32 @@
 """The models a server offers, each loaded on its first request and unloaded least-recently-used
 when loading another would pass the memory budget.
 
-A GGUF model runs on the continuous-batching llama.cpp engine; a Hugging Face folder runs on the
-torch backend one request at a time (torch has no batched KV cache here), behind the same
-`submit` interface so the HTTP layer does not care which.
+Each model runs on the engine kecil.infer.engine picks for it (a GGUF file on the batching
+llama.cpp engine, a Hugging Face folder on torch one request at a time), all driven through the
+same Engine contract, so the HTTP layer does not care which.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kecil.errors import BackendError, ConfigError, KecilError
-from kecil.infer.generation import Chunk, GenerationConfig
 from kecil.models.info import estimate_memory, format_bytes, inspect_model
 from kecil.models.reference import ModelRef, resolve
 from kecil.serve.config import ServeConfig
 from kecil.serve.protocol import APIError
 
+if TYPE_CHECKING:
+    from kecil.infer.engine import Engine
+
 log = logging.getLogger("kecil.serve")
-
-
-class SerialEngine:
-    """Any Backend behind a queue: one generation at a time, in a worker thread."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.parallel = 1
-        self._jobs: queue.Queue = queue.Queue()
-        self._waiting = 0
-        self._busy = False
-        self._thread = threading.Thread(target=self._work, name=f"kecil-serial-{backend.ref.name}", daemon=True)
-        self._thread.start()
-
-    def __getattr__(self, name: str) -> Any:  # tokenize, chat_prompt_ids, context_length, ...
-        return getattr(self.backend, name)
-
-    @property
-    def load(self) -> tuple[int, int]:
-        return int(self._busy), self._waiting
-
-    def submit(self, prompt_ids, config: GenerationConfig, emit: Callable[[Chunk], None], extras=None):
-        from kecil.infer.llamacpp_batched import GenerationHandle
-
-        if extras is not None and (extras.grammar or extras.logprobs or extras.frequency_penalty or extras.presence_penalty):
-            raise APIError(400, f"{self.backend.ref.name} runs on the torch backend, which serves no grammar, logprobs or "
-                           "frequency/presence penalties; serve a GGUF file for those (`kecil quantize` makes one)")
-        config = self.backend.fit_to_context(prompt_ids, config)
-        handle = GenerationHandle(self)
-        self._waiting += 1
-        self._jobs.put((list(prompt_ids), config, emit, handle))
-        return handle
-
-    def _wake(self) -> None:
-        pass
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            prompt_ids, config, emit, handle = job
-            self._waiting -= 1
-            if handle.cancelled:
-                handle.done.set()
-                continue
-            self._busy = True
-            stream = self.backend.stream_ids(prompt_ids, config)
-            try:
-                for chunk in stream:
-                    if handle.cancelled:
-                        break
-                    emit(chunk)
-            except Exception as exc:  # reported to the client, never a dead worker
-                emit(Chunk("", finish_reason="error", error=str(exc)))
-            finally:
-                stream.close()
-                self._busy = False
-                handle.done.set()
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
-        self.backend.close()
 
 
 class LockedEmbedder:
@@ -116,7 +52,7 @@ class LockedEmbedder:
 @dataclass
 class LoadedModel:
     name: str
-    engine: Any
+    engine: Engine
     memory_bytes: int
     last_used: float
 
@@ -162,11 +98,13 @@ class ModelPool:
         return name in self._loaded
 
     def memory_needed(self, ref: ModelRef) -> int:
+        from kecil.infer.engine import batches, engine_name
+
         info = inspect_model(ref)
         context = self.context_for(info)
-        if ref.format == "gguf" and not self._runs_on_torch(ref):
-            return estimate_memory(info, context * self.config.parallel, "llamacpp").total_bytes
-        return estimate_memory(info, context, "torch").total_bytes
+        backend = self._backend_for(ref)
+        slots = self.config.parallel if batches(ref, backend) else 1  # a KV cache per parallel sequence
+        return estimate_memory(info, context * slots, engine_name(ref, backend)).total_bytes
 
     def context_for(self, info) -> int:
         from kecil.infer.load import DEFAULT_CONTEXT
@@ -216,22 +154,18 @@ class ModelPool:
         return loaded
 
     def _open(self, ref: ModelRef):
-        from kecil.infer.load import choose_backend, physical_cores
+        from kecil.infer.engine import open_engine
+        from kecil.infer.load import physical_cores
 
         info = inspect_model(ref)
-        context = self.context_for(info)
-        threads = self.config.threads or physical_cores()
-        lora = {"adapter": self.adapter_path} if self.adapted == served_name(ref) else {}
-        if ref.format == "gguf" and not self._runs_on_torch(ref):
-            from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend
+        adapter = self.adapter_path if self.adapted == served_name(ref) else None
+        return open_engine(ref, info, backend=self._backend_for(ref), context_length=self.context_for(info),
+                           threads=self.config.threads or physical_cores(), parallel=self.config.parallel, adapter=adapter)
 
-            return BatchedLlamaCppBackend(ref, info, context_length=context, threads=threads, parallel=self.config.parallel, **lora)
-        # A PEFT adapter folder without its GGUF twin puts even a GGUF model on torch (dequantized).
-        backend = choose_backend(ref, "torch" if lora else None)(ref, info, context_length=context, threads=threads, **lora)
-        return SerialEngine(backend)
-
-    def _runs_on_torch(self, ref: ModelRef) -> bool:
-        return self.adapted == served_name(ref) and self.adapter_backend == "torch"
+    def _backend_for(self, ref: ModelRef) -> str | None:
+        """The backend the served adapter needs (a PEFT folder without its GGUF twin puts even a
+        GGUF model on torch, dequantized); None = the model's usual one."""
+        return self.adapter_backend if self.adapted == served_name(ref) else None
 
     def embedder(self, name: str):
         """The embedding model served at /v1/embeddings (loaded once; small, so never evicted)."""

@@ -10,7 +10,8 @@ import pytest
 
 from kecil.errors import PromptTooLongError
 from kecil.infer.generation import GenerationConfig, collect
-from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend, SamplingExtras
+from kecil.infer.engine import SamplingExtras
+from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend
 from kecil.infer.load import load_model
 from kecil.models.info import inspect_model
 from kecil.models.reference import resolve
