@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kecil.eval.confidence import mean_interval
 from kecil.eval.report import LOWER_IS_BETTER, SYSTEM_METRICS, format_value
 from kecil.eval.run import EvalReport
 
@@ -24,6 +25,7 @@ class Point:
     quality: float
     size_mb: float | None
     decode: float | None
+    error: float = 0.0  # half-width of the quality's 95% interval (accuracies only)
 
 
 def quality_points(report: EvalReport) -> tuple[list[Point], str, bool]:
@@ -36,11 +38,13 @@ def quality_points(report: EvalReport) -> tuple[list[Point], str, bool]:
     label = ("mean score (%) over " if higher else "perplexity on ") + ", ".join(tasks)
     points = []
     for model in dict.fromkeys(r.model for r in use):
-        values = [r.value for r in use if r.model == model]
+        mine = [r for r in use if r.model == model]
+        values = [r.value for r in mine]
         quality = 100 * sum(values) / len(values) if higher else sum(values) / len(values)
+        error = 100 * mean_interval(values, [r.n for r in mine]) if higher else 0.0
         figures = report.systems.get(model)
         points.append(Point(model, quality, figures.size_bytes / 1e6 if figures else None,
-                            figures.decode_tokens_per_second if figures else None))
+                            figures.decode_tokens_per_second if figures else None, error))
     return points, label, higher
 
 
@@ -73,7 +77,8 @@ def _plot(points: list[Point], attr: str, xlabel: str, ylabel: str, lower_x_bett
     xy = [(getattr(p, attr), p.quality) for p in usable]
     front = pareto_front(xy, lower_x_better=lower_x_better, higher_y_better=higher_y)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    ax.scatter([x for x, _ in xy], [y for _, y in xy], color="#4477aa", zorder=3, label="model")
+    ax.errorbar([x for x, _ in xy], [y for _, y in xy], yerr=[p.error for p in usable], fmt="o", color="#4477aa",
+                ecolor="#99aacc", capsize=3, zorder=3, label="model (95% interval)")
     for p, (x, y) in zip(usable, xy):
         ax.annotate(p.model, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     line = sorted(xy[i] for i in front)
@@ -82,7 +87,9 @@ def _plot(points: list[Point], attr: str, xlabel: str, ylabel: str, lower_x_bett
                zorder=4, label="Pareto front")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if not higher_y:
+    if higher_y:
+        ax.set_ylim(0, 100)  # the whole scale: a zoomed axis makes a few items' noise look like a gap
+    else:
         ax.invert_yaxis()  # better is up either way
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -124,7 +131,8 @@ def render(report: EvalReport) -> str:
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}
 tr.sys td{{background:#f6f6f6}}figure{{display:inline-block;margin:1em;max-width:40em}}</style></head><body>
 <h1>kecil eval</h1>
-<p>Seed {config.seed}; limit {config.limit or 'none'}; shots {'task default' if config.shots is None else config.shots}.</p>
+<p>Seed {config.seed}; limit {config.limit or 'none'}; shots {'task default' if config.shots is None else config.shots}.
+Each accuracy is shown with the half-width of its 95% confidence interval (Wilson); "(chance)" marks one that guessing could have scored.</p>
 <table><tr><th>task</th><th>metric</th><th>n</th>{head}</tr>
 {''.join(rows)}
 </table>

@@ -18,20 +18,30 @@ SYSTEM_METRICS = (
 
 
 def format_value(result: TaskResult) -> str:
+    """`45.0% ±9.7`: the value with the half-width of its 95% interval, and `(chance)` when
+    guessing could have scored it."""
     if result.value is None:
         return f"error: {result.error}"
     if result.metric in LOWER_IS_BETTER:
         return f"{result.value:.3f}"
-    return f"{100 * result.value:.1f}%"
+    text = f"{100 * result.value:.1f}%"
+    if result.ci is not None:
+        text += f" ±{100 * max(result.value - result.ci[0], result.ci[1] - result.value):.1f}"
+    return text + (" (chance)" if result.at_chance else "")
 
 
 def json_lines(report: EvalReport) -> Iterator[str]:
-    """One JSON object per (model, task) with model, task, metric, value and n; then one per
-    system figure (task "system")."""
+    """One JSON object per (model, task) with model, task, metric, value and n (and, for
+    accuracies, the 95% interval ci_low/ci_high; for multiple choice, chance and at_chance);
+    then one per system figure (task "system")."""
     for r in report.results:
         row = {"model": r.model, "task": r.task, "metric": r.metric, "value": r.value, "n": r.n,
                "shots": r.shots, "seed": report.config.seed, "seconds": round(r.seconds, 3)}
         row.update({k: v for k, v in r.extra.items()})
+        if r.ci is not None:
+            row.update(ci_low=round(r.ci[0], 4), ci_high=round(r.ci[1], 4))
+        if r.chance is not None:
+            row.update(chance=round(r.chance, 4), at_chance=r.at_chance)
         if r.error:
             row["error"] = r.error
         yield json.dumps(row)
@@ -63,7 +73,7 @@ def table(report: EvalReport):
         counts = {r.n for r in row.values() if r.value is not None}
         cells = [format_value(row[m]) if m in row else "" for m in models]
         if any_result.metric not in LOWER_IS_BETTER:
-            values = [row[m].value for m in models if m in row and row[m].value is not None]
+            values = [row[m].value for m in models if m in row and row[m].value is not None and not row[m].at_chance]
             best = max(values) if len(values) > 1 else None
             cells = [f"[bold]{c}[/bold]" if best is not None and m in row and row[m].value == best else c for m, c in zip(models, cells)]
         shots = next((r.shots for r in row.values()), 0)

@@ -19,6 +19,7 @@ from kecil.errors import ConfigError, KecilError
 from kecil.eval import code, generative, multiple_choice
 from kecil.eval import perplexity as perplexity_task
 from kecil.eval.cache import ResultCache, model_fingerprint
+from kecil.eval.confidence import chance_level, wilson_interval
 from kecil.eval.system import SystemFigures
 from kecil.eval.tasks import Task, build_prompt, fewshot_examples, get_task, select_items
 
@@ -78,6 +79,22 @@ class TaskResult:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
     error: str | None = None
+    ci: tuple[float, float] | None = None  # the 95% interval of an accuracy-like value (confidence.py)
+    chance: float | None = None  # what guessing scores, on multiple-choice tasks
+
+    @property
+    def at_chance(self) -> bool:
+        """Whether guessing could have scored this: the interval reaches down to chance level."""
+        return self.chance is not None and self.ci is not None and self.ci[0] <= self.chance
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `evaluate`: carries the report of what finished (every item is cached, so
+    running the same command again resumes where it stopped)."""
+
+    def __init__(self, report: EvalReport):
+        super().__init__("evaluation interrupted")
+        self.report = report
 
 
 @dataclass
@@ -209,19 +226,31 @@ def run_task(backend, name: str, task: Task, config: EvalConfig, cache: ResultCa
         progress(name, task.name, done, len(planned))
     cache.flush()
     value, extra = runner.summarize(task, results)
+    chance = chance_level([len(item.choices) for item, _ in planned]) if task.kind == "choice" else None
     return TaskResult(name, task.name, task.metric, value, len(results), shots, perf_counter() - started,
-                      {**extra, "backend": backend.name})
+                      {**extra, "backend": backend.name}, ci=wilson_interval(value, len(results)), chance=chance)
 
 
 def evaluate(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
-    """Run every task on every model; see the module docstring."""
-    from kecil.infer.load import DEFAULT_CONTEXT, load_model
-    from kecil.models.reference import resolve
+    """Run every task on every model; see the module docstring. Ctrl-C raises EvalInterrupted
+    with the results so far."""
+    from kecil.infer.load import DEFAULT_CONTEXT
 
     progress = progress or (lambda *args: None)
     tasks = resolve_tasks(config)
     needs_window = max((config.context for t in tasks if t.kind == "perplexity"), default=0)
     report = EvalReport(config)
+    try:
+        _evaluate_all(config, tasks, needs_window, report, progress)
+    except KeyboardInterrupt:
+        raise EvalInterrupted(report) from None
+    return report
+
+
+def _evaluate_all(config: EvalConfig, tasks: list[Task], needs_window: int, report: EvalReport, progress) -> None:
+    from kecil.infer.load import DEFAULT_CONTEXT, load_model
+    from kecil.models.reference import resolve
+
     with ResultCache(enabled=config.cache) as cache:
         for spec in config.models:
             ref = resolve(spec)
@@ -247,4 +276,3 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> EvalReport
                 except KecilError as exc:
                     report.systems[spec] = None
                     report.system_errors[spec] = str(exc)
-    return report
