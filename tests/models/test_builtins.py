@@ -118,3 +118,10 @@ def test_a_missing_chunk_says_reinstall(fake_gemma):
     with pytest.raises(ModelNotFoundError) as caught:
         builtin_path("gemma3-270m")
     assert_helpful(caught.value, "part1", "pip install --force-reinstall")
+
+
+def test_every_builtin_states_its_limits_in_one_line():
+    for builtin in builtins():
+        assert builtin.limits and "\n" not in builtin.limits, builtin.name
+    default = get_builtin(DEFAULT_MODEL)
+    assert "MMLU" in default.limits and "25%" in default.limits  # measured, with what guessing scores
