@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kecil.errors import ConfigError, KnowledgeBaseError
-from kecil.paths import kecil_home
+from kecil.paths import kecil_home, private_dir, private_file
 from kecil.rag.chunking import TextChunk, index_text
 from kecil.rag.tokenise import fts_document
 
@@ -86,9 +86,7 @@ def _raw(path: str) -> bytes | None:
 
 
 def kb_dir() -> Path:
-    folder = kecil_home() / "kb"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return private_dir(kecil_home() / "kb")
 
 
 def check_name(name: str) -> str:
@@ -188,6 +186,8 @@ class KnowledgeBase:
             db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
             db.execute("PRAGMA foreign_keys = ON")
             db.executescript(_SCHEMA)
+            for extra in ("", "-wal", "-shm"):  # SQLite makes them 0644; the WAL and SHM take the main file's mode
+                private_file(Path(f"{path}{extra}"))
             if "raw_path" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:  # made before it existed
                 try:
                     db.execute("ALTER TABLE files ADD COLUMN raw_path BLOB")

@@ -118,7 +118,8 @@ for name in sys.argv[1:]:
         print("loaded")
     except UnreadableFile as exc:
         print(exc)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM: this process's own peak (ru_maxrss carries the parent's over fork and exec)
+print([int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
 """
 
 
