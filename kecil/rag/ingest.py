@@ -8,6 +8,11 @@ empty, too big, not UTF-8, nested too deep, a zip bomb) are skipped and listed i
 the reason; so is any other failure of one file, whatever raised it: the rest go in. The report
 shows file names that are not UTF-8 with the bad bytes escaped (store.display_path).
 
+A new knowledge base with no embedding model given gets one chosen from its documents' languages
+(language.py), judged on the first batch of chunks (up to `commit_chunks`): multilingual-e5-small
+when most of the text is not English, else all-minilm-l6-v2; the report's notes say so, and say
+when an English-only model is given (or already used) for text that is mostly not English.
+
 A chunk is embedded as several vectors, one per run of a few sentences (chunking.sentence_windows),
 and a search scores it by its best one: a question usually matches one or two sentences of a
 200-token chunk, and one vector for the whole chunk blurs them with the rest. Measured with
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from kecil.errors import ConfigError
 from kecil.rag.chunking import ChunkConfig, TextChunk, chunk_blocks, index_text, sentence_windows
+from kecil.rag.language import ENGLISH, MULTILINGUAL, suggested_embedder
 from kecil.rag.loaders import UnreadableFile, load, supported_suffixes
 from kecil.rag.store import KnowledgeBase, check_name, display_path, kb_path
 
@@ -42,7 +48,8 @@ WINDOW_SENTENCES = {"all-minilm-l6-v2": 2}
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """What to ingest where. `embedder` is only for a new knowledge base (default all-minilm-l6-v2)."""
+    """What to ingest where. `embedder` is only for a new knowledge base (default: chosen from the
+    documents' languages, see the module docstring)."""
 
     folder: Path
     kb: str
@@ -80,6 +87,8 @@ class IngestReport:
     vectors: int = 0  # their vectors (one or more per chunk)
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    embedder: str = ""  # the knowledge base's embedding model
+    notes: list[str] = field(default_factory=list)  # things to tell the user (the embedder chosen, a language mismatch)
 
 
 @dataclass
@@ -141,10 +150,10 @@ def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: 
                 report.unchanged += 1
             else:
                 todo.append((path, stat.st_size, stat.st_mtime_ns))
-        if todo and embedder is None:
-            from kecil.infer.embeddings import load_embedder
-
-            embedder = owned = load_embedder(kb.embedder_name if kb else config.embedder)
+        # A new knowledge base whose model is left to kecil: decided on the first chunks read
+        choose = kb is None and config.embedder is None and embedder is None
+        if todo and embedder is None and not choose:
+            embedder = owned = _load(kb.embedder_name if kb else config.embedder)
         if kb is None and embedder is not None:
             kb = KnowledgeBase.open(config.kb, create=True, embedder=embedder.name, dimension=embedder.dimension)
         if kb is not None and embedder is not None:
@@ -155,6 +164,24 @@ def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: 
 
         pending: list[_Pending] = []
         done = 0
+        judged = False
+
+        def commit() -> None:
+            nonlocal kb, embedder, owned, judged
+            if pending and not judged:  # the first batch: enough text to tell its language
+                judged = True
+                suggested, share = suggested_embedder(c.text for p in pending for c in p.chunks)
+                if embedder is None:
+                    embedder = owned = _load(suggested)
+                    kb = KnowledgeBase.open(config.kb, create=True, embedder=embedder.name, dimension=embedder.dimension)
+                    if suggested == MULTILINGUAL:
+                        report.notes.append(f"{1 - share:.0%} of the text is not English: embedding with {MULTILINGUAL} "
+                                            f"(about 100 languages); --embedder {ENGLISH} chooses the English model")
+                elif suggested == MULTILINGUAL and embedder.name == ENGLISH:
+                    report.notes.append(f"{1 - share:.0%} of the text is not English, but {ENGLISH} was trained on English: "
+                                        f"search will find more with `--embedder {MULTILINGUAL}` into a new knowledge base")
+            _commit(kb, embedder, pending, config, report)
+
         for path, size, mtime_ns in todo:
             record = stored.get(str(path))
             item = _read(path, size, mtime_ns, config, report, known=record is not None)
@@ -170,12 +197,13 @@ def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: 
             done += 1
             # Embedding many files' chunks together keeps batches full; each file still commits alone.
             if sum(len(p.chunks) for p in pending) >= config.commit_chunks:
-                _commit(kb, embedder, pending, config, report)
+                commit()
                 if progress:
                     progress(done, len(todo))
-        _commit(kb, embedder, pending, config, report)
+        commit()
         if progress:
             progress(len(todo), len(todo))
+        report.embedder = kb.embedder_name if kb is not None else ""
     finally:
         if owned is not None:
             owned.close()
@@ -183,6 +211,12 @@ def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: 
             kb.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _load(name: str | None) -> Embedder:
+    from kecil.infer.embeddings import load_embedder
+
+    return load_embedder(name)
 
 
 def _read(path: Path, size: int, mtime_ns: int, config: IngestConfig, report: IngestReport, *, known: bool) -> _Pending | None:

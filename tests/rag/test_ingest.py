@@ -111,6 +111,28 @@ def test_one_bad_file_of_any_kind_does_not_stop_the_rest(tmp_path, embedder):
     assert [p.rsplit("/", 1)[1] for p in third.removed] == [shown] and counts("one-bad")["files"] == 3
 
 
+def test_the_embedding_model_of_a_new_knowledge_base_follows_the_documents_language(tmp_path, embedder):
+    """Thai and Indonesian documents get multilingual-e5-small unless told otherwise; English ones
+    keep MiniLM; an English-only model given for them is ingested with a note saying so."""
+    from bench._common.chatterbot import load_chatterbot
+    from bench._common.squad import write_corpus
+
+    documents, _ = load_chatterbot({"thai": "th", "indonesian": "id"})
+    folder = write_corpus(tmp_path / "th-id", documents)[0].parent
+    report = ingest(IngestConfig(folder, "th-id"))
+    assert report.embedder == "multilingual-e5-small" and report.added and not report.skipped
+    assert "not English: embedding with multilingual-e5-small" in report.notes[0]
+    with KnowledgeBase.open("th-id") as kb:
+        assert kb.embedder_name == "multilingual-e5-small"
+
+    told = ingest(IngestConfig(folder, "th-id-minilm"), embedder=embedder)
+    assert told.embedder == "all-minilm-l6-v2" and "--embedder multilingual-e5-small" in told.notes[0]
+
+    write_mixed_folder(tmp_path / "english")
+    english = ingest(IngestConfig(tmp_path / "english", "english"))
+    assert english.embedder == "all-minilm-l6-v2" and english.notes == []
+
+
 def test_another_embedding_model_is_a_clear_error(tmp_path, embedder):
     write_mixed_folder(tmp_path / "docs")
     ingest(IngestConfig(tmp_path / "docs", "model-check"), embedder=embedder)
