@@ -4,6 +4,9 @@ A block is a paragraph, heading, list item, table row or JSON item with its sour
 (page for PDF; lines for text formats; paragraph numbers for .docx; item numbers for .json),
 and the headings it sits under. Chunking (chunking.py) groups blocks; it never re-reads files.
 A file that cannot be read raises UnreadableFile with the reason, so ingest can skip and report it.
+Containers are opened with bounds (ExpandLimits): a small .docx whose XML inflates to gigabytes
+(a zip bomb) is refused from its zip directory, from the bytes it really inflates to and from the
+number of XML elements it holds, before python-docx builds a tree of it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,22 @@ class UnreadableFile(Exception):
     """The file is not something kecil can take text from; str() says why, for the report."""
 
 
+@dataclass(frozen=True)
+class ExpandLimits:
+    """How far a loader may expand a compressed container (.docx) before it refuses the file.
+
+    lxml keeps about 150 bytes per element, so a million elements is ~150 MB of tree; a 300-page
+    report has a few hundred thousand. Media (images) count towards `total_bytes` only."""
+
+    total_bytes: int = 256 * 2**20  # all members, inflated
+    xml_bytes: int = 64 * 2**20  # the XML members, inflated
+    elements: int = 1_000_000  # XML start tags across the XML members
+    members: int = 10_000
+
+
+LIMITS = ExpandLimits()
+
+
 # suffix -> (loader, what `start`/`end` count). Loaders take the raw bytes and the path.
 def unit_of(path: str | Path) -> str:
     return _LOADERS.get(Path(path).suffix.lower(), (None, "lines"))[1]
@@ -46,10 +65,25 @@ def load(path: Path, data: bytes) -> list[Block]:
     loader = _LOADERS[path.suffix.lower()][0]
     if not data.strip():
         raise UnreadableFile("empty file")
-    blocks = [b for b in loader(data) if b.text.strip()]
+    blocks = [_encodable(b) for b in loader(data) if b.text.strip()]
     if not blocks:
         raise UnreadableFile("no text found in it")
     return blocks
+
+
+def _encodable(block: Block) -> Block:
+    """A lone surrogate (JSON's "\\ud800", a broken PDF text layer) cannot be stored as UTF-8: it
+    becomes U+FFFD, so one bad character does not cost the file."""
+    try:
+        block.text.encode("utf-8")
+        block.section.encode("utf-8")
+        return block
+    except UnicodeEncodeError:
+        fix = lambda s: _SURROGATE.sub("\ufffd", s)  # noqa: E731
+        return Block(fix(block.text), block.start, block.end, block.page, fix(block.section), block.heading)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def decode_text(data: bytes) -> str:
@@ -229,16 +263,47 @@ def load_pdf(data: bytes) -> list[Block]:
     return blocks
 
 
-def load_docx(data: bytes) -> list[Block]:
+def check_zip(data: bytes, limits: ExpandLimits = LIMITS) -> None:
+    """Refuse a zip that would expand past `limits`: first by what its directory claims, then by
+    inflating every member in pieces (the directory can lie) and counting XML start tags."""
     import zipfile
 
-    import docx
-    from docx.opc.exceptions import PackageNotFoundError
+    mib = 2**20
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            if len(members) > limits.members:
+                raise UnreadableFile(f"zip holds {len(members)} members, over the limit of {limits.members} (a zip bomb?)")
+            claimed = sum(m.file_size for m in members)
+            if claimed > limits.total_bytes:
+                raise UnreadableFile(f"expands to {claimed / mib:.0f} MB, over the limit of {limits.total_bytes / mib:.0f} MB (a zip bomb?)")
+            total = xml = tags = 0
+            for member in members:
+                is_xml = member.filename.lower().endswith((".xml", ".rels"))
+                with archive.open(member) as stream:
+                    while piece := stream.read(mib):
+                        total += len(piece)
+                        if total > limits.total_bytes:
+                            raise UnreadableFile(f"expands past {limits.total_bytes / mib:.0f} MB (a zip bomb?)")
+                        if is_xml:
+                            xml += len(piece)
+                            if xml > limits.xml_bytes:
+                                raise UnreadableFile(f"its XML expands past {limits.xml_bytes / mib:.0f} MB (a zip bomb?)")
+                            tags += piece.count(b"<") - piece.count(b"</")  # a tag cut between pieces: off by one per MB
+                            if tags > limits.elements:
+                                raise UnreadableFile(f"its XML holds over {limits.elements:,} elements, over the limit (a zip bomb?)")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError) as exc:
+        raise UnreadableFile(f"not a readable .docx file ({type(exc).__name__}: {str(exc)[:80]})") from None
 
+
+def load_docx(data: bytes) -> list[Block]:
+    import docx
+
+    check_zip(data)
     try:
         document = docx.Document(io.BytesIO(data))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise UnreadableFile(f"not a readable .docx file ({type(exc).__name__})") from None
+    except Exception as exc:  # python-docx lets zipfile, lxml and its own errors through, of many kinds
+        raise UnreadableFile(f"not a readable .docx file ({type(exc).__name__}: {str(exc)[:80]})") from None
     blocks: list[Block] = []
     headings: list[tuple[int, str]] = []
     for number, paragraph in enumerate(document.paragraphs, start=1):
@@ -282,24 +347,40 @@ def load_csv(data: bytes) -> list[Block]:
     return blocks
 
 
-def _flatten(value, prefix: str = "") -> list[str]:
+JSON_DEPTH = 64  # deeper than this, the rest of an item is kept as one line of JSON
+
+
+def _flatten(value, prefix: str = "", depth: int = 0) -> list[str]:
+    if depth >= JSON_DEPTH and isinstance(value, (dict, list)):
+        value = _compact(value)
     if isinstance(value, dict):
-        return [line for k, v in value.items() for line in _flatten(v, f"{prefix}{k}.")]
+        return [line for k, v in value.items() for line in _flatten(v, f"{prefix}{k}.", depth + 1)]
     if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        return [line for i, v in enumerate(value) for line in _flatten(v, f"{prefix}{i}.")]
+        return [line for i, v in enumerate(value) for line in _flatten(v, f"{prefix}{i}.", depth + 1)]
     shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
     return [f"{prefix[:-1]}: {shown}" if prefix else shown]
+
+
+def _compact(value) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        raise UnreadableFile(f"JSON nested too deeply (over {JSON_DEPTH} levels are kept as text, but not this many)") from None
 
 
 def load_json(data: bytes) -> list[Block]:
     text = decode_text(data)
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise UnreadableFile("JSON nested too deeply for Python's parser") from None
     except json.JSONDecodeError:
         try:  # JSON Lines: one document per line
             value = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
             raise UnreadableFile(f"not valid JSON or JSON Lines ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise UnreadableFile("JSON nested too deeply for Python's parser") from None
     items = list(value.items()) if isinstance(value, dict) else list(enumerate(value)) if isinstance(value, list) else [("", value)]
     blocks = []
     for number, (key, item) in enumerate(items, start=1):

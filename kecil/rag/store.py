@@ -5,6 +5,10 @@ A chunk has one or more vectors (one per few-sentence window of it, ingest.py); 
 BLOB, so a chunk's vectors go in and out with it, and a store written with one vector per chunk
 reads the same way.
 
+A file name that is not UTF-8 (Linux allows any bytes) is kept twice: `path` shows it with the bad
+bytes escaped (`\\xff`), which SQLite, JSON and a terminal all take, and `raw_path` holds its bytes,
+so ingest finds the same file again (display_path, files()).
+
 SQLite runs in WAL mode so a search reads while an ingest writes, and every file is replaced in
 one transaction, so an ingest killed midway leaves each file either fully in or fully out.
 Vectors are float32 BLOBs in the same file (the one source of truth) and are searched as a numpy
@@ -15,6 +19,7 @@ latency target at 100k chunks (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kecil.errors import ConfigError, KnowledgeBaseError
-from kecil.paths import kecil_home
+from kecil.paths import kecil_home, private_dir, private_file
 from kecil.rag.chunking import TextChunk, index_text
 from kecil.rag.tokenise import fts_document
 
@@ -38,7 +43,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,          -- absolute, resolved
+    path TEXT NOT NULL UNIQUE,          -- absolute, resolved; bytes that are not UTF-8 shown as \\xNN
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
@@ -65,10 +70,23 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab(chunks_fts, 'row
 """
 
 
+def display_path(path: str) -> str:
+    """`path` as text any encoder takes: bytes of the name that are not UTF-8 (surrogates in a
+    Python str) are written as \\xNN."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _raw(path: str) -> bytes | None:
+    """The name's bytes when its display form is not the name itself, else None."""
+    return None if display_path(path) == path else os.fsencode(path)
+
+
 def kb_dir() -> Path:
-    folder = kecil_home() / "kb"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return private_dir(kecil_home() / "kb")
 
 
 def check_name(name: str) -> str:
@@ -168,6 +186,13 @@ class KnowledgeBase:
             db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
             db.execute("PRAGMA foreign_keys = ON")
             db.executescript(_SCHEMA)
+            for extra in ("", "-wal", "-shm"):  # SQLite makes them 0644; the WAL and SHM take the main file's mode
+                private_file(Path(f"{path}{extra}"))
+            if "raw_path" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:  # made before it existed
+                try:
+                    db.execute("ALTER TABLE files ADD COLUMN raw_path BLOB")
+                except sqlite3.OperationalError:
+                    pass  # read-only: searching does not need it, and an ingest will say it cannot write
         except sqlite3.DatabaseError as exc:
             raise KnowledgeBaseError(f"{path} is not a usable knowledge base ({exc}): remove it with `kecil rag remove {name}` and ingest again") from None
         kb = cls(name, path, db)
@@ -248,9 +273,11 @@ class KnowledgeBase:
         return KnowledgeBase._write(self, removal)
 
     def files(self) -> dict[str, FileRecord]:
+        """Every file, by its name as the file system gives it (str with surrogates for non-UTF-8 bytes)."""
         with self._lock:
-            rows = self._db.execute("SELECT id, path, sha256, size, mtime_ns, chunks FROM files").fetchall()
-        return {row[1]: FileRecord(*row) for row in rows}
+            rows = self._db.execute("SELECT id, COALESCE(raw_path, path), sha256, size, mtime_ns, chunks FROM files").fetchall()
+        records = [FileRecord(row[0], os.fsdecode(row[1]) if isinstance(row[1], bytes) else row[1], *row[2:]) for row in rows]
+        return {r.path: r for r in records}
 
     def replace_file(self, path: str, sha256: str, size: int, mtime_ns: int, chunks: Sequence[TextChunk], vectors: Sequence[np.ndarray]) -> None:
         """Put `path` in with its chunks and their vectors, replacing what it had, in one
@@ -262,8 +289,8 @@ class KnowledgeBase:
         with self._write_txn(removal=True) as db:
             self._delete_file(db, path)
             file_id = db.execute(
-                "INSERT INTO files (path, sha256, size, mtime_ns, chunks, ingested_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (path, sha256, size, mtime_ns, len(chunks), time.time()),
+                "INSERT INTO files (path, raw_path, sha256, size, mtime_ns, chunks, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (display_path(path), _raw(path), sha256, size, mtime_ns, len(chunks), time.time()),
             ).lastrowid
             for order, (chunk, vector) in enumerate(zip(chunks, vectors)):
                 chunk_id = db.execute(
@@ -276,7 +303,7 @@ class KnowledgeBase:
     def touch_file(self, path: str, size: int, mtime_ns: int) -> None:
         """The file's bytes are unchanged (same hash) but its timestamp moved: remember the new one."""
         with self._lock:
-            self._db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
+            self._db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, display_path(path)))
 
     def remove_files(self, paths: Sequence[str]) -> int:
         if not paths:
@@ -286,7 +313,7 @@ class KnowledgeBase:
 
     @staticmethod
     def _delete_file(db: sqlite3.Connection, path: str) -> int:
-        row = db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+        row = db.execute("SELECT id FROM files WHERE path = ?", (display_path(path),)).fetchone()
         if row is None:
             return 0
         db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", row)
@@ -362,6 +389,7 @@ class KnowledgeBase:
 
     def chunk_ids_under(self, path: str) -> set[int]:
         """Ids of the chunks of the file `path`, or of every file in the folder `path`."""
+        path = display_path(path)
         like = path.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
         with self._lock:
             rows = self._db.execute(

@@ -86,3 +86,52 @@ def write_bad_folder(folder: Path, big_mb: int = 200) -> dict[str, str]:
         "corrupt.pdf": "pdf", "truncated.pdf": "pdf", "binary.txt": "binary", "empty.md": "empty",
         "latin1.txt": "utf-8", "broken.docx": "docx", "huge.txt": "limit",
     }
+
+
+def broken_xml_docx(path: Path) -> Path:
+    """A .docx whose zip is sound but whose main XML part is not well-formed."""
+    import zipfile
+
+    good = docx_file(path.with_name(path.stem + "-source.docx"))
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            data = source.read(member)
+            target.writestr(member, data[: len(data) // 2] if member.filename == "word/document.xml" else data)
+    good.unlink()
+    return path
+
+
+def docx_bomb(path: Path, xml_mb: int = 100, claim_bytes: int | None = None) -> Path:
+    """A small .docx whose word/document.xml inflates to `xml_mb` MB of empty paragraphs; with
+    `claim_bytes`, its zip directory says the part is that small (a directory that lies)."""
+    import struct
+    import zlib
+    import zipfile
+
+    head = b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>'
+    tail = b"</w:body></w:document>"
+    piece = b"<w:p/>" * (2**20 // 6)
+    compressor, crc, size = zlib.compressobj(9, zlib.DEFLATED, -15), zlib.crc32(head), len(head)
+    parts = [compressor.compress(head)]
+    for _ in range(xml_mb):
+        parts.append(compressor.compress(piece))
+        crc, size = zlib.crc32(piece, crc), size + len(piece)
+    parts += [compressor.compress(tail), compressor.flush()]
+    crc, size = zlib.crc32(tail, crc), size + len(tail)
+    deflated = b"".join(parts)
+    docx_file(path)  # every other part of a real document
+    with zipfile.ZipFile(path) as source:
+        others = [(m, source.read(m)) for m in source.infolist() if m.filename != "word/document.xml"]
+    shown = size if claim_bytes is None else claim_bytes
+    with open(path, "wb") as out:  # written by hand: zipfile would compress 100 MB itself, slowly
+        central, name = [], b"word/document.xml"
+        entries = [(name, deflated, crc, shown, 8)] + [(m.filename.encode(), zlib.compress(d)[2:-4], zlib.crc32(d), len(d), 8) for m, d in others]
+        for entry_name, body, entry_crc, entry_size, method in entries:
+            offset = out.tell()
+            fields = (20, 0, method, 0, 0, entry_crc, len(body), entry_size, len(entry_name), 0)
+            out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, *fields) + entry_name + body)
+            central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, *fields, 0, 0, 0, 0, offset) + entry_name)
+        start = out.tell()
+        out.write(b"".join(central))
+        out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), out.tell() - start, start, 0))
+    return path

@@ -17,7 +17,7 @@ from kecil.errors import KnowledgeBaseError
 from kecil.rag.ingest import IngestConfig, ingest
 from kecil.rag.retrieve import Retriever, SearchConfig
 from kecil.rag.store import KnowledgeBase, kb_path
-from tests.rag.documents import write_bad_folder, write_mixed_folder
+from tests.rag.documents import broken_xml_docx, write_bad_folder, write_mixed_folder
 
 
 def counts(kb: str) -> dict[str, int]:
@@ -74,6 +74,63 @@ def test_bad_files_are_skipped_and_reported_the_rest_ingested(tmp_path, embedder
     assert [p.rsplit("/", 1)[1] for p in report.added] == ["good.md"] and report.other_types == 1
     with Retriever("bad", embedder=embedder) as retriever:
         assert "zebra" in retriever.search("zebra crossing", SearchConfig(k=1))[0].chunk.text
+
+
+def test_one_bad_file_of_any_kind_does_not_stop_the_rest(tmp_path, embedder):
+    """Deep JSON, broken XML in a .docx and a file name that is not UTF-8, in one ingest with good files."""
+    import json
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.md").write_text("# Good\n\nThe heron nests by the lake.\n")
+    (docs / "deep.json").write_text("[" * 600 + '"the otter sleeps deep"' + "]" * 600)  # RecursionError before
+    (docs / "deeper.json").write_text("[" * 100_000 + "]" * 100_000)
+    (docs / "surrogate.json").write_text('{"note": "a lone \\ud800 beside the walrus"}')
+    broken_xml_docx(docs / "broken-xml.docx")  # lxml's XMLSyntaxError before
+    odd = os.path.join(os.fsencode(docs), b"caf\xff\xfe.md")  # UnicodeEncodeError in SQLite before
+    with open(odd, "wb") as handle:
+        handle.write(b"# Odd name\n\nThe badger lives under an odd name.\n")
+
+    report = ingest(IngestConfig(docs, "one-bad"), embedder=embedder)
+    skipped = {path.rsplit("/", 1)[1]: why for path, why in report.skipped}
+    assert set(skipped) == {"deeper.json", "broken-xml.docx"}, skipped
+    assert "nested too deeply" in skipped["deeper.json"] and ".docx" in skipped["broken-xml.docx"]
+    shown = "caf\\xff\\xfe.md"  # the bad bytes escaped, as the report and citations show them
+    assert sorted(p.rsplit("/", 1)[1] for p in report.added) == sorted(["good.md", "deep.json", "surrogate.json", shown])
+    json.dumps(report.__dict__, ensure_ascii=False).encode("utf-8")  # printable as the CLI's --json does
+    with Retriever("one-bad", embedder=embedder) as retriever:
+        hit = retriever.search("badger odd name", SearchConfig(k=1, method="bm25"))[0]
+        assert hit.chunk.path == os.path.join(str(docs), shown)
+        assert "otter" in retriever.search("otter sleeps", SearchConfig(k=1, method="bm25"))[0].chunk.text
+        assert "\ufffd beside the walrus" in retriever.search("walrus", SearchConfig(k=1, method="bm25"))[0].chunk.text
+
+    again = ingest(IngestConfig(docs, "one-bad"), embedder=embedder)  # the odd name was stored losslessly
+    assert (again.added, again.updated, again.unchanged) == ([], [], 4)
+    os.unlink(odd)
+    third = ingest(IngestConfig(docs, "one-bad"), embedder=embedder)
+    assert [p.rsplit("/", 1)[1] for p in third.removed] == [shown] and counts("one-bad")["files"] == 3
+
+
+def test_the_embedding_model_of_a_new_knowledge_base_follows_the_documents_language(tmp_path, embedder):
+    """Thai and Indonesian documents get multilingual-e5-small unless told otherwise; English ones
+    keep MiniLM; an English-only model given for them is ingested with a note saying so."""
+    from bench._common.chatterbot import load_chatterbot
+    from bench._common.squad import write_corpus
+
+    documents, _ = load_chatterbot({"thai": "th", "indonesian": "id"})
+    folder = write_corpus(tmp_path / "th-id", documents)[0].parent
+    report = ingest(IngestConfig(folder, "th-id"))
+    assert report.embedder == "multilingual-e5-small" and report.added and not report.skipped
+    assert "not English: embedding with multilingual-e5-small" in report.notes[0]
+    with KnowledgeBase.open("th-id") as kb:
+        assert kb.embedder_name == "multilingual-e5-small"
+
+    told = ingest(IngestConfig(folder, "th-id-minilm"), embedder=embedder)
+    assert told.embedder == "all-minilm-l6-v2" and "--embedder multilingual-e5-small" in told.notes[0]
+
+    write_mixed_folder(tmp_path / "english")
+    english = ingest(IngestConfig(tmp_path / "english", "english"))
+    assert english.embedder == "all-minilm-l6-v2" and english.notes == []
 
 
 def test_another_embedding_model_is_a_clear_error(tmp_path, embedder):

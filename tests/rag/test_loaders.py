@@ -8,7 +8,7 @@ import pytest
 
 from kecil.rag.chunking import ChunkConfig, approx_tokens, chunk_blocks, sentence_windows
 from kecil.rag.loaders import UnreadableFile, load, unit_of
-from tests.rag.documents import write_bad_folder, write_mixed_folder
+from tests.rag.documents import broken_xml_docx, docx_bomb, write_bad_folder, write_mixed_folder
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,57 @@ def test_sentence_windows_cover_each_sentence_once_in_even_runs():
     # a paragraph break ends a sentence too (list items carry no full stop); CJK ends without spaces
     assert sentence_windows("- milk\n\n- eggs\n\n- flour\n\n- sugar", 2) == ["- milk - eggs", "- flour - sugar"]
     assert sentence_windows("一。二。三。四。", 2) == ["一。 二。", "三。 四。"]
+
+
+def test_deep_json_is_kept_as_text_and_too_deep_json_is_refused():
+    deep = ("[" * 600 + '"the otter sleeps deep"' + "]" * 600).encode()
+    assert "the otter sleeps deep" in "\n".join(b.text for b in load(Path("deep.json"), deep))
+    nested = ('{"a": ' * 600 + '"the stoat"' + "}" * 600).encode()
+    assert "the stoat" in "\n".join(b.text for b in load(Path("nested.json"), nested))
+    with pytest.raises(UnreadableFile, match="nested too deeply"):
+        load(Path("deeper.json"), ("[" * 100_000 + "]" * 100_000).encode())
+
+
+def test_a_lone_surrogate_in_json_becomes_a_replacement_character():
+    blocks = load(Path("s.json"), b'{"note": "lone \\ud800 beside the walrus"}')
+    assert blocks[0].text == "note: lone \ufffd beside the walrus"
+
+
+def test_a_docx_with_broken_xml_is_unreadable_not_an_error(tmp_path):
+    path = broken_xml_docx(tmp_path / "broken-xml.docx")
+    with pytest.raises(UnreadableFile, match="not a readable .docx"):
+        blocks_of(path)
+
+
+BOMB_CHECK = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))  # keeps a failing run from taking the machine
+from kecil.rag.loaders import UnreadableFile, load
+for name in sys.argv[1:]:
+    try:
+        load(Path(name), Path(name).read_bytes())
+        print("loaded")
+    except UnreadableFile as exc:
+        print(exc)
+# VmHWM: this process's own peak (ru_maxrss carries the parent's over fork and exec)
+print([int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
+"""
+
+
+def test_a_zip_bomb_docx_is_refused_with_its_reason_and_memory_stays_low(tmp_path):
+    import subprocess
+    import sys
+
+    honest = docx_bomb(tmp_path / "honest.docx", xml_mb=300)  # the directory says 300 MB
+    liar = docx_bomb(tmp_path / "liar.docx", xml_mb=300, claim_bytes=4096)  # ... says 4 KB
+    many = docx_bomb(tmp_path / "many.docx", xml_mb=20)  # 20 MB: under the byte bounds, 3.5 million elements
+    assert max(p.stat().st_size for p in (honest, liar, many)) < 1_000_000
+    run = subprocess.run([sys.executable, "-c", BOMB_CHECK, str(honest), str(liar), str(many)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    *reasons, peak_mb = run.stdout.strip().splitlines()
+    assert "expands to 301 MB, over the limit of 256 MB" in reasons[0] and "zip bomb" in reasons[0]
+    assert "not a readable .docx" in reasons[1]  # inflating past what the directory says breaks the CRC
+    assert "elements" in reasons[2] and "zip bomb" in reasons[2]
+    assert int(peak_mb) < 250, f"peak RSS {peak_mb} MB"
