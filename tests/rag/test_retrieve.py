@@ -9,7 +9,7 @@ import pytest
 from kecil.errors import ConfigError
 from kecil.rag.evaluate import evaluate, first_answer_rank, read_qa
 from kecil.rag.retrieve import DenseScores, Retriever, SearchConfig, fuse
-from tests.test_cli import assert_clean_error, kecil
+from tests.cli_helpers import assert_clean_error, kecil
 
 
 @pytest.fixture(scope="module")
