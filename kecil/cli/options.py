@@ -89,7 +89,9 @@ def field_options(
     exclude, arguments = set(exclude), set(arguments)
     flags, help, defaults = flags or {}, help or {}, defaults or {}
     by_name = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [n for n in (*(chosen or ()), *exclude, *arguments, *flags, *help, *defaults) if n not in by_name]
+    # `help` may name fields a config no longer has (it fills in for configs still being given
+    # their own help), so only the other names are checked.
+    unknown = [n for n in (*(chosen or ()), *exclude, *arguments, *flags, *defaults) if n not in by_name]
     if unknown:
         raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
     params = []
@@ -100,7 +102,7 @@ def field_options(
         parsed = _cli_type(hints[name]) if name in hints else None
         if parsed is None:
             if chosen is not None:
-                raise TypeError(f"{cls.__name__}.{name} ({hints[name]}) cannot be a command-line option")
+                raise TypeError(f"{cls.__name__}.{name} ({hints.get(name, f.type)}) cannot be a command-line option")
             continue  # left at its default; a command that needs it sets it itself
         kind, as_tuple = parsed
         convert = None
@@ -142,6 +144,7 @@ def config_options(cls: type, *, into: str = "config", build: bool = True, **cho
         clash = {p.name for p in own} & {p.name for p, _ in generated}
         if clash:
             raise TypeError(f"{command.__name__} declares {', '.join(sorted(clash))}, which {cls.__name__} provides")
+
         @functools.wraps(command)
         def run(**values):
             fields = {}
