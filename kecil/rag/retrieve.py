@@ -14,7 +14,7 @@ are the ones chosen by bench/rag.py for each embedding model (FUSION; see docs/b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,16 +63,18 @@ DEFAULT_FUSION = FUSION["all-minilm-l6-v2"]
 class SearchConfig:
     """How to search. Defaults are the measured best on the SQuAD QA set (bench/rag.py)."""
 
-    k: int = 5
-    method: str = "hybrid"  # hybrid | bm25 | dense
+    k: int = field(default=5, metadata={"help": "How many chunks to retrieve.", "flag": ("--k", "-k")})
+    method: str = field(default="hybrid", metadata={"help": "hybrid, bm25 or dense."})
     depth: int = 50  # candidates taken from each list before fusing
     # None: the measured best for the knowledge base's embedding model (FUSION).
-    fusion: str | None = None  # convex (normalised scores) | rrf (reciprocal rank)
+    fusion: str | None = field(default=None, metadata={
+        "help": "How hybrid fuses BM25 and dense: convex (normalised scores) or rrf (reciprocal rank); "
+                "default: the measured best for the knowledge base's embedding model."})
     alpha: float | None = None  # convex: BM25's share, the cosine's is 1 - alpha
     rrf_k: int | None = None
     bm25_weight: float | None = None  # rrf
     dense_weight: float = 1.0  # rrf
-    path: str | None = None  # only chunks of this file, or of files in this folder
+    path: str | None = field(default=None, metadata={"help": "Only chunks of this file, or of the files in this folder."})
     rerank: RerankConfig | None = None  # reorder the best candidates with the language model (rerank.py)
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError
+from kecil.models.info import parse_bytes
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 
@@ -22,24 +23,30 @@ class APIKey:
 class ServeConfig:
     """Settings of one server. Defaults suit a laptop serving its owner on loopback."""
 
-    models: tuple[str, ...] = ()  # model specs (built-in names, .gguf files, HF folders); () = the default model
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_keys: tuple[APIKey, ...] = ()
-    max_memory: int | None = None  # bytes all loaded models may take; None = 75% of this machine's RAM
-    context_length: int | None = None  # tokens per request; None = the model's, at most 4096
-    parallel: int = 4  # sequences of one model decoded together (continuous batching slots)
-    threads: int | None = None  # None = physical cores
-    max_queue: int = 64  # requests waiting for a slot, per model, before 429
-    max_body_bytes: int = 1_000_000
-    max_tokens_limit: int | None = None  # largest max_tokens accepted; None = the context length
-    request_timeout: float = 300.0  # seconds for one request, queueing included
-    log_requests: bool = False  # prompts and completions go to the log only when this is set
-    audit_log: Path | None = None  # None = $KECIL_HOME/serve/audit.jsonl
-    embedding_model: str | None = DEFAULT_EMBEDDING_MODEL
-    preload: bool = True  # load the first model at start-up, so /ready means ready
-    knowledge_bases: tuple[str, ...] = field(default=())  # served as models named rag:NAME
-    adapter: Path | None = None  # a LoRA (`kecil tune` -o folder or GGUF LoRA file) applied to the first model
+    models: tuple[str, ...] = field(default=(), metadata={
+        "help": "Models to serve (built-in names, .gguf files, Hugging Face folders); default: the embedded model. Each loads on its first request.",
+        "metavar": "[MODEL]..."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on. Anything but loopback needs --api-key or --api-keys-file."})
+    port: int = field(default=8000, metadata={"help": "Port to listen on (0 = any free port)."})
+    api_keys: tuple[APIKey, ...] = ()  # from --api-key and --api-keys-file
+    max_memory: int | None = field(default=None, metadata={
+        "help": "Memory all loaded models may use, e.g. 4GB or 4GiB (GB = 10^9 bytes, GiB = 2^30); least-recently-used models are unloaded to stay under it (default: 75% of RAM).",
+        "parse": parse_bytes})
+    context_length: int | None = field(default=None, metadata={
+        "help": "Context window in tokens per request (default: the model's, at most 4096).", "flag": ("--context", "-c")})
+    parallel: int = field(default=4, metadata={"help": "Requests per model decoded together (continuous batching slots).", "flag": ("--parallel", "-p")})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: physical cores).", "flag": ("--threads", "-t")})
+    max_queue: int = field(default=64, metadata={"help": "Requests waiting per model before the server answers 429."})
+    max_body_bytes: int = field(default=1_000_000, metadata={"help": "Largest request body in bytes, e.g. 1MB.", "flag": "--max-body", "parse": parse_bytes})
+    max_tokens_limit: int | None = field(default=None, metadata={"help": "Largest max_tokens a request may ask for (default: the context length)."})
+    request_timeout: float = field(default=300.0, metadata={"help": "Seconds one request may take, queueing included.", "flag": "--timeout"})
+    log_requests: bool = field(default=False, metadata={"help": "Log prompts and completions (off: they are never logged)."})
+    audit_log: Path | None = field(default=None, metadata={"help": "Append-only JSON audit log (default: $KECIL_HOME/serve/audit.jsonl)."})
+    embedding_model: str | None = DEFAULT_EMBEDDING_MODEL  # on the command line: --embeddings/--no-embeddings
+    preload: bool = field(default=True, metadata={"help": "Load the first model at start-up (then /ready means ready)."})
+    knowledge_bases: tuple[str, ...] = field(default=(), metadata={"hidden": True})  # served as models named rag:NAME
+    adapter: Path | None = field(default=None, metadata={
+        "help": "A LoRA adapter for the first MODEL: the -o folder of `kecil tune` (its adapter.gguf keeps a GGUF model on llama.cpp) or a GGUF LoRA file."})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError
@@ -21,10 +21,12 @@ GGUF_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k
 
 @dataclass(frozen=True)
 class MergeConfig:
-    model: str  # the base model the adapter was trained on
-    adapter: Path  # a `kecil tune` output folder
-    output: Path  # the merged Hugging Face folder (written whole, then renamed into place)
-    export_gguf: str | None = None  # also write output/model-<TYPE>.gguf
+    model: str = field(metadata={"help": "The base model the adapter was trained on."})
+    adapter: Path = field(metadata={"help": "The adapter folder written by `kecil tune`."})
+    # written whole, then renamed into place
+    output: Path = field(metadata={"help": "Folder for the merged Hugging Face model."})
+    export_gguf: str | None = field(default=None, metadata={
+        "help": "Also write the merged model as GGUF of this type (f16, q8_0, q4_k_m, ...) into the output folder, as model-TYPE.gguf."})
 
     def __post_init__(self) -> None:
         if self.export_gguf is not None and self.export_gguf.lower() not in GGUF_TYPES:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,22 +15,8 @@ from kecil.compress.quantize import QuantizeConfig, quantize
 from kecil.errors import ConfigError
 from kecil.infer.generation import GenerationConfig
 from kecil.infer.load import load_model
+from tests.cli_helpers import assert_clean_error, kecil
 from tests.models.helpers import assert_helpful
-
-
-def kecil(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kecil", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "KECIL_DEBUG": ""},
-    )  # fmt: skip
-
-
-def assert_clean_error(done: subprocess.CompletedProcess, *words: str) -> None:
-    assert done.returncode != 0
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kecil: error:"), done.stderr
-    for word in words:
-        assert word.lower() in lines[0].lower(), (word, lines[0])
 
 
 def generates(path: Path) -> str:

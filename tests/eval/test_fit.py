@@ -13,11 +13,14 @@ from kecil.eval.fit import FitConfig, Variant, _recommend, fit, quality_key
 from kecil.models.info import parse_bytes
 
 
-def test_memory_sizes_are_read_as_ram_is_sold():
-    """One parser for every memory option (serve's --max-memory too): a "4 GB" laptop has 4 GiB."""
-    assert parse_bytes("4GB") == 4 * 2**30 == parse_bytes("4GiB")
-    assert parse_bytes("300MB") == 300 * 2**20
+def test_memory_sizes_are_si_with_gb_and_iec_with_gib():
+    """One parser for every memory option (serve's --max-memory too), read as disks and
+    Kubernetes read them: GB is 10^9 bytes, GiB is 2^30."""
+    assert parse_bytes("4GB") == 4 * 10**9 == parse_bytes("4 gb") == parse_bytes("4G")
+    assert parse_bytes("4GiB") == 4 * 2**30 == parse_bytes("4Gi")
+    assert parse_bytes("300MB") == 300 * 10**6
     assert parse_bytes("512 mib") == 512 * 2**20
+    assert parse_bytes("1.5GiB") == 3 * 2**29 and parse_bytes("2048") == 2048 == parse_bytes("2KiB") and parse_bytes("2KB") == 2000
     for bad in ("lots", "4 parsecs", ""):
         with pytest.raises(ConfigError, match="write it like 300MB"):
             parse_bytes(bad)
@@ -89,7 +92,7 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
     assert verdict["recommended"] == best["type"]
     assert verdict["command"] == f"kecil quantize {model} --to {best['type']} -o {Path(model).name}-{best['type']}.gguf"
 
-    done = CliRunner().invoke(app, [*common, "--memory", "1MB"])
+    done = CliRunner().invoke(app, [*common, "--memory", "1MiB"])
     assert done.exit_code == 0, done.output
     smallest = min(v["peak_rss_bytes"] for v in variants)
     short = re.search(r"nothing fits in 1\.0 MiB at a 128-token context: the smallest, (q8_0|q4_0), peaks at ([\d.]+) MiB, ([\d.]+) MiB more", done.stdout)

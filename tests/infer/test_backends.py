@@ -13,7 +13,6 @@ from kecil.errors import BackendError, ConfigError, PromptTooLongError
 from kecil.infer.chat import ChatSession
 from kecil.infer.generation import GenerationConfig
 from kecil.infer.load import load_model
-from tests.tiny_models import TINY_ARCHS
 
 GREEDY = GenerationConfig(temperature=0, max_tokens=24)
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -32,8 +31,7 @@ def smol_torch():
 
 
 # --- tiny random models: every architecture loads and generates through the torch backend ---
-@pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_tiny_model_generates_with_usage_and_finish_reason(arch, tiny_hf_model):
+def generates_with_usage_and_finish_reason(arch, tiny_hf_model, tmp_path):  # a row of tests/test_architectures.py
     with load_model(str(tiny_hf_model(arch)), context_length=256) as model:
         assert model.name == "torch"
         prompt = "the cat sat on the mat"

@@ -8,7 +8,6 @@ from kecil.errors import ConfigError
 from kecil.models.info import ModelInfo, describe, estimate_memory, format_bytes, format_count, inspect_model
 from kecil.models.reference import resolve
 from tests.models.helpers import assert_helpful
-from tests.tiny_models import TINY_ARCHS
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +108,7 @@ def test_format_bytes():
     )
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_tiny_hf_folder_facts(arch, tiny_hf_model):
+def tiny_hf_folder_facts(arch, tiny_hf_model, tmp_path):  # a row of tests/test_architectures.py
     built = tiny_hf_model.get(arch)
     info = inspect_model(resolve(str(built.path)))
     assert info.architecture == arch

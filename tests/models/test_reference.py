@@ -15,7 +15,6 @@ from kecil.models.architectures import normalise_architecture, supported_archite
 from kecil.models.builtins import DEFAULT_MODEL, builtin_path
 from kecil.models.reference import resolve
 from tests.models.helpers import assert_helpful, write_gguf
-from tests.tiny_models import TINY_ARCHS
 
 SUPPORTED = "gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3"
 
@@ -53,8 +52,7 @@ def test_gguf_is_recognised_by_magic_not_extension(tmp_path):
     assert (ref.format, ref.architecture) == ("gguf", "llama")
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_tiny_hf_folders_resolve_to_their_architecture(arch, tiny_hf_model):
+def resolves_to_its_architecture(arch, tiny_hf_model, tmp_path):  # a row of tests/test_architectures.py
     ref = resolve(str(tiny_hf_model(arch)))
     assert (ref.format, ref.architecture, ref.builtin) == ("hf", arch, False)
     assert ref.name == arch and ref.path == tiny_hf_model(arch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench._common.squad import load_squad, subset, write_corpus
+from kecil.rag.qa_sets import load_squad, subset, write_corpus
 from kecil.infer.embeddings import load_embedder
 from kecil.rag.evaluate import QAItem
 from kecil.rag.ingest import IngestConfig, ingest

@@ -13,7 +13,7 @@ from kecil.rag.ask import Answer, AskConfig, ask, attribute, stream_ask
 from kecil.rag.evaluate import first_answer_rank
 from kecil.rag.retrieve import Retriever, SearchConfig
 from kecil.rag.tokenise import tokenise
-from tests.test_cli import kecil
+from tests.cli_helpers import kecil
 
 
 @pytest.fixture(scope="module")

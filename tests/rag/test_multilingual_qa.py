@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench._common.chatterbot import load_chatterbot
-from bench._common.squad import write_corpus
 from kecil.infer.embeddings import load_embedder
 from kecil.rag.evaluate import QAItem, evaluate
 from kecil.rag.ingest import IngestConfig, ingest
+from kecil.rag.qa_sets import load_chatterbot, write_corpus
 from kecil.rag.retrieve import Retriever, SearchConfig
 
 # Fusion for an e5 knowledge base (its default): measured on this set and on SQuAD (docs/benchmarks.md);

@@ -10,7 +10,7 @@ from kecil.errors import ConfigError
 from kecil.infer.load import load_model
 from kecil.rag.rerank import RerankConfig, fuse_ranks, question_logprobs
 from kecil.rag.retrieve import Retriever, SearchConfig
-from tests.test_cli import kecil
+from tests.cli_helpers import kecil
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from kecil.errors import ConfigError
 from kecil.rag.evaluate import evaluate, first_answer_rank, read_qa
 from kecil.rag.retrieve import DenseScores, Retriever, SearchConfig, fuse
-from tests.test_cli import assert_clean_error, kecil
+from tests.cli_helpers import assert_clean_error, kecil
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_cli_ingest_and_remove(tmp_path):
     done = kecil("rag", "ingest", str(tmp_path / "docs"), "--kb", "cli-kb")
     assert done.returncode == 0, done.stderr
     assert "1 files added" in done.stdout and "skipped" in done.stderr and "b.txt" in done.stderr
-    assert "removed" in kecil("rag", "remove", "cli-kb").stdout
+    assert "removed" in kecil("rag", "remove", "cli-kb", "--yes").stdout
     assert "cli-kb" not in kecil("rag", "list").stdout
 
 

@@ -45,7 +45,8 @@ def test_find_key_matches_exactly_and_reads_both_header_forms():
 
 
 def test_memory_sizes():
-    assert parse_bytes("4GB") == 4 * 1024**3 and parse_bytes("300MB") == 300 * 1024**2 and parse_bytes("2048") == 2048
+    assert parse_bytes("4GiB") == 4 * 1024**3 and parse_bytes("300MiB") == 300 * 1024**2 and parse_bytes("2048") == 2048
+    assert parse_bytes("4GB") == 4 * 10**9 and parse_bytes("1MB") == 10**6
     for bad in ("", "lots", "4 parsecs", "-1GB"):
         with pytest.raises(ConfigError):
             parse_bytes(bad)

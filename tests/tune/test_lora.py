@@ -12,7 +12,6 @@ import pytest
 
 from kecil.errors import ConfigError
 from kecil.tune.lora import LINEAR_TARGETS, TuneConfig, tune
-from tests.tiny_models import TINY_ARCHS
 from tests.tune.helpers import memorisable_chat, write_jsonl
 
 
@@ -35,8 +34,7 @@ def test_loss_falls_on_a_memorisable_set(tiny_hf_model, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "kecil_tune.json", "checkpoints"} <= names
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_every_architecture_trains_with_its_default_targets(tiny_hf_model, tmp_path, arch):
+def trains_with_its_default_targets(arch, tiny_hf_model, tmp_path):  # a row of tests/test_architectures.py
     import json
 
     data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(10))

@@ -26,10 +26,22 @@ def test_a_bfloat16_base_trains_a_float32_adapter_like_a_float32_base(tiny_hf_mo
     assert first[0][0] == pytest.approx(first[1][0], rel=0.02)
 
 
-def test_precision_is_checked_and_auto_resolves_to_a_dtype():
+def cpu_flags() -> set[str]:
+    """This machine's CPU flags, read here rather than through kecil (the thing under test)."""
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+        return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+
+
+def test_precision_is_checked_and_auto_resolves_to_what_the_hardware_computes():
+    import torch
+
     with pytest.raises(ConfigError, match="precision"):
         TuneConfig(model="m", data="d.jsonl", output="o", precision="float16")
-    assert base_precision("auto") in ("float32", "bfloat16")
+    if torch.cuda.is_available():
+        native = torch.cuda.is_bf16_supported()
+    else:  # AVX512-BF16 or AMX multiply bfloat16 in hardware; elsewhere it is emulated, slower than float32
+        native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert base_precision("auto") == ("bfloat16" if native else "float32")
     assert base_precision("float32") == "float32"
 
 

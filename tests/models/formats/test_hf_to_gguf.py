@@ -14,9 +14,7 @@ from kecil.errors import ConfigError, InvalidModelError, UnsupportedArchitecture
 from kecil.infer.llamacpp_runtime import import_llama_cpp
 from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
 from kecil.models.formats.hf_vocab import bpe_pre_tokenizer
-from tests.conftest import TINY_ARCHS
 from tests.models.helpers import assert_helpful
-from tests.tiny_models import EXTRA_ARCHS
 
 TEXT = "The cat sat on the warm mat by the door. Hello, how are you today? Two plus two is four."
 
@@ -40,8 +38,7 @@ def llama_cpp_logits(path, ids):
         llm.close()
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS + EXTRA_ARCHS)
-def test_converted_model_computes_what_transformers_computes(tiny_hf_model, tmp_path, arch):
+def converts_to_gguf_computing_what_transformers_computes(arch, tiny_hf_model, tmp_path):  # a row of tests/test_architectures.py
     from transformers import AutoTokenizer
 
     folder = tiny_hf_model(arch)

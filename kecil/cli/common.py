@@ -1,0 +1,60 @@
+"""What several commands share: the model-loading options, printing to stderr, progress bars, confirmation."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Annotated, Optional
+
+import typer
+
+from kecil.errors import ConfigError
+
+# Options of every command that loads a model (infer/load.py's LoadOptions and load_model).
+Backend = Annotated[Optional[str], typer.Option("--backend", "-b", help="llamacpp or torch (default: llamacpp for GGUF, torch for a Hugging Face folder).")]
+Context = Annotated[Optional[int], typer.Option("--context", "-c", help="Context window in tokens (default: the model's, at most 4096).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: physical cores).")]
+Adapter = Annotated[Optional[str], typer.Option("--adapter", help="A LoRA adapter to apply: the -o folder of `kecil tune` (or a GGUF LoRA file with the llamacpp backend).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed when input is not a terminal).")]
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def confirm(action: str, *, yes: bool) -> None:
+    """Go ahead with `action` (which deletes something) only on --yes or the user's "y" on a terminal.
+
+    Without a terminal (a script, a pasted pipeline) nothing is deleted unless --yes is given."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"will not {action} without confirmation: input is not a terminal, so pass --yes")
+    if not typer.confirm(f"{action[0].upper()}{action[1:]}?", default=False, err=True):
+        err("kecil: nothing was removed")
+        raise typer.Exit(1)
+
+
+def speed(timings) -> str:
+    return (
+        f"{timings.prompt_tokens} prompt tokens at {timings.prompt_tokens_per_second:.1f} tok/s, "
+        f"{timings.decode_tokens + 1} generated at {timings.decode_tokens_per_second:.1f} tok/s"
+    )
+
+
+@contextmanager
+def stage_bars(labels: dict[str, str], *, width: int, **options):
+    """A `progress(stage, done, total)` callback drawing one rich bar per stage as it first reports."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), **options) as bar:
+        bars: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(bars[stage], completed=done, total=total)
+
+        yield progress
