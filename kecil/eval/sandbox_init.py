@@ -1,7 +1,7 @@
 """The eval sandbox's first process: builds the program's private file system, starts the program
 as `nobody` with its limits, waits for it and then ends everything it left behind.
 
-It runs as `python -I -B -c <this file's text> CONFIG`, standard library only, either inside
+It runs as `python -I -B -S -c <this file's text> CONFIG`, standard library only, either inside
 fresh namespaces made by util-linux `unshare` (PID, mount, network, IPC, UTS; as PID 1, so when it
 exits the kernel kills every process left in the namespace) or, where those cannot be made, as a
 plain child that is a "subreaper": orphans of the program become its children, so it can find
@@ -11,7 +11,6 @@ and kill them all. It tells the parent what it did as JSON lines on the status d
 import ctypes
 import json
 import os
-import platform
 import resource
 import signal
 import sys
@@ -95,9 +94,9 @@ def private_root():
         os.chown(root + "/sandbox", NOBODY, NOBODY)
         os.chown(root + "/sandbox/program.py", NOBODY, NOBODY)
     os.chdir(root)
-    number = PIVOT_ROOT.get(platform.machine())
+    number = PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(0, f"no pivot_root for {platform.machine()}")
+        raise OSError(0, f"no pivot_root for {os.uname().machine}")
     check(libc.syscall(number, b".", b"."), "pivot_root")  # the old root ends up under the new one...
     check(libc.umount2(b".", MNT_DETACH), "detaching the host's file system")  # ...and is let go
     os.chdir("/")
