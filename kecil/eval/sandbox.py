@@ -21,6 +21,7 @@ watched for the tree's memory and process count by polling /proc (coarser than a
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
@@ -151,13 +152,14 @@ def _supervise(config: dict, limits: SandboxLimits, namespaces: bool, group: Tre
     started = time.monotonic()
     status_read, status_write = os.pipe()
     config = {**config, "status_fd": status_write, "namespaces": namespaces, "tmp": "/tmp" if namespaces else None}
+    libc = ctypes.CDLL(None)  # loaded here: nothing is imported or loaded between fork and exec
     command = [sys.executable, "-I", "-B", "-S", "-c", SUPERVISOR.read_text(encoding="utf-8"), json.dumps(config)]
     if namespaces:
         command = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts"] + (
             [] if os.geteuid() == 0 else ["--user", "--map-root-user"]) + ["--"] + command
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   pass_fds=(status_write,), preexec_fn=lambda: _child_setup(group))
+                                   pass_fds=(status_write,), preexec_fn=lambda: _child_setup(group, libc))
     finally:
         os.close(status_write)
     status = _StatusReader(status_read)
@@ -198,13 +200,11 @@ def _supervise(config: dict, limits: SandboxLimits, namespaces: bool, group: Tre
     return SandboxResult(verdict, code, text, "network" in held, held)
 
 
-def _child_setup(group: TreeGroup | None) -> None:
+def _child_setup(group: TreeGroup | None, libc: ctypes.CDLL) -> None:
     """Between fork and exec of the sandbox's first process: its own session, death with kecil
     (so a killed `kecil eval` leaves nothing running), and the cgroup before anything can fork."""
-    import ctypes
-
     os.setsid()
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if group is not None:
         group.join()
 
