@@ -82,11 +82,10 @@ def private_root():
         os.makedirs(root + folder, exist_ok=True)
         os.chmod(root + folder, 0o1777)
     os.makedirs(root + "/proc")
-    proc = True
     try:  # a /proc of this PID namespace only; some containers refuse it, and Python runs without
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:
-        proc = False
+        pass
     os.makedirs(root + "/sandbox", mode=0o700)
     with open(config["program"], "rb") as source, open(root + "/sandbox/program.py", "wb") as target:
         target.write(source.read())
@@ -100,7 +99,7 @@ def private_root():
     check(libc.syscall(number, b".", b"."), "pivot_root")  # the old root ends up under the new one...
     check(libc.umount2(b".", MNT_DETACH), "detaching the host's file system")  # ...and is let go
     os.chdir("/")
-    return "/sandbox/program.py", proc
+    return "/sandbox/program.py"
 
 
 def descendants():
@@ -175,7 +174,7 @@ def main():
     if config["namespaces"]:
         isolation += ["pid", "network"]
         try:
-            program, proc = private_root()
+            program = private_root()
             isolation.append("mount")
         except OSError as exc:
             tell(error=f"private file system: {exc}")
