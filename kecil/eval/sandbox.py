@@ -21,6 +21,7 @@ watched for the tree's memory and process count by polling /proc (coarser than a
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,35 +152,36 @@ def _supervise(config: dict, limits: SandboxLimits, namespaces: bool, group: Tre
     started = time.monotonic()
     status_read, status_write = os.pipe()
     config = {**config, "status_fd": status_write, "namespaces": namespaces, "tmp": "/tmp" if namespaces else None}
-    command = [sys.executable, "-I", "-B", "-c", SUPERVISOR.read_text(encoding="utf-8"), json.dumps(config)]
+    libc = ctypes.CDLL(None)  # loaded here: nothing is imported or loaded between fork and exec
+    command = [sys.executable, "-I", "-B", "-S", "-c", SUPERVISOR.read_text(encoding="utf-8"), json.dumps(config)]
     if namespaces:
         command = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts"] + (
             [] if os.geteuid() == 0 else ["--user", "--map-root-user"]) + ["--"] + command
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   pass_fds=(status_write,), preexec_fn=lambda: _child_setup(group))
+                                   pass_fds=(status_write,), preexec_fn=lambda: _child_setup(group, libc))
     finally:
         os.close(status_write)
     status = _StatusReader(status_read)
     ready = status.wait_for("ready", timeout=10.0)
     if ready is None:  # the namespaces or the private root could not be made
-        _kill_tree(process, group)
+        _kill_tree(process, group, namespaces)
         _collect(process)
         status.close()
         if namespaces:
             return None
         return SandboxResult("failed", process.returncode, "the sandbox could not start the program", False)
-    watch = _Watch(process.pid, limits, group)
+    watch = _Watch(process.pid, limits, group, lambda: _kill_tree(process, group, namespaces))
     try:
         out, err = process.communicate(timeout=max(0.1, limits.timeout - (time.monotonic() - started)))
         timed_out = False
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_tree(process, group)
+        _kill_tree(process, group, namespaces)
         out, err = _collect(process)
     finally:
         watch.stop()
-    _kill_tree(process, group)  # the program exited, but what it detached may not have
+    _kill_tree(process, group, namespaces)  # the program exited, but what it detached may not have
     exit_status = status.wait_for("exit", timeout=1.0)
     status.close()
     code = exit_status["exit"] if exit_status and exit_status["exit"] is not None else process.returncode
@@ -186,31 +189,33 @@ def _supervise(config: dict, limits: SandboxLimits, namespaces: bool, group: Tre
     held = tuple(ready["isolation"]) + tuple(f"cgroup-{c}" for c in ("memory", "pids") if group and getattr(group, c))
     if watch.over_memory or (group is not None and group.out_of_memory()):
         verdict = "memory"
+    elif watch.over_processes:
+        verdict, text = "failed", (text + f"\nkecil sandbox: more than {limits.processes} processes").strip()
     elif timed_out or code in (-signal.SIGXCPU, -signal.SIGKILL):
         verdict = "timeout"
     elif "MemoryError" in text:
         verdict = "memory"
-    elif watch.over_processes:
-        verdict, text = "failed", (text + f"\nkecil sandbox: more than {limits.processes} processes").strip()
     else:
         verdict = "passed" if code == 0 else "failed"
     return SandboxResult(verdict, code, text, "network" in held, held)
 
 
-def _child_setup(group: TreeGroup | None) -> None:
+def _child_setup(group: TreeGroup | None, libc: ctypes.CDLL) -> None:
     """Between fork and exec of the sandbox's first process: its own session, death with kecil
     (so a killed `kecil eval` leaves nothing running), and the cgroup before anything can fork."""
-    import ctypes
-
     os.setsid()
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if group is not None:
         group.join()
 
 
-def _kill_tree(process: subprocess.Popen, group: TreeGroup | None) -> None:
-    """SIGKILL the sandbox's whole tree: the cgroup's members, then every descendant (stopped
-    first, so none forks while the others die), then its first process."""
+def _kill_tree(process: subprocess.Popen, group: TreeGroup | None, namespaces: bool) -> None:
+    """SIGKILL the sandbox's whole tree. With namespaces, `unshare` first: its death kills the
+    namespace's init and with it everyone inside. Then the cgroup's members, then every
+    descendant (stopped first, so none forks while the others die), then the first process
+    (last without namespaces: it is the reaper that keeps the orphans findable below it)."""
+    if namespaces and process.poll() is None:
+        process.kill()
     if group is not None:
         group.kill()
     _kill_below(process.pid)
@@ -298,9 +303,9 @@ class _Watch(threading.Thread):
     """Polls the tree's memory and process count where no cgroup bounds them, and ends it past
     the limits: coarser than a cgroup (a fast fork bomb or allocation can overshoot by one poll)."""
 
-    def __init__(self, root: int, limits: SandboxLimits, group: TreeGroup | None):
+    def __init__(self, root: int, limits: SandboxLimits, group: TreeGroup | None, kill: Callable[[], None]):
         super().__init__(daemon=True)
-        self.root, self.limits = root, limits
+        self.root, self.limits, self.kill = root, limits, kill
         self.memory = group is None or group.memory is None
         self.count = group is None or group.pids is None
         self.over_memory = self.over_processes = False
@@ -323,7 +328,7 @@ class _Watch(threading.Thread):
                         pass
                 self.over_memory = resident > self.limits.memory_mb * 2**20
             if self.over_memory or self.over_processes:
-                _kill_below(self.root)
+                self.kill()
                 return
 
     def stop(self) -> None:

@@ -1,7 +1,7 @@
 """The eval sandbox's first process: builds the program's private file system, starts the program
 as `nobody` with its limits, waits for it and then ends everything it left behind.
 
-It runs as `python -I -B -c <this file's text> CONFIG`, standard library only, either inside
+It runs as `python -I -B -S -c <this file's text> CONFIG`, standard library only, either inside
 fresh namespaces made by util-linux `unshare` (PID, mount, network, IPC, UTS; as PID 1, so when it
 exits the kernel kills every process left in the namespace) or, where those cannot be made, as a
 plain child that is a "subreaper": orphans of the program become its children, so it can find
@@ -11,7 +11,6 @@ and kill them all. It tells the parent what it did as JSON lines on the status d
 import ctypes
 import json
 import os
-import platform
 import resource
 import signal
 import sys
@@ -83,11 +82,10 @@ def private_root():
         os.makedirs(root + folder, exist_ok=True)
         os.chmod(root + folder, 0o1777)
     os.makedirs(root + "/proc")
-    proc = True
     try:  # a /proc of this PID namespace only; some containers refuse it, and Python runs without
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:
-        proc = False
+        pass
     os.makedirs(root + "/sandbox", mode=0o700)
     with open(config["program"], "rb") as source, open(root + "/sandbox/program.py", "wb") as target:
         target.write(source.read())
@@ -95,13 +93,13 @@ def private_root():
         os.chown(root + "/sandbox", NOBODY, NOBODY)
         os.chown(root + "/sandbox/program.py", NOBODY, NOBODY)
     os.chdir(root)
-    number = PIVOT_ROOT.get(platform.machine())
+    number = PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(0, f"no pivot_root for {platform.machine()}")
+        raise OSError(0, f"no pivot_root for {os.uname().machine}")
     check(libc.syscall(number, b".", b"."), "pivot_root")  # the old root ends up under the new one...
     check(libc.umount2(b".", MNT_DETACH), "detaching the host's file system")  # ...and is let go
     os.chdir("/")
-    return "/sandbox/program.py", proc
+    return "/sandbox/program.py"
 
 
 def descendants():
@@ -176,7 +174,7 @@ def main():
     if config["namespaces"]:
         isolation += ["pid", "network"]
         try:
-            program, proc = private_root()
+            program = private_root()
             isolation.append("mount")
         except OSError as exc:
             tell(error=f"private file system: {exc}")
