@@ -42,6 +42,7 @@ class Call:
     first_token: float | None = None
     status: int = 200
     stream: bool = False
+    finished: bool = False  # accounted for (metrics, audit line): a request is counted once
 
 
 @dataclass
