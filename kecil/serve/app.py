@@ -270,6 +270,8 @@ def _model_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
+        if pool.serves_embedding(model_id):
+            model_id = config.embedding_model  # its documented spelling, "all-MiniLM-L6-v2", names it too
         for entry in model_list():
             if entry["id"] == model_id:
                 return entry

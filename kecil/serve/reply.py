@@ -234,6 +234,9 @@ async def guarded_stream(server, call: Call, events: AsyncIterator[str], cleanup
     except (asyncio.CancelledError, GeneratorExit):
         call.status = 499
         raise
+    except Exception:  # a bug after the headers went out: recorded as one (the guard logs it)
+        call.status = 500
+        raise
     finally:
         cleanup()
         server.finish(call)

@@ -236,3 +236,4 @@ def test_the_embedding_model_answers_to_its_documented_name(guarded):
     assert r.status_code == 200, r.text
     assert len(r.json()["data"][0]["embedding"]) == 384
     assert "all-minilm-l6-v2" in label_values(metrics(guarded), "model")
+    assert httpx.get(guarded.url + "/v1/models/all-MiniLM-L6-v2", headers=AUTH).json()["id"] == "all-minilm-l6-v2"
