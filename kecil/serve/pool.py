@@ -73,23 +73,28 @@ class ModelPool:
             if name in self.refs:
                 raise ConfigError(f"two models would both be served as {name!r}: pass each model once")
             self.refs[name] = ref
-        # Each adapter is served on the first model (or the default) as a model of its own,
-        # BASE+NAME, next to the plain base: clients choose by id, and `/v1/models` lists both.
         self.adapters: dict[str, tuple[str | None, Path]] = {}  # served id -> (backend it needs, the file or folder it reads)
-        base = self.default
-        for adapter, path in config.served_adapters():
-            from kecil.infer.load import adapter_backend, adapter_for_backend
-
-            path = Path(path).expanduser()
-            backend = adapter_backend(self.refs[base], path)
-            # Checked now, so a wrong path fails at start-up rather than on the first request.
-            self.adapters[f"{base}+{adapter}"] = (backend, adapter_for_backend(path, backend))
-            self.refs[f"{base}+{adapter}"] = self.refs[base]
+        self._add_adapters(config)
         self.budget = config.max_memory or int(psutil.virtual_memory().total * 0.75)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._embedders: dict[str, LockedEmbedder] = {}
         self._embedder_lock = threading.Lock()
+
+    def _add_adapters(self, config: ServeConfig) -> None:
+        """Each adapter is served on the first model (or the default) as a model of its own,
+        BASE+NAME, next to the plain base: clients choose by id, and `/v1/models` lists both."""
+        from kecil.infer.load import adapter_backend, adapter_for_backend
+
+        base = self.default
+        for adapter, path in config.served_adapters():
+            served, path = f"{base}+{adapter}", Path(path).expanduser()
+            if served in self.refs:
+                raise ConfigError(f"the adapter {adapter!r} would be served as {served!r}, a model already served: rename it (NAME=PATH)")
+            backend = adapter_backend(self.refs[base], path)
+            # Checked now, so a wrong path fails at start-up rather than on the first request.
+            self.adapters[served] = (backend, adapter_for_backend(path, backend))
+            self.refs[served] = self.refs[base]
 
     @property
     def default(self) -> str:
