@@ -8,7 +8,7 @@ import base64
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,11 +23,13 @@ from kecil.serve.pool import ModelPool
 from kecil.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from kecil.serve.rag import PREFIX, knowledge_bases, run_rag, wants_rag
 from kecil.serve.reply import Call
-from kecil.serve.security import AuditLog, GuardMiddleware
+from kecil.serve.security import OPEN_PATHS, AuditLog, GuardMiddleware
 
 log = logging.getLogger("kecil.serve")
 STATUS_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error",
                 413: "invalid_request_error", 429: "rate_limit_error"}
+OTHER = "other"  # the one metrics label of every path and model the server does not serve
+MAX_AUDITED_NAME = 200  # characters of a requested model name kept in the audit log
 
 
 @dataclass
@@ -41,19 +43,63 @@ class Server:
     ready: bool = False
     load_error: str | None = None
 
+    routes: list = field(default_factory=list)  # the app's routes, for the endpoint label of a request
+
     def finish(self, call: Call) -> None:
-        """Account for a finished request: metrics and one audit line (no content)."""
+        """Account for a finished request, once: metrics and one audit line (no content)."""
+        if call.finished:
+            return
+        call.finished = True
         elapsed = time.perf_counter() - call.started
-        m = self.metrics
-        m.requests.labels(call.endpoint, call.model, str(call.status)).inc()
-        m.latency.labels(call.endpoint, call.model).observe(elapsed)
-        m.prompt_tokens.labels(call.model).inc(call.prompt_tokens)
-        m.completion_tokens.labels(call.model).inc(call.completion_tokens)
+        m, model = self.metrics, self.model_label(call.model)
+        m.requests.labels(call.endpoint, model, str(call.status)).inc()
+        m.latency.labels(call.endpoint, model).observe(elapsed)
+        m.prompt_tokens.labels(model).inc(call.prompt_tokens)
+        m.completion_tokens.labels(model).inc(call.completion_tokens)
         if call.first_token is not None:
-            m.ttft.labels(call.model).observe(call.first_token - call.started)
-        self.audit.record(request=call.id, caller=call.caller, client=call.client, endpoint=call.endpoint,
-                          model=call.model, status=call.status, stream=call.stream, prompt_tokens=call.prompt_tokens,
-                          completion_tokens=call.completion_tokens, duration_ms=round(elapsed * 1000, 1))
+            m.ttft.labels(model).observe(call.first_token - call.started)
+        try:
+            self.audit.record(request=call.id, caller=call.caller, client=call.client, endpoint=call.endpoint,
+                              model=call.model[:MAX_AUDITED_NAME], status=call.status, stream=call.stream,
+                              prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
+                              duration_ms=round(elapsed * 1000, 1))
+        except OSError as exc:  # a full disk must not turn answered requests into errors
+            log.error("could not write the audit log %s: %s", self.audit.path, exc)
+
+    def model_label(self, name: str) -> str:
+        """A metrics label for `name`: a model this server serves, else "other" — so labels stay
+        few, whatever clients send (each label value is a time series kept for the process's life)."""
+        if not name:
+            return ""
+        if self.pool.serves_embedding(name):
+            name = self.config.embedding_model  # one label whatever the case it was asked in
+        elif name not in self.pool.refs and not (name.startswith(PREFIX) and name[len(PREFIX):] in knowledge_bases()):
+            return OTHER
+        return name.encode("utf-8", errors="backslashreplace").decode("utf-8")  # file names may hold undecodable bytes
+
+    def done(self, scope, status: int) -> None:
+        """Account for a request no route finished (refused, failed, or a listing): every request
+        gets its audit line. Probes are not audited: an orchestrator polls them all day."""
+        if scope["path"] in OPEN_PATHS:
+            return
+        state = scope.get("state", {})
+        call = state.get("call")
+        if call is None:
+            client = scope.get("client")
+            call = Call(endpoint=route_template(self.routes, scope), model="", caller=state.get("caller", "anonymous"),
+                        client=client[0] if client else "", started=state.get("started", time.perf_counter()))
+        call.status = status
+        self.finish(call)
+
+
+def route_template(routes, scope) -> str:
+    """The route a request went to, as its template ("/v1/models/{model_id:path}"), or "other"."""
+    from starlette.routing import Match
+
+    for route in routes:
+        if route.matches(scope)[0] != Match.NONE:
+            return route.path
+    return OTHER
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -86,9 +132,11 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="kecil", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
-    app.add_middleware(GuardMiddleware, keys=config.api_keys, max_body=config.max_body_bytes, send_error=_send_error)
+    app.add_middleware(GuardMiddleware, keys=config.api_keys, max_body=config.max_body_bytes, send_error=_send_error,
+                       on_done=server.done)
     _errors(app, server)
     _routes(app, server)
+    server.routes = app.routes  # the live list: a route added later is labelled too
     return app
 
 
@@ -110,42 +158,39 @@ async def _send_error(scope, send, error: APIError) -> None:
 
 
 def _errors(app: FastAPI, server: Server) -> None:
-    """Every failure leaves as OpenAI's error object, and the server keeps serving."""
+    """Every failure leaves as OpenAI's error object, and the server keeps serving (the guard
+    middleware accounts for it once the answer is sent)."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        _account_failure(server, request, exc.status)
         return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        _account_failure(server, request, 400)
         return _error_response(APIError(400, _describe(exc.errors()), param=_param(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "bad request"
         if exc.status_code == 400 and message == "There was an error parsing the body":
-            message = "the request body is not valid UTF-8 JSON: send a JSON object encoded as UTF-8"
+            message = _unparsable(exc.__cause__)
         code = "request_too_large" if exc.status_code == 413 else None
-        _account_failure(server, request, exc.status_code)
         return _error_response(APIError(exc.status_code, message, type=STATUS_TYPES.get(exc.status_code, "invalid_request_error"),
                                         code=code, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(KecilError)
     async def kecil_error(request: Request, exc: KecilError):
         status = 400 if isinstance(exc, (ConfigError, PromptTooLongError)) else 503
-        _account_failure(server, request, status)
         return _error_response(APIError(status, str(exc), type="invalid_request_error" if status == 400 else "server_error"))
 
 
-def _account_failure(server: Server, request: Request, status: int) -> None:
-    call = getattr(request.state, "call", None)
-    if call is None:  # failed before a route ran: still counted and audited
-        call = Call(endpoint=request.url.path, model="", caller=request.scope.get("state", {}).get("caller", "anonymous"),
-                    client=request.client.host if request.client else "")
-    call.status = status
-    server.finish(call)
+def _unparsable(cause: BaseException | None) -> str:
+    """What is wrong with a body FastAPI could not parse (it raises from the original error)."""
+    if isinstance(cause, RecursionError):
+        return "the request body's JSON is nested too deeply to read: send a flatter JSON object"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the request body is not valid UTF-8 (byte {cause.start}): send a JSON object encoded as UTF-8"
+    return "the request body is not valid UTF-8 JSON: send a JSON object encoded as UTF-8"
 
 
 def _describe(errors) -> str:
@@ -157,7 +202,8 @@ def _describe(errors) -> str:
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     if first.get("type") == "missing":
         return f"{where} is required"
-    return f"{where or 'body'}: {first.get('msg', 'invalid value')}"
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    return f"{where or 'body'}: {message}"
 
 
 def _param(errors) -> str | None:
@@ -168,8 +214,9 @@ def _param(errors) -> str | None:
 
 
 def _call(request: Request, endpoint: str, model: str) -> Call:
-    call = Call(endpoint=endpoint, model=model, caller=request.scope.get("state", {}).get("caller", "anonymous"),
-                client=request.client.host if request.client else "")
+    state = request.scope.get("state", {})
+    call = Call(endpoint=endpoint, model=model, caller=state.get("caller", "anonymous"),
+                client=request.client.host if request.client else "", started=state.get("started", time.perf_counter()))
     request.state.call = call
     return call
 
@@ -223,6 +270,8 @@ def _model_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
+        if pool.serves_embedding(model_id):
+            model_id = config.embedding_model  # its documented spelling, "all-MiniLM-L6-v2", names it too
         for entry in model_list():
             if entry["id"] == model_id:
                 return entry

@@ -8,6 +8,7 @@ at once, which frees their decode slots.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import replace
@@ -45,13 +46,23 @@ def generation_config(body, engine, limit: int) -> GenerationConfig:
         raise APIError(400, str(exc)) from None
 
 
-def start(generations: Generations, engine, prompt_ids: list[int], config: GenerationConfig, extras, index: int) -> None:
-    """Submit choice `index` to the engine, unless its queue is full (429)."""
-    server, call = generations.server, generations.call
+def admit(server, engine, call: Call, count: int) -> None:
+    """Refuse, before any starts, a request whose `count` sequences would not all fit in the
+    model's decode slots and queue: all of a request is taken, or none of it (429, or 400 when it
+    could never fit). A request is counted as many times as it has sequences."""
+    capacity = engine.parallel + server.config.max_queue
+    if count > capacity:
+        raise APIError(400, f"this request asks for {count} sequences (prompts × n) but {call.model} takes at most "
+                       f"{capacity} at once ({engine.parallel} running and {server.config.max_queue} waiting): "
+                       "send fewer prompts or a smaller n", param="prompt" if call.endpoint == "/v1/completions" else "n")
     running, waiting = engine.load
-    if running >= engine.parallel and waiting >= server.config.max_queue:
+    if running + waiting + count > capacity:
         raise APIError(429, f"{call.model} is busy: {running} requests running and {waiting} waiting; retry shortly",
                        type="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
+
+
+def start(generations: Generations, engine, prompt_ids: list[int], config: GenerationConfig, extras, index: int) -> None:
+    """Submit choice `index` to the engine (after `admit` took the whole request)."""
     try:
         generations.handles.append(engine.submit(prompt_ids, config, generations.emitter(index), extras))
     except UnsupportedError as exc:  # a grammar or logprobs on an engine without them
@@ -60,6 +71,17 @@ def start(generations: Generations, engine, prompt_ids: list[int], config: Gener
     except KecilError as exc:  # a prompt too long for the context: both numbers, never truncated
         generations.cancel()
         raise APIError(400, str(exc), code="context_length_exceeded", param="messages") from None
+
+
+def check_size(server, body, kind: str) -> None:
+    """Bound what one request may ask the server to prepare (before any of it is)."""
+    config = server.config
+    if kind == "chat" and len(body.messages) > config.max_messages:
+        raise APIError(400, f"the conversation has {len(body.messages)} messages; this server takes at most "
+                       f"{config.max_messages} per request: send the recent part of it", param="messages")
+    if kind == "completion" and len(body.prompt) > config.max_prompts:
+        raise APIError(400, f"the request has {len(body.prompt)} prompts; this server takes at most "
+                       f"{config.max_prompts} per request: split them over several requests", param="prompt")
 
 
 def prepare_chat(engine, body: ChatCompletionRequest) -> tuple[list[int], Any]:
@@ -101,14 +123,20 @@ def prepare_completion(engine, body: CompletionRequest) -> tuple[list[list[int]]
 
 async def run_generation(server, request: Request, body, call: Call, kind: str):
     """Start every choice of the request and answer as JSON or as an event stream."""
+    check_size(server, body, kind)
     engine = await server.pool.get(body.model)
+    count = (1 if kind == "chat" else len(body.prompt)) * body.n
+    admit(server, engine, call, count)  # refused before the work of preparing it
     limit = server.config.max_tokens_limit or engine.context_length
     config = generation_config(body, engine, limit)
+    # Rendering the template, tokenizing and building a grammar take seconds for a large request:
+    # on a worker thread, so the event loop (every other client, /health) is never held up by it.
     if kind == "chat":
-        prompt_ids, extras = prepare_chat(engine, body)
+        prompt_ids, extras = await asyncio.to_thread(prepare_chat, engine, body)
         prompts = [prompt_ids]
     else:
-        prompts, extras = prepare_completion(engine, body)
+        prompts, extras = await asyncio.to_thread(prepare_completion, engine, body)
+    admit(server, engine, call, count)  # again: others may have been admitted while this was prepared
     generations = Generations(server, call)
     choices = []
     for p, ids in enumerate(prompts):

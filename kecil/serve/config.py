@@ -4,6 +4,7 @@ surfaces as a failed request later)."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from kecil.errors import ConfigError
 from kecil.models.info import parse_bytes
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # what may follow "BASE+" in a served id
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,23 @@ class ServeConfig:
     embedding_model: str | None = DEFAULT_EMBEDDING_MODEL  # on the command line: --embeddings/--no-embeddings
     preload: bool = field(default=True, metadata={"help": "Load the first model at start-up (then /ready means ready)."})
     knowledge_bases: tuple[str, ...] = field(default=(), metadata={"hidden": True})  # served as models named rag:NAME
+    # One LoRA for the first model: the same as adapters=((its name, path),).
     adapter: Path | None = field(default=None, metadata={
         "help": "A LoRA adapter for the first MODEL: the -o folder of `kecil tune` (its adapter.gguf keeps a GGUF model on llama.cpp) or a GGUF LoRA file."})
+    adapters: tuple[tuple[str, Path], ...] = field(default=(), metadata={
+        "help": "LoRA adapters served on the first model, each as its own model BASE+NAME: NAME=PATH "
+                "(PATH: a `kecil tune` -o folder or a GGUF LoRA file); repeat for several."})
+    max_prompts: int = field(default=64, metadata={
+        "help": "Prompts one /v1/completions request may carry (each also counts against --max-queue)."})
+    max_messages: int = field(default=2000, metadata={
+        "help": "Messages one chat request may carry (a larger conversation is refused with 400)."})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         for name, value, low in (("parallel", self.parallel, 1), ("max_queue", self.max_queue, 0),
-                                 ("max_body_bytes", self.max_body_bytes, 1024)):
+                                 ("max_body_bytes", self.max_body_bytes, 1024), ("max_prompts", self.max_prompts, 1),
+                                 ("max_messages", self.max_messages, 1)):
             if value < low:
                 raise ConfigError(f"{name} must be at least {low}, got {value}")
         if self.request_timeout <= 0:
@@ -61,11 +72,40 @@ class ServeConfig:
             raise ConfigError(f"--max-memory must be positive, got {self.max_memory}")
         if self.max_tokens_limit is not None and self.max_tokens_limit < 1:
             raise ConfigError(f"the max_tokens limit must be at least 1, got {self.max_tokens_limit}")
+        names = [name for name, _ in self.served_adapters()]
+        for name in names:
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ConfigError(f"the adapter name {name!r} cannot be part of a model id: use letters, digits, '.', '_' or '-'")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two adapters are named alike ({', '.join(names)}): give each its own NAME=PATH")
         if not is_loopback(self.host) and not self.api_keys:
             raise ConfigError(
                 f"binding to {self.host} lets other machines reach the server, so it needs a key: "
                 "pass --api-key KEY or --api-keys-file FILE (or bind to 127.0.0.1)"
             )
+
+
+    def served_adapters(self) -> list[tuple[str, Path]]:
+        """Every adapter to serve, (name, path): `adapters`, and `adapter` under its own name."""
+        single = [(adapter_name(self.adapter), Path(self.adapter))] if self.adapter is not None else []
+        return single + [(name, Path(path)) for name, path in self.adapters]
+
+
+def adapter_name(path: Path | str) -> str:
+    """An adapter's name when none is given: its folder's name, or its file's without .gguf."""
+    name = Path(path).expanduser().name
+    return name[:-5] if name.lower().endswith(".gguf") else name
+
+
+def parse_adapter_spec(text: str) -> tuple[str, Path]:
+    """`--adapter NAME=PATH` (or a bare PATH, named after its folder or file) as (name, path);
+    the adapter is then served as the model BASE+NAME."""
+    name, sep, path = text.partition("=")
+    if sep and ADAPTER_NAME.fullmatch(name) and path:
+        return name, Path(path)
+    if sep and "/" not in name and not Path(text).expanduser().exists():
+        raise ConfigError(f"--adapter {text!r}: give NAME=PATH with a NAME of letters, digits, '.', '_' or '-' (or just PATH)")
+    return adapter_name(text), Path(text)
 
 
 def is_loopback(host: str) -> bool:
@@ -98,6 +138,9 @@ def read_keys_file(path: Path) -> list[APIKey]:
 def make_key(secret: str, name: str | None = None, *, where: str = "--api-key") -> APIKey:
     import hashlib
 
+    # Clients cannot send a key's outer whitespace (a Bearer value is stripped), so a key copied
+    # with a trailing newline would never match: it is the key without it.
+    secret = secret.strip()
     if len(secret) < 8:
         raise ConfigError(f"the API key at {where} is shorter than 8 characters: use a longer random key (e.g. `openssl rand -hex 24`)")
     return APIKey(name or "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8], secret)

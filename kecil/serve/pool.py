@@ -73,19 +73,28 @@ class ModelPool:
             if name in self.refs:
                 raise ConfigError(f"two models would both be served as {name!r}: pass each model once")
             self.refs[name] = ref
-        # The adapter belongs to one base model: the first listed (or the default), served under its usual name.
-        self.adapted = self.default if config.adapter is not None else None
-        if config.adapter is not None:
-            from kecil.infer.load import adapter_backend, adapter_for_backend
-
-            self.adapter_backend = adapter_backend(self.refs[self.adapted], Path(config.adapter).expanduser())
-            # Checked now, so a wrong path fails at start-up rather than on the first request.
-            self.adapter_path = adapter_for_backend(Path(config.adapter).expanduser(), self.adapter_backend)
+        self.adapters: dict[str, tuple[str | None, Path]] = {}  # served id -> (backend it needs, the file or folder it reads)
+        self._add_adapters(config)
         self.budget = config.max_memory or int(psutil.virtual_memory().total * 0.75)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._embedders: dict[str, LockedEmbedder] = {}
         self._embedder_lock = threading.Lock()
+
+    def _add_adapters(self, config: ServeConfig) -> None:
+        """Each adapter is served on the first model (or the default) as a model of its own,
+        BASE+NAME, next to the plain base: clients choose by id, and `/v1/models` lists both."""
+        from kecil.infer.load import adapter_backend, adapter_for_backend
+
+        base = self.default
+        for adapter, path in config.served_adapters():
+            served, path = f"{base}+{adapter}", Path(path).expanduser()
+            if served in self.refs:
+                raise ConfigError(f"the adapter {adapter!r} would be served as {served!r}, a model already served: rename it (NAME=PATH)")
+            backend = adapter_backend(self.refs[base], path)
+            # Checked now, so a wrong path fails at start-up rather than on the first request.
+            self.adapters[served] = (backend, adapter_for_backend(path, backend))
+            self.refs[served] = self.refs[base]
 
     @property
     def default(self) -> str:
@@ -97,12 +106,12 @@ class ModelPool:
     def is_loaded(self, name: str) -> bool:
         return name in self._loaded
 
-    def memory_needed(self, ref: ModelRef) -> int:
+    def memory_needed(self, name: str, ref: ModelRef) -> int:
         from kecil.infer.engine import batches, engine_name
 
         info = inspect_model(ref)
         context = self.context_for(info)
-        backend = self._backend_for(ref)
+        backend = self._backend_for(name)
         slots = self.config.parallel if batches(ref, backend) else 1  # a KV cache per parallel sequence
         return estimate_memory(info, context * slots, engine_name(ref, backend)).total_bytes
 
@@ -132,7 +141,7 @@ class ModelPool:
         return loaded.engine
 
     async def _load(self, name: str, ref: ModelRef) -> LoadedModel:
-        need = self.memory_needed(ref)
+        need = self.memory_needed(name, ref)
         if need > self.budget:
             raise APIError(503, f"{name} needs about {format_bytes(need)} but the server's memory budget is "
                            f"{format_bytes(self.budget)}: restart with a larger --max-memory, fewer --parallel slots or a smaller --context",
@@ -148,32 +157,37 @@ class ModelPool:
             del self._loaded[victim.name]
             await asyncio.to_thread(victim.engine.close)
         log.info("loading %s", name)
-        engine = await asyncio.to_thread(self._open, ref)
+        engine = await asyncio.to_thread(self._open, name, ref)
         loaded = LoadedModel(name, engine, need, monotonic())
         self._loaded[name] = loaded
         return loaded
 
-    def _open(self, ref: ModelRef):
+    def _open(self, name: str, ref: ModelRef):
         from kecil.infer.engine import open_engine
         from kecil.infer.load import physical_cores
 
         info = inspect_model(ref)
-        adapter = self.adapter_path if self.adapted == served_name(ref) else None
-        return open_engine(ref, info, backend=self._backend_for(ref), context_length=self.context_for(info),
+        adapter = self.adapters[name][1] if name in self.adapters else None
+        return open_engine(ref, info, backend=self._backend_for(name), context_length=self.context_for(info),
                            threads=self.config.threads or physical_cores(), parallel=self.config.parallel, adapter=adapter)
 
-    def _backend_for(self, ref: ModelRef) -> str | None:
-        """The backend the served adapter needs (a PEFT folder without its GGUF twin puts even a
-        GGUF model on torch, dequantized); None = the model's usual one."""
-        return self.adapter_backend if self.adapted == served_name(ref) else None
+    def _backend_for(self, name: str) -> str | None:
+        """The backend model `name`'s adapter needs (a PEFT folder without its GGUF twin puts even
+        a GGUF model on torch, dequantized); None = the model's usual one."""
+        return self.adapters[name][0] if name in self.adapters else None
+
+    def serves_embedding(self, name: str) -> bool:
+        """Whether `name` is the embedding model served at /v1/embeddings; names are matched
+        ignoring case, so the model card's "all-MiniLM-L6-v2" is "all-minilm-l6-v2"."""
+        return bool(self.config.embedding_model) and name.lower() == self.config.embedding_model.lower()
 
     def embedder(self, name: str):
         """The embedding model served at /v1/embeddings (loaded once; small, so never evicted)."""
-        if not self.config.embedding_model or name != self.config.embedding_model:
+        if not self.serves_embedding(name):
             served = self.config.embedding_model or "none (started with --no-embeddings)"
             raise APIError(404, f"the embedding model {name!r} is not served here; embedding models: {served}",
                            code="model_not_found", param="model")
-        return self.any_embedder(name)
+        return self.any_embedder(self.config.embedding_model)
 
     def any_embedder(self, name: str):
         """Embedding model `name`, shared by /v1/embeddings and knowledge-base retrieval."""

@@ -7,12 +7,16 @@ images, token-id prompts) are refused with a 400 that says so rather than silent
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 8
+# JSON may spell half of a UTF-16 pair ("\ud800") that Python then holds as a lone surrogate: not
+# text, and it cannot be encoded (tokenizers, metrics and logs all fail on it), so it stops here.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class APIError(Exception):
@@ -28,12 +32,40 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class _Request(BaseModel):
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in `value` (nested lists and dicts, keys included) holds a lone
+    surrogate. Iterative, so a deeply nested value cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+class _Model(BaseModel):
+    """Every part of a request body: each field's strings are checked to be text."""
+
+    @field_validator("*")
+    @classmethod
+    def _text_only(cls, value):
+        if has_lone_surrogate(value):
+            raise ValueError("holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text: send valid Unicode")
+        return value
+
+
+class _Request(_Model):
     # Unknown fields are ignored, as OpenAI-compatible servers do: clients send vendor extras.
     model_config = ConfigDict(extra="ignore")
 
 
-class TextPart(BaseModel):
+class TextPart(_Model):
     type: Literal["text"]
     text: str
 
@@ -56,18 +88,18 @@ class ChatMessage(_Request):
         return "".join(pieces)
 
 
-class JSONSchemaFormat(BaseModel):
+class JSONSchemaFormat(_Model):
     name: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(_Model):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Model):
     include_usage: bool = False
 
 

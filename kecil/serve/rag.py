@@ -9,6 +9,7 @@ are blocking); the generation itself joins the model's continuous batch like any
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from fastapi import Request
 
 from kecil.errors import ConfigError, KecilError, KnowledgeBaseError
 from kecil.infer.generation import Chunk
+from kecil.serve.completions import admit, check_size
 from kecil.serve.protocol import APIError, ChatCompletionRequest
 from kecil.serve.reply import Call, Choice, Generations, respond
 
@@ -37,10 +39,32 @@ def knowledge_bases() -> list[str]:
     return list_kbs()
 
 
-def grounding(answer: Answer) -> dict:
-    """What a knowledge-base reply adds to an OpenAI chat completion, streamed or not."""
+def grounding(answer: Answer, root: str | None = None) -> dict:
+    """What a knowledge-base reply adds to an OpenAI chat completion, streamed or not. Cited
+    files are named relative to `root` (the folder the knowledge base was ingested from): the
+    server's own paths are no business of its clients."""
     fields = answer.as_dict()
+    for citation in fields["citations"]:
+        citation["file"] = relative_to(citation["file"], root)
     return {key: fields[key] for key in ("citations", "answered", "withheld")}
+
+
+def ingested_root(paths) -> str | None:
+    """The folder holding every stored file: what was ingested (or the deepest folder in it that
+    holds them all)."""
+    folders = [os.path.dirname(p) for p in paths]
+    try:
+        return os.path.commonpath(folders) if folders else None
+    except ValueError:  # relative and absolute paths mixed: nothing in common
+        return None
+
+
+def relative_to(path: str, root: str | None) -> str:
+    if root and os.path.isabs(path):
+        relative = os.path.relpath(path, root)
+        if not relative.startswith(".."):
+            return relative
+    return os.path.basename(path) if os.path.isabs(path) else path
 
 
 class _Stop:
@@ -60,10 +84,12 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
     model = body.model if body.kb is not None else server.pool.default
     if body.n != 1 or body.logprobs or body.response_format is not None or body.tools:
         raise APIError(400, "knowledge-base answers support n=1 and plain text only (no logprobs, response_format or tools)")
+    check_size(server, body, "chat")
     questions = [m.text() for m in body.messages if m.role == "user"]
     if not questions or not questions[-1].strip():
         raise APIError(400, "a knowledge-base request needs a user message with the question", param="messages")
     engine = await server.pool.get(model)
+    admit(server, engine, call, 1)
     try:
         config = AskConfig(max_tokens=body.answer_limit() or 256, temperature=body.temperature or 0.0)
     except ConfigError as exc:
@@ -80,13 +106,14 @@ async def run_rag(server, request: Request, body: ChatCompletionRequest, call: C
         try:
             retriever = Retriever(kb, embedder=server.pool.any_embedder(_kb_embedder(kb)))
             try:
+                root = ingested_root(retriever.kb.files())
                 stream = stream_ask(questions[-1], retriever, model=engine, config=config)
                 for piece in stream:
                     if stop.event.is_set():
                         stream.close()
                         break
                     if isinstance(piece, Answer):
-                        generations.extra = grounding(piece)
+                        generations.extra = grounding(piece, root)
                         if piece.usage is not None:
                             call.prompt_tokens = piece.usage.prompt_tokens
                         emit(Chunk("", finish_reason="stop", usage=piece.usage))

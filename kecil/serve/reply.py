@@ -42,6 +42,7 @@ class Call:
     first_token: float | None = None
     status: int = 200
     stream: bool = False
+    finished: bool = False  # accounted for (metrics, audit line): a request is counted once
 
 
 @dataclass
@@ -232,6 +233,9 @@ async def guarded_stream(server, call: Call, events: AsyncIterator[str], cleanup
         yield f"data: {json.dumps(exc.body())}\n\n"
     except (asyncio.CancelledError, GeneratorExit):
         call.status = 499
+        raise
+    except Exception:  # a bug after the headers went out: recorded as one (the guard logs it)
+        call.status = 500
         raise
     finally:
         cleanup()

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,34 +44,70 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
     return api_key.decode("latin-1").strip() if api_key is not None else None
 
 
+def repeated_credentials(raw_headers) -> str | None:
+    """The name of a credential header sent more than once: which one counts would be a guess."""
+    for name in (b"authorization", b"x-api-key"):
+        if sum(1 for key, _ in raw_headers if key == name) > 1:
+            return name.decode()
+    return None
+
+
 class GuardMiddleware:
-    """ASGI middleware: authenticate, and refuse bodies over `max_body` bytes (by Content-Length
-    up front, and by counting as the body streams in, for chunked uploads)."""
+    """ASGI middleware: authenticate, refuse bodies over `max_body` bytes (by Content-Length up
+    front, and by counting as the body streams in, for chunked uploads), and hand every request's
+    final status to `on_done(scope, status)` — refusals and crashes included — for the audit log."""
 
-    def __init__(self, app, *, keys: tuple[APIKey, ...], max_body: int, send_error):
-        self.app, self.keys, self.max_body, self.send_error = app, keys, max_body, send_error
+    def __init__(self, app, *, keys: tuple[APIKey, ...], max_body: int, send_error, on_done):
+        self.app, self.keys, self.max_body, self.send_error, self.on_done = app, keys, max_body, send_error, on_done
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    def refusal(self, scope, state: dict) -> APIError | None:
+        """Why the request is refused before it is read, or None."""
         headers = dict(scope["headers"])
-        scope.setdefault("state", {})["caller"] = "anonymous"
         if self.keys and scope["path"] not in OPEN_PATHS:
+            repeated = repeated_credentials(scope["headers"])
+            if repeated is not None:
+                state["caller"] = "unauthenticated"
+                return APIError(400, f"the request has more than one {repeated} header: send the key once",
+                                code="invalid_api_key")
             key = find_key(presented_key(headers), self.keys)
             if key is None:
-                error = APIError(401, "missing or wrong API key: send it as `Authorization: Bearer KEY`",
-                                 type="authentication_error", code="invalid_api_key",
-                                 headers={"WWW-Authenticate": "Bearer"})
-                return await self.send_error(scope, send, error)
-            scope["state"]["caller"] = key.name
+                state["caller"] = "unauthenticated"
+                return APIError(401, "missing or wrong API key: send it as `Authorization: Bearer KEY`",
+                                type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            state["caller"] = key.name
         length = headers.get(b"content-length")
         if length is not None:
             try:
                 too_big = int(length) > self.max_body
             except ValueError:
-                return await self.send_error(scope, send, APIError(400, "the Content-Length header is not a number"))
+                return APIError(400, "the Content-Length header is not a number")
             if too_big:
-                return await self.send_error(scope, send, _too_large(self.max_body))
+                return _too_large(self.max_body)
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        state["caller"], state["started"] = "anonymous", time.perf_counter()
+        status = 499  # what is recorded when the client leaves before any answer
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+            await send(message)
+
+        try:
+            error = self.refusal(scope, state)
+            if error is not None:
+                return await self.send_error(scope, tracked_send, error)
+            await self._run(scope, receive, tracked_send, lambda: started)
+        finally:
+            self.on_done(scope, status)
+
+    async def _run(self, scope, receive, send, started):
         received = 0
 
         async def counted_receive():
@@ -82,21 +119,14 @@ class GuardMiddleware:
                     raise BodyTooLarge(_too_large(self.max_body).message)
             return message
 
-        started = False
-
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, tracked_send)
+            await self.app(scope, counted_receive, send)
         except BodyTooLarge:
-            if not started:
+            if not started():
                 await self.send_error(scope, send, _too_large(self.max_body))
         except Exception as exc:  # a bug: one log line with the traceback, a 500 for the client, and serve on
             log.exception("internal error on %s", scope.get("path"))
-            if not started:
+            if not started():
                 await self.send_error(scope, send, APIError(
                     500, f"internal server error ({type(exc).__name__}); the server logged the details", type="server_error"))
 
@@ -125,8 +155,12 @@ class AuditLog:
 
     def record(self, **fields) -> None:
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        # backslashreplace: a string that is not text (a lone surrogate) is written as its JSON
+        # escape, so the line stays valid JSON and the write never fails on it.
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", errors="backslashreplace")
         with self._lock:
+            if self._fd < 0:
+                return  # closed at shutdown: a request finishing after it is not recorded twice
             os.write(self._fd, line)
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """`kecil serve --adapter DIR`: a real server on loopback answers with the LoRA applied, on the
 torch engine (PEFT folder, Hugging Face base) and on the batched llama.cpp engine (GGUF base,
-the adapter.gguf `kecil tune` writes), and differently from the base model."""
+the adapter.gguf `kecil tune` writes), and differently from the base model. The adapted model
+has an id of its own, BASE+NAME, next to the plain base; several adapters can be served."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def test_the_served_model_answers_with_the_adapter(trained, tmp_path, base_forma
     assert adapted != base  # the adapter changes what the model says
     server = Server(tmp_path, spec, "--adapter", str(adapter), "--no-embeddings", "--context", "256")
     try:
-        assert served_answer(server, name) == adapted
+        assert [m.id for m in server.client().models.list().data] == [name, f"{name}+adapter"]
+        assert served_answer(server, f"{name}+adapter") == adapted
+        assert served_answer(server, name) == base  # the base is still served as itself
     finally:
         server.stop()
 
@@ -71,9 +74,35 @@ def test_a_peft_only_adapter_moves_a_gguf_model_to_torch(trained, tmp_path):
     adapted = local_answer(spec, adapter=peft_only)  # load_model picks torch for a PEFT-only folder
     server = Server(tmp_path, spec, "--adapter", str(peft_only), "--no-embeddings", "--context", "256")
     try:
-        assert served_answer(server, "tiny") == adapted
+        assert served_answer(server, "tiny+peft-only") == adapted
     finally:
         server.stop()
+
+
+def test_several_adapters_are_served_each_under_its_own_id(trained, tmp_path):
+    """`adapters` (what `--adapter NAME=PATH`, repeated, gives): each is a model of its own."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
+    from kecil.serve.app import create_app
+    from kecil.serve.config import ServeConfig
+
+    base_dir, adapter = trained
+    spec = str(convert_hf_to_gguf(base_dir, tmp_path / "tiny.gguf", out_type="f32"))
+    second = tmp_path / "second.gguf"  # a GGUF LoRA file, named after the file
+    shutil.copy(adapter / "adapter.gguf", second)
+    config = ServeConfig(models=(spec,), adapters=(("support", adapter), ("billing", second)), embedding_model=None,
+                         context_length=256, threads=1, parallel=1, audit_log=tmp_path / "audit.jsonl")
+    adapted = local_answer(spec, adapter=adapter, backend="llamacpp")
+    with TestClient(create_app(config)) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert ids == ["tiny", "tiny+support", "tiny+billing"]
+        for model in ids[1:]:
+            reply = client.post("/v1/chat/completions", json={"model": model, "messages": QUESTION, "temperature": 0,
+                                                              "max_tokens": GREEDY.max_tokens, "ignore_eos": True})
+            assert reply.json()["choices"][0]["message"]["content"] == adapted
 
 
 def test_a_missing_adapter_stops_the_server_at_start(tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kecil.errors import ConfigError
 from kecil.models.info import parse_bytes
-from kecil.serve.config import ServeConfig, is_loopback, make_key, read_keys_file
+from kecil.serve.config import ServeConfig, is_loopback, make_key, parse_adapter_spec, read_keys_file
 from kecil.serve.security import find_key, presented_key
 
 
@@ -50,3 +52,22 @@ def test_memory_sizes():
     for bad in ("", "lots", "4 parsecs", "-1GB"):
         with pytest.raises(ConfigError):
             parse_bytes(bad)
+
+
+def test_a_key_with_whitespace_around_it_is_the_key_without_it():
+    assert make_key("  a-key-with-spaces-01\n", "a").secret == "a-key-with-spaces-01"
+    with pytest.raises(ConfigError, match="shorter than 8"):
+        make_key("   short   ")
+
+
+def test_adapter_specs_name_each_adapter():
+    assert parse_adapter_spec("support=/data/adapters/v3") == ("support", Path("/data/adapters/v3"))
+    assert parse_adapter_spec("runs/ad") == ("ad", Path("runs/ad"))  # a bare path is named after its folder
+    assert parse_adapter_spec("/data/billing.gguf") == ("billing", Path("/data/billing.gguf"))
+    with pytest.raises(ConfigError, match="NAME=PATH"):
+        parse_adapter_spec("two words=/x")
+    assert ServeConfig(adapter=Path("runs/ad"), adapters=(("b", Path("x")),)).served_adapters() == [("ad", Path("runs/ad")), ("b", Path("x"))]
+    with pytest.raises(ConfigError, match="named alike"):
+        ServeConfig(adapters=(("a", Path("x")), ("a", Path("y"))))
+    with pytest.raises(ConfigError, match="model id"):
+        ServeConfig(adapters=(("a+b", Path("x")),))
