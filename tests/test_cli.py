@@ -233,6 +233,32 @@ def test_rag_remove_refuses_without_a_terminal_and_removes_with_yes(tmp_path):
     assert_clean_error(kecil("rag", "remove", "handbook", "--yes"), "no knowledge base")
 
 
+def test_rag_remove_asks_on_a_terminal_and_keeps_the_kb_unless_told_yes(tmp_path):
+    import os
+    import pty
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "leave.txt").write_text("New staff get 18 days of annual leave.\n")
+    assert kecil("rag", "ingest", str(tmp_path / "docs"), "--kb", "asked").returncode == 0
+
+    def remove_answering(answer: str) -> subprocess.CompletedProcess:
+        leader, follower = pty.openpty()  # stdin is a terminal, as when a user types the command
+        try:
+            os.write(leader, answer.encode() + b"\n")
+            return subprocess.run([sys.executable, "-m", "kecil", "rag", "remove", "asked"], stdin=follower,
+                                  capture_output=True, text=True, timeout=120, env={**os.environ, "KECIL_DEBUG": ""})
+        finally:
+            os.close(leader)
+            os.close(follower)
+
+    kept = remove_answering("n")
+    assert kept.returncode == 1 and "Remove the knowledge base 'asked'" in kept.stderr, kept.stderr
+    assert "asked" in kecil("rag", "list").stdout
+    removed = remove_answering("y")
+    assert removed.returncode == 0 and "removed" in removed.stdout, removed.stderr
+    assert "asked" not in kecil("rag", "list").stdout
+
+
 # --- chat's own commands ------------------------------------------------------------------------
 def test_chat_help_lists_commands_and_an_unknown_command_is_not_sent_to_the_model():
     done = kecil("chat", "--temperature", "0", "--max-tokens", "16", stdin="/help\n/frobnicate the answer\n/exit\n")
