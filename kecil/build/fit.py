@@ -2,10 +2,11 @@
 
 For each quantization type the variant is produced with `kecil.compress.quantize` (kept under
 KECIL_HOME, so a rerun reuses it), its peak resident memory is measured in a fresh process with
-the context window filled (a real run, not an estimate), and its quality is evaluated on the
-chosen tasks. The recommendation is the best-quality variant whose measured peak fits the
-budget, with the `kecil quantize` command that produces it. This is the one place where eval
-uses compress; the import is lazy.
+the context window filled (kecil.infer.measure: a real run, not an estimate), and its quality is
+evaluated on the chosen tasks (kecil.eval). A GGUF source is a candidate too, as it is: a shipped
+Q4_1 file can be smaller and better than any requantization of it (an HF folder's float weights
+are the f16 row). The recommendation is the best-quality candidate whose measured peak fits the
+budget, with the `kecil quantize` command that produces it (none for the source itself).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kecil.errors import ConfigError, KecilError
 from kecil.eval.cache import model_fingerprint
 from kecil.models.info import format_bytes
 from kecil.paths import kecil_home
+from kecil.scratch import sweep_stale
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
 
@@ -55,6 +57,7 @@ class Variant:
     quality: dict[str, float | None] = field(default_factory=dict)  # task -> value
     metrics: dict[str, str] = field(default_factory=dict)  # task -> metric name
     error: str | None = None
+    source: bool = False  # the model as given, not a quantization of it
 
     def fits(self, memory: int) -> bool:
         return self.peak_rss_bytes is not None and self.peak_rss_bytes <= memory
@@ -79,7 +82,9 @@ def quality_key(variant: Variant) -> tuple:
     return (accuracy, perplexity, -variant.size_bytes)
 
 
-def quantize_command(config: FitConfig, variant: Variant) -> str:
+def quantize_command(config: FitConfig, variant: Variant) -> str | None:
+    if variant.source:
+        return None  # nothing to run: the model as it is
     stem = Path(config.model).stem if config.model.endswith(".gguf") else Path(config.model).name
     return f"kecil quantize {config.model} --to {variant.type} -o {stem}-{variant.type}.gguf"
 
@@ -107,14 +112,17 @@ def _produce(config: FitConfig, folder: Path, progress: Progress) -> list[Varian
 def fit(config: FitConfig, progress: Progress | None = None) -> FitResult:
     """Quantize, measure and evaluate every type; recommend the best that fits (see module docstring)."""
     from kecil.eval.run import EvalConfig, evaluate
-    from kecil.eval.system import measure
+    from kecil.infer.measure import measure
     from kecil.models.reference import resolve
 
     progress = progress or (lambda *args: None)
     ref = resolve(config.model)
+    _sweep(config.workdir)
     folder = config.workdir or kecil_home() / "fit" / f"{ref.name}-{model_fingerprint(ref.path)}"
     folder.mkdir(parents=True, exist_ok=True)
     variants = _produce(config, folder, progress)
+    if ref.format == "gguf":
+        variants.insert(0, source_variant(ref))
     ready = [v for v in variants if v.error is None]
     for done, variant in enumerate(ready, 1):
         try:
@@ -145,14 +153,38 @@ def fit(config: FitConfig, progress: Progress | None = None) -> FitResult:
     return _recommend(config, variants)
 
 
+def source_variant(ref) -> Variant:
+    """The GGUF model as given, named by its own type: "q4_1 (source)"."""
+    from kecil.models.info import inspect_model
+
+    kind = inspect_model(ref).quantization.lower()
+    return Variant(f"{kind} (source)", ref.path, size_bytes=ref.path.stat().st_size, source=True)
+
+
+def _sweep(workdir: Path | None) -> None:
+    """Remove what killed runs left in fit's folders (.part files, quantize working folders)."""
+    if workdir is not None:
+        sweep_stale(workdir)
+        return
+    root = kecil_home() / "fit"
+    if root.is_dir():
+        sweep_stale(root)
+        for folder in root.iterdir():
+            if folder.is_dir() and not folder.name.startswith("."):
+                sweep_stale(folder)
+
+
 def _recommend(config: FitConfig, variants: list[Variant]) -> FitResult:
     fitting = [v for v in variants if v.error is None and v.fits(config.memory)]
     budget = format_bytes(config.memory)
     if fitting:
         best = max(fitting, key=quality_key)
         command = quantize_command(config, best)
-        message = (f"{best.type} fits in {budget} at a {config.context}-token context (peak {format_bytes(best.peak_rss_bytes)}) "
+        what = f"{config.model} as it is ({best.type.removesuffix(' (source)')})" if best.source else best.type
+        message = (f"{what} fits in {budget} at a {config.context}-token context (peak {format_bytes(best.peak_rss_bytes)}) "
                    f"and has the best quality of the {len(fitting)} that fit")
+        if best.source:
+            message += ": no quantization needed"
         return FitResult(config, variants, best, command, message)
     measured = [v for v in variants if v.peak_rss_bytes is not None]
     if not measured:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from kecil.build.fit import FitConfig, Variant, _recommend, fit, quality_key
 from kecil.errors import ConfigError
-from kecil.eval.fit import FitConfig, Variant, _recommend, fit, quality_key
 from kecil.models.info import parse_bytes
+from kecil.models.reference import resolve
 
 
 def test_memory_sizes_are_read_as_ram_is_sold():
@@ -104,24 +105,34 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
 def test_fit_end_to_end_on_the_bundled_model(tmp_path):
     config = FitConfig(model="smollm2-135m", memory=10**12, context=256, types=("f16", "q8_0"), limit=1, workdir=tmp_path)  # no calibration: quick
     result = fit(config)
-    assert [v.type for v in result.variants] == ["f16", "q8_0"]
+    # the shipped Q4_1 file is a candidate as it is (issue 26: it is smaller than a q4_k_m of itself)
+    assert [v.type for v in result.variants] == ["q4_1 (source)", "f16", "q8_0"]
     for v in result.variants:
         assert v.error is None and v.path.is_file() and v.size_bytes == v.path.stat().st_size
         assert 50e6 < v.peak_rss_bytes < 2e9
         assert v.quality["wikitext-like-perplexity"] > 1
-    f16, q8 = result.variants
-    assert f16.size_bytes > q8.size_bytes and f16.peak_rss_bytes > q8.peak_rss_bytes
+    source, f16, q8 = result.variants
+    assert source.source and source.path == resolve("smollm2-135m").path and not f16.source
+    assert f16.size_bytes > q8.size_bytes > source.size_bytes and f16.peak_rss_bytes > q8.peak_rss_bytes > source.peak_rss_bytes
     assert result.recommended is max(result.variants, key=quality_key)
-    assert result.command.startswith(f"kecil quantize smollm2-135m --to {result.recommended.type} -o ")
+    if result.recommended.source:
+        assert result.command is None and "no quantization needed" in result.message
+    else:
+        assert result.command.startswith(f"kecil quantize smollm2-135m --to {result.recommended.type} -o ")
     # a budget between the two peaks admits only the smaller one, and it is recommended
     middle = (f16.peak_rss_bytes + q8.peak_rss_bytes) // 2
-    assert _recommend(FitConfig(model="smollm2-135m", memory=middle, context=256), result.variants).recommended is q8
+    assert _recommend(FitConfig(model="smollm2-135m", memory=middle, context=256), [f16, q8]).recommended is q8
+    # a budget only the source fits: the source is recommended, with no command to run
+    below = (source.peak_rss_bytes + q8.peak_rss_bytes) // 2
+    verdict = _recommend(FitConfig(model="smollm2-135m", memory=below, context=256), result.variants)
+    assert verdict.recommended is source and verdict.command is None
+    assert verdict.message.startswith("smollm2-135m as it is (q4_1) fits in") and verdict.message.endswith("no quantization needed")
 
 
 @pytest.mark.slow
 def test_measured_peak_belongs_to_the_child_not_to_this_process():
     """Linux carries ru_maxrss from parent to child through fork and exec; the figure must not."""
-    from kecil.eval.system import measure
+    from kecil.infer.measure import measure
 
     ballast = bytearray(1200 * 1024 * 1024)
     for i in range(0, len(ballast), 4096):
