@@ -64,6 +64,35 @@ def test_accuracy_outranks_perplexity_and_size_breaks_ties():
     assert quality_key(c) > quality_key(a)
 
 
+def test_the_source_is_recommended_as_it_is_when_it_is_the_best_fit():
+    """Issue 26: the shipped Q4_1 file was smaller and better than fit's q4_k_m, and fit listed no row for it."""
+    config = FitConfig(model="smollm2-135m", memory=300 * 2**20)
+    source = Variant("q4_1 (source)", Path("SmolLM2.Q4_1.gguf"), int(93.8 * 2**20), int(260 * 2**20), {"wiki": 23.30}, {"wiki": "perplexity"}, source=True)
+    q4_k_m = variant("q4_k_m", 100.6, 268, 23.78)
+    result = _recommend(config, [source, variant("q8_0", 138, 310, 23.36), q4_k_m])
+    assert result.recommended is source and result.command is None
+    assert result.message.startswith("smollm2-135m as it is (q4_1) fits in 300.0 MiB") and result.message.endswith(": no quantization needed")
+    # when a quantization is better and fits, it wins over the source, with its command
+    result = _recommend(FitConfig(model="smollm2-135m", memory=400 * 2**20), [source, variant("q8_0", 138, 310, 23.20)])
+    assert result.recommended.type == "q8_0" and result.command.startswith("kecil quantize smollm2-135m --to q8_0")
+
+
+def test_a_gguf_model_is_its_own_first_candidate(tiny_hf_model, tmp_path):
+    from kecil.compress.quantize import QuantizeConfig, quantize
+
+    source = tmp_path / "tiny.gguf"
+    quantize(QuantizeConfig(model=str(tiny_hf_model("llama")), to="f16", output=source, method="none", report=False))
+    config = FitConfig(model=str(source), memory=100 * 2**30, context=128, types=("q4_0",), limit=1, workdir=tmp_path / "fit")
+    result = fit(config)
+    assert [(v.type, v.source) for v in result.variants] == [("f16 (source)", True), ("q4_0", False)]
+    mine, q4 = result.variants
+    assert mine.path == source and mine.size_bytes == source.stat().st_size > q4.size_bytes
+    for v in result.variants:
+        assert v.error is None and 20e6 < v.peak_rss_bytes < 2e9 and v.quality["wikitext-like-perplexity"] > 1
+    assert result.recommended is max(result.variants, key=quality_key)
+    assert sorted(p.name for p in (tmp_path / "fit").iterdir()) == ["q4_0.gguf"]  # the source is used in place, not copied
+
+
 def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
     """The whole pipeline on something small, through the CLI: quantize two types, measure each
     one's peak in a fresh process, evaluate perplexity, recommend, print the command; then a budget
