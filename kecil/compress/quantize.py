@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kecil.compress.calibration import HELD_OUT, Calibration, bundled_text, collect_statistics, read_calibration_text
 from kecil.compress.quant_types import QUANT_TYPES, quant_type
-from kecil.compress.report import bits_sentence, census, compare
+from kecil.compress.report import census, compare, describe
 from kecil.compress.requantize import METHODS, read_source, requantize
 from kecil.errors import ConfigError, InvalidModelError
 from kecil.infer.hardware import physical_cores
@@ -186,7 +186,7 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None) -> Quanti
             raise
         # requantize names the output's exact size; this is the HF folder's float copy (about its own size)
         raise disk_full(config.output.parent, _size(ref), f"a GGUF copy of {ref.name}") from None
-    _describe(result, ref, census(config.output, config.qtype))
+    describe(result, ref, census(config.output, config.qtype))
     return result
 
 
@@ -200,22 +200,6 @@ def refuse_overwriting(source: Path, output: Path) -> None:
     if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
         how = "" if Path(source).resolve() == Path(output).resolve() else f" (through a link to {source})"
         raise ConfigError(f"-o {output} is the input model itself{how}: writing it would destroy the input; pick another -o path")
-
-
-def _describe(result: QuantizeResult, ref: ModelRef, found) -> None:
-    """Fill in the real bits per weight, the fallbacks and the plain notes (see report.py)."""
-    result.bits_per_weight = found.bits_per_weight
-    result.quantized_tensors, result.fallback_tensors = found.quantizable, found.fallbacks
-    result.fallback_types, result.fallback_rows = list(found.fallback_types), list(found.fallback_rows)
-    if ref.format == "gguf":
-        result.source_bits_per_weight = census(ref.path).bits_per_weight
-    r = result.report
-    verdict = compare(
-        result.source_bytes, result.output_bytes, r.source_perplexity if r else None, r.quantized_perplexity if r else None,
-        source_name=ref.spec, source_bits=result.source_bits_per_weight,
-    )  # fmt: skip
-    result.larger_than_source, result.worse_than_source = verdict.larger_than_source, verdict.worse_than_source
-    result.notes = verdict.notes + ([bits_sentence(result.type, found)] if found.fallbacks else [])
 
 
 def _string_type():

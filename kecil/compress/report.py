@@ -112,6 +112,23 @@ def compare(
     return Comparison(larger, worse, notes)
 
 
+def describe(result, ref, found: TensorCensus) -> None:
+    """Fill in a QuantizeResult's real bits per weight, fallbacks and plain notes, from the census
+    of its written file and `ref`, the source it was made from."""
+    result.bits_per_weight = found.bits_per_weight
+    result.quantized_tensors, result.fallback_tensors = found.quantizable, found.fallbacks
+    result.fallback_types, result.fallback_rows = list(found.fallback_types), list(found.fallback_rows)
+    if ref.format == "gguf":
+        result.source_bits_per_weight = census(ref.path).bits_per_weight
+    r = result.report
+    verdict = compare(
+        result.source_bytes, result.output_bytes, r.source_perplexity if r else None, r.quantized_perplexity if r else None,
+        source_name=ref.spec, source_bits=result.source_bits_per_weight,
+    )  # fmt: skip
+    result.larger_than_source, result.worse_than_source = verdict.larger_than_source, verdict.worse_than_source
+    result.notes = verdict.notes + ([bits_sentence(result.type, found)] if found.fallbacks else [])
+
+
 def report_lines(result) -> list[str]:
     """What `kecil quantize` prints for a QuantizeResult: sizes, bits per weight, the measured report
     and every note, one line each."""
