@@ -92,7 +92,6 @@ def is_disk_full(error: OSError) -> bool:
 def disk_full(folder: Path, needed: int | None, what: str):
     """The error for ENOSPC while writing `what` into `folder`: where, how much was needed, what to do."""
     from kecil.errors import KecilError
-    from kecil.models.info import format_bytes
 
     try:
         free = f"{format_bytes(shutil.disk_usage(folder).free)} is free there"
@@ -103,3 +102,11 @@ def disk_full(folder: Path, needed: int | None, what: str):
         f"the disk is full: writing {what} into {folder} {need} and {free}; nothing was left behind. "
         "Free some space or write to another disk (-o elsewhere, or KECIL_HOME on a bigger disk)"
     )
+
+
+def format_bytes(n: int) -> str:
+    """98362432 -> '93.8 MiB' (as kecil.models.info writes sizes; this module sits below models)."""
+    for scale, suffix in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.1f} {suffix}"
+    return f"{n} B"
