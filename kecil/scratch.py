@@ -11,12 +11,17 @@ import errno
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 _OWNED = re.compile(r"^\.(?:.+\.)?kecil-(?:[a-z]+-)?(?P<pid>\d+)-")
 # A process whose start is later than a file's last change cannot have written it: its pid was
 # reused after the owner died. The slack absorbs clock granularity.
 _START_SLACK_SECONDS = 2.0
+# Names kecil used before they carried a pid: no owner to ask, so removed once a day old (no run
+# of kecil takes that long to write one file).
+_LEGACY = re.compile(r"^\.(?:kecil-quantize-[a-z0-9_]{8}|.+\.gguf\.[a-z0-9_]{8}\.part)$")
+LEGACY_AGE_SECONDS = 24 * 3600
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
@@ -37,13 +42,13 @@ def sweep_stale(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _OWNED.match(entry.name)
-        if not match:
+        if not match and not _LEGACY.match(entry.name):
             continue
         try:
             changed = entry.lstat().st_mtime
         except OSError:
             continue  # gone meanwhile
-        if _alive(int(match["pid"]), changed):
+        if _alive(int(match["pid"]), changed) if match else time.time() - changed < LEGACY_AGE_SECONDS:
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():

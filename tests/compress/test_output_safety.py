@@ -181,3 +181,20 @@ def test_a_reused_pid_does_not_protect_a_leftover(tmp_path):
     finally:
         young.kill()
         young.wait()
+
+
+def test_leftovers_named_before_the_pid_are_swept_once_a_day_old(tmp_path):
+    from kecil.scratch import LEGACY_AGE_SECONDS
+
+    old_part, old_dir = tmp_path / ".t.gguf.ab12cd_3.part", tmp_path / ".kecil-quantize-x9y8z7w6"
+    fresh = tmp_path / ".u.gguf.zz99yy88.part"
+    old_part.write_bytes(b"half")
+    old_dir.mkdir()
+    fresh.write_bytes(b"maybe a run of an older kecil, still writing")
+    other = tmp_path / ".notes.txt.ab12cd_3.part"  # not a name kecil wrote
+    other.write_bytes(b"someone else's")
+    past = time.time() - LEGACY_AGE_SECONDS - 60
+    for path in (old_part, old_dir, other):
+        os.utime(path, (past, past))
+    assert sorted(p.name for p in sweep_stale(tmp_path)) == sorted([old_part.name, old_dir.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name])
