@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from functools import cache
 
-
-def physical_cores() -> int:
-    """Physical cores: llama.cpp and torch both run best with one thread per core."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+from kecil.infer.hardware import physical_cores  # noqa: F401  (the benchmarks' default thread count, as kecil's)
 
 
 @cache

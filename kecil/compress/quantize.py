@@ -4,14 +4,16 @@ Pipeline: resolve MODEL (an HF folder is converted to a float GGUF first) → op
 calibrate (activation statistics of the float model on calibration text, see calibration.py)
 → requantize every tensor with ggml's own quantizers, weighted by the importance matrix or
 error-compensated by GPTQ, after AWQ scaling (requantize.py, gptq.py, awq.py) → report size, held-out perplexity of
-both models, decode speed and peak RAM. `--to int8|int4` instead writes a folder of torch
+both models, decode speed and peak RAM, each model measured alone in a fresh process
+(kecil.infer.measure), with the real bits per weight and plain notes when the output is larger
+or worse than its input (report.py). `--to int8|int4` instead writes a folder of torch
 weight-only layers (weight_only.py) that the torch backend runs, with the same report.
+A built-in's preset system prompt travels in the written GGUF (kecil.models.reference.SYSTEM_PROMPT_KEY).
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,9 +22,12 @@ from pathlib import Path
 
 from kecil.compress.calibration import HELD_OUT, Calibration, bundled_text, collect_statistics, read_calibration_text
 from kecil.compress.quant_types import QUANT_TYPES, quant_type
+from kecil.compress.report import census, compare, describe
 from kecil.compress.requantize import METHODS, read_source, requantize
 from kecil.errors import ConfigError, InvalidModelError
-from kecil.models.reference import ModelRef, resolve
+from kecil.infer.hardware import physical_cores
+from kecil.models.reference import SYSTEM_PROMPT_KEY, ModelRef, resolve
+from kecil.scratch import disk_full, is_disk_full, owned_prefix, sweep_stale
 
 # (stage, done, total): stages are "convert", "calibrate", "scale" (AWQ's search), "quantize", "report".
 Progress = Callable[[str, int, int], None]
@@ -95,7 +100,8 @@ class QuantizeReport:
     quantized_perplexity: float
     perplexity_tokens: int
     decode_tokens_per_second: float
-    peak_ram_bytes: int
+    peak_ram_bytes: int  # the quantized model's process alone (load, perplexity, decode), not calibration's
+    source_peak_ram_bytes: int = 0
 
     @property
     def perplexity_increase(self) -> float:
@@ -114,6 +120,16 @@ class QuantizeResult:
     calibration_tokens: int = 0
     tensor_types: dict[str, int] = field(default_factory=dict)
     report: QuantizeReport | None = None
+    bits_per_weight: float = 0.0  # real: every tensor's bytes over every tensor's values, read from the file
+    source_bits_per_weight: float | None = None  # for a GGUF source
+    quantized_tensors: int = 0  # 2-D weight matrices
+    fallback_tensors: int = 0  # of those, given a 32-value type because their rows are not a multiple of 256
+    fallback_types: list[str] = field(default_factory=list)
+    fallback_rows: list[int] = field(default_factory=list)
+    larger_than_source: bool = False
+    worse_than_source: bool | None = None  # None when the report was not measured
+    system_prompt: str | None = None  # the preset carried into the output (kecil.system_prompt)
+    notes: list[str] = field(default_factory=list)  # plain sentences: larger/worse, fallbacks, a dropped preset
 
     @property
     def ratio(self) -> float:
@@ -136,36 +152,60 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None) -> Quanti
     if not config.output.parent.is_dir():
         raise ConfigError(f"the output folder {config.output.parent} does not exist: create it or pick another -o path")
     ref = resolve(config.model)
+    refuse_overwriting(ref.path, config.output)
+    sweep_stale(config.output.parent)  # what killed runs left here: .part files, working folders
     method = config.resolved_method
     calib_text = read_calibration_text(config.calib) if method != "none" and config.statistics is None else None
     heldout_text = _heldout_text(config) if config.report else None
-    threads = config.threads or _cores()
-    with tempfile.TemporaryDirectory(prefix=".kecil-quantize-", dir=config.output.parent if config.output.parent.is_dir() else None) as tmp:
-        source = _as_gguf(ref, Path(tmp), progress)
-        calibration = config.statistics if method != "none" else None
-        if calibration is None and calib_text:
-            calibration = _calibrate(ref, source, calib_text, method, config, threads, progress)
-        stats = calibration.stats if calibration else None
-        summary = requantize(
-            source, config.output, config.qtype, stats=stats, method=method if stats else "none", threads=threads,
-            metadata=_calibration_metadata(config, calibration), progress=_stage(progress, "quantize"),
-            scale_progress=_stage(progress, "scale"),
-        )  # fmt: skip
-        seconds = time.perf_counter() - started
-        result = QuantizeResult(
-            output=config.output, type=config.qtype.name, method=method if stats else "none", source=str(ref.path),
-            source_bytes=_size(ref), output_bytes=config.output.stat().st_size, seconds=seconds,
-            calibration_tokens=calibration.tokens if calibration else 0, tensor_types=summary.tensor_types,
-        )  # fmt: skip
-        if heldout_text is not None:
-            result.report = _report(source, config.output, heldout_text, threads, progress)
+    threads = config.threads or physical_cores()
+    try:
+        with tempfile.TemporaryDirectory(prefix=owned_prefix("quantize"), dir=config.output.parent) as tmp:
+            source = _as_gguf(ref, Path(tmp), progress)
+            calibration = config.statistics if method != "none" else None
+            if calibration is None and calib_text:
+                calibration = _calibrate(ref, source, calib_text, method, config, threads, progress)
+            stats = calibration.stats if calibration else None
+            metadata = _calibration_metadata(config, calibration)
+            if ref.system_prompt:  # a built-in's preset, or one read from a GGUF kecil wrote
+                metadata[SYSTEM_PROMPT_KEY] = (ref.system_prompt, _string_type())
+            summary = requantize(
+                source, config.output, config.qtype, stats=stats, method=method if stats else "none", threads=threads,
+                metadata=metadata, progress=_stage(progress, "quantize"), scale_progress=_stage(progress, "scale"),
+            )  # fmt: skip
+            seconds = time.perf_counter() - started
+            result = QuantizeResult(
+                output=config.output, type=config.qtype.name, method=method if stats else "none", source=str(ref.path),
+                source_bytes=_size(ref), output_bytes=config.output.stat().st_size, seconds=seconds,
+                calibration_tokens=calibration.tokens if calibration else 0, tensor_types=summary.tensor_types,
+                system_prompt=ref.system_prompt,
+            )  # fmt: skip
+            if heldout_text is not None:
+                result.report = _report(source, config.output, heldout_text, threads, progress)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        # requantize names the output's exact size; this is the HF folder's float copy (about its own size)
+        raise disk_full(config.output.parent, _size(ref), f"a GGUF copy of {ref.name}") from None
+    describe(result, ref, census(config.output, config.qtype))
     return result
 
 
-def _cores() -> int:
-    import psutil
+def refuse_overwriting(source: Path, output: Path) -> None:
+    """A ConfigError when `output` is the input itself: the same path, or the same file reached
+    through a symbolic or hard link (same device and inode). Writing it would destroy the input."""
+    try:
+        a, b = os.stat(source), os.stat(output)
+    except OSError:
+        return  # the output does not exist yet: nothing to destroy
+    if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+        how = "" if Path(source).resolve() == Path(output).resolve() else f" (through a link to {source})"
+        raise ConfigError(f"-o {output} is the input model itself{how}: writing it would destroy the input; pick another -o path")
 
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+def _string_type():
+    from gguf import GGUFValueType
+
+    return GGUFValueType.STRING
 
 
 def _torch_threads(threads: int) -> int:
@@ -173,7 +213,7 @@ def _torch_threads(threads: int) -> int:
     and on a 2-core machine with other jobs running a 2-thread forward pass was measured 4x
     slower than a 1-thread one (42 s against 10.5 s for 512 tokens of SmolLM2)."""
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return 1 if busy > _cores() else threads
+    return 1 if busy > physical_cores() else threads
 
 
 def _stage(progress: Progress | None, stage: str):
@@ -211,9 +251,10 @@ def calibrate(config: QuantizeConfig, progress: Progress | None = None) -> Calib
     ref = resolve(config.model)
     method = "gptq"  # keep the Hessians too: the statistics may serve a type whose method needs them
     text = read_calibration_text(config.calib)
-    with tempfile.TemporaryDirectory(prefix=".kecil-quantize-") as tmp:
+    sweep_stale(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=owned_prefix("quantize")) as tmp:
         source = _as_gguf(ref, Path(tmp), progress)
-        return _calibrate(ref, source, text, method, config, config.threads or _cores(), progress)
+        return _calibrate(ref, source, text, method, config, config.threads or physical_cores(), progress)
 
 
 def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: QuantizeConfig, threads: int, progress) -> Calibration:
@@ -282,20 +323,24 @@ def _calibration_metadata(config: QuantizeConfig, calibration: Calibration | Non
 
 
 def _report(source, output, heldout: str, threads: int, progress: Progress | None, backend: str = "llamacpp") -> QuantizeReport:
-    from kecil.infer.generation import GenerationConfig
-    from kecil.infer.load import load_model
-    from kecil.infer.scoring import perplexity
+    """Each model measured alone in a fresh process (kecil.infer.measure): held-out perplexity,
+    decode speed and the peak RAM of that model, not of this process, which held calibration's
+    float model."""
+    from kecil.infer.measure import measure
 
-    scores = []
+    figures = []
     for step, path in enumerate((source, output)):
-        with load_model(str(path), backend=backend, context_length=CALIBRATION_CONTEXT, threads=threads) as model:
-            scores.append(perplexity(model, heldout, context=CALIBRATION_CONTEXT))
-            if step == 1:
-                reply = model.generate("The history of the city begins", GenerationConfig(temperature=0, max_tokens=64, seed=0))
-        if progress:
-            progress("report", step + 1, 2)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return QuantizeReport(scores[0].perplexity, scores[1].perplexity, scores[1].tokens, reply.timings.decode_tokens_per_second, peak)
+
+        def chunk(done: int, total: int, step: int = step) -> None:
+            progress("report", step * total + done, 2 * total)
+
+        figures.append(measure(
+            str(path), backend=backend, context=CALIBRATION_CONTEXT, threads=threads, prompt_tokens=128, decode_tokens=64,
+            perplexity_text=heldout, perplexity_context=CALIBRATION_CONTEXT, timeout=None, progress=chunk if progress else None,
+        ))  # fmt: skip
+    before, after = figures
+    return QuantizeReport(before.perplexity, after.perplexity, after.perplexity_tokens, after.decode_tokens_per_second,
+                          after.peak_rss_bytes, source_peak_ram_bytes=before.peak_rss_bytes)  # fmt: skip
 
 
 def _weight_only(config: QuantizeConfig, started: float, progress: Progress | None) -> QuantizeResult:
@@ -303,10 +348,18 @@ def _weight_only(config: QuantizeConfig, started: float, progress: Progress | No
     from kecil.compress.weight_only import write_weight_only
 
     ref = resolve(config.model)
+    refuse_overwriting(ref.path, config.output)
+    if config.output.parent.is_dir():
+        sweep_stale(config.output.parent)
     heldout_text = _heldout_text(config) if config.report else None
     if progress:
         progress("quantize", 0, 1)
-    write_weight_only(config.model, config.output, bits=WEIGHT_ONLY[config.to], group_size=config.group_size)
+    try:
+        write_weight_only(config.model, config.output, bits=WEIGHT_ONLY[config.to], group_size=config.group_size)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        raise disk_full(config.output.parent, _size(ref) * WEIGHT_ONLY[config.to] // 16, config.output.name) from None
     if progress:
         progress("quantize", 1, 1)
     size = sum(p.stat().st_size for p in config.output.iterdir() if p.suffix == ".safetensors")
@@ -315,7 +368,13 @@ def _weight_only(config: QuantizeConfig, started: float, progress: Progress | No
         output_bytes=size, seconds=time.perf_counter() - started,
     )  # fmt: skip
     if heldout_text is not None:
-        result.report = _report(str(ref.path), str(config.output), heldout_text, config.threads or _cores(), progress, backend="torch")
+        result.report = _report(str(ref.path), str(config.output), heldout_text, config.threads or physical_cores(), progress, backend="torch")
+    r = result.report
+    verdict = compare(result.source_bytes, size, r.source_perplexity if r else None, r.quantized_perplexity if r else None, source_name=ref.spec)
+    result.larger_than_source, result.worse_than_source, result.notes = verdict.larger_than_source, verdict.worse_than_source, verdict.notes
+    if ref.system_prompt:  # a torch folder has no place kecil reads it back from
+        result.notes.append(f"the preset system prompt of {ref.name} ({ref.system_prompt!r}) is not carried into a torch folder: "
+                            "pass it with --system when you run the output")  # fmt: skip
     return result
 
 

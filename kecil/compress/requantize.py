@@ -23,6 +23,7 @@ from kecil.compress.gptq import inverse_hessian_factor, quantize_gptq
 from kecil.compress.quant_types import FLOAT_TYPES, QuantType, choose_types, tensor_order
 from kecil.errors import InvalidModelError
 from kecil.models.formats.gguf_io import atomic_output
+from kecil.scratch import disk_full, is_disk_full
 
 Progress = Callable[[int, int], None]
 METHODS = ("none", "imatrix", "gptq", "awq", "awq-gptq")
@@ -36,6 +37,7 @@ _NOT_COPIED = (Keys.General.ARCHITECTURE, Keys.General.FILE_TYPE, Keys.General.Q
 class RequantizeSummary:
     tensor_types: dict[str, str] = field(default_factory=dict)  # ggml type name -> tensor count
     calibrated_tensors: int = 0
+    planned_bytes: int = 0  # the output's size, known before writing (for a full disk's message)
 
 
 def read_source(path: Path) -> GGUFReader:
@@ -73,7 +75,7 @@ def requantize(
         )  # fmt: skip
 
     writer = GGUFWriter(None, arch)
-    _copy_metadata(reader, writer)
+    _copy_metadata(reader, writer, skip=set(metadata or ()))
     writer.add_file_type(int(qtype.file_type))
     writer.add_quantization_version(GGML_QUANT_VERSION)
     for key, (value, vtype) in (metadata or {}).items():
@@ -86,20 +88,37 @@ def requantize(
         nbytes = int(np.prod(shape)) // block * type_size
         writer.add_tensor_info(t.name, (*shape[:-1], shape[-1] // block * type_size), np.dtype(np.uint8), nbytes, raw_dtype=new)
         summary.tensor_types[new.name] = summary.tensor_types.get(new.name, 0) + 1
+        summary.planned_bytes += nbytes
+    summary.planned_bytes += max(0, Path(source).stat().st_size - sum(int(t.n_bytes) for t in tensors))  # metadata, as the source's
     factors: dict[int, tuple] = {}  # one inverse-Hessian factor per shared input (q/k/v, gate/up)
-    with atomic_output(output) as temp:
-        writer.write_header_to_file(path=temp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for done, t in enumerate(tensors, start=1):
-            layer_stats = use_stats.get(t.name) if use_stats else None
-            data = _encode(t, types[t.name], layer_stats, method, threads, factors, scalings.get(t.name))
-            summary.calibrated_tensors += layer_stats is not None and types[t.name] not in FLOAT_TYPES
-            writer.write_tensor_data(data)
-            if progress:
-                progress(done, len(tensors))
-        writer.close()
+    try:
+        with atomic_output(output) as temp:
+            writer.write_header_to_file(path=temp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for done, t in enumerate(tensors, start=1):
+                layer_stats = use_stats.get(t.name) if use_stats else None
+                data = _encode(t, types[t.name], layer_stats, method, threads, factors, scalings.get(t.name))
+                summary.calibrated_tensors += layer_stats is not None and types[t.name] not in FLOAT_TYPES
+                writer.write_tensor_data(data)
+                if progress:
+                    progress(done, len(tensors))
+            writer.close()
+    except OSError as error:
+        _close_quietly(writer)  # the unlinked temporary's space comes back only when its file is closed
+        if is_disk_full(error):
+            raise disk_full(Path(output).parent, summary.planned_bytes, Path(output).name) from None
+        raise
     return summary
+
+
+def _close_quietly(writer: GGUFWriter) -> None:
+    for fout in writer.fout or ():
+        try:
+            fout.close()  # a failed flush still closes the file
+        except OSError:
+            pass
+    writer.fout = None
 
 
 def _float_values(tensor) -> np.ndarray:
@@ -145,9 +164,10 @@ def _field(reader: GGUFReader, key: str, default=None):
     return found.contents()
 
 
-def _copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
+def _copy_metadata(reader: GGUFReader, writer: GGUFWriter, skip: set[str]) -> None:
+    """Every key of the source except its encoding's and those `skip` names (written anew)."""
     for key, item in reader.fields.items():
-        if key.startswith("GGUF.") or key in _NOT_COPIED or key.startswith("quantize."):
+        if key.startswith("GGUF.") or key in _NOT_COPIED or key.startswith("quantize.") or key in skip:
             continue
         vtype = item.types[0]
         sub_type = item.types[-1] if vtype == GGUFValueType.ARRAY else None

@@ -20,6 +20,7 @@ from torch import nn
 
 from kecil.errors import ConfigError
 from kecil.infer.quantized_linear import CONFIG_FILE, WEIGHTS_FILE, QuantizedLinear, linear_targets, load_weight_only
+from kecil.scratch import owned_prefix
 
 __all__ = ["QuantizedLinear", "quantize_weights", "save_quantized", "load_quantized"]
 
@@ -90,7 +91,7 @@ def write_weight_only(model_spec: str, output: Path, *, bits: int, group_size: i
         raise ConfigError(f"the output folder {output.parent} does not exist: create it or pick another -o path")
     model, tokenizer = load_transformers(resolve(model_spec))
     quantize_weights(model.float().eval(), bits=bits, group_size=group_size)
-    temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent))
+    temp = Path(tempfile.mkdtemp(prefix=owned_prefix(output.name), suffix=".part", dir=output.parent))
     try:
         save_quantized(model, temp, tokenizer)
         if output.exists():

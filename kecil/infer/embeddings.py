@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kecil.errors import BackendError, ConfigError, ModelNotFoundError
+# Precision is a fact of the machine (kecil.infer.hardware); re-exported for the embedders' callers.
+from kecil.infer.hardware import PRECISIONS, native_bfloat16, resolve_precision  # noqa: F401
 
 if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 KINDS = ("passage", "query")
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -183,30 +184,6 @@ def package_dir(spec: EmbedderSpec) -> Path:
             f"the embedding model {spec.name} is not installed: run `{spec.install_command}`"
         )
     return Path(next(iter(found.submodule_search_locations)))
-
-
-def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16). Elsewhere
-    torch emulates bfloat16 through float32, which is slower than float32 itself."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(precision: str) -> str:
-    """The dtype a CPU model computes in for a requested precision: auto = bfloat16 where the CPU
-    multiplies it natively, float32 elsewhere (the embedders; tune's frozen base on a CPU)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
-    return precision
 
 
 # Batch widths (embedders here, packed training rows in tune/packing.py) are rounded up to a

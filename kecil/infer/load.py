@@ -6,12 +6,12 @@ Backends are a lookup table, not an if-chain: a new engine is one more row in BA
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kecil.errors import BackendError, ConfigError
 from kecil.infer.backend import Backend
+from kecil.infer.hardware import physical_cores
 from kecil.models.info import inspect_model
 from kecil.models.reference import ModelRef, resolve
 
@@ -40,12 +40,6 @@ class LoadOptions:
             raise ConfigError(f"context length must be at least 16 tokens, got {self.context_length}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
-
-
-def physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -20,6 +20,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_URL = re.compile(r"^(hf://|https?://(www\.)?(huggingface\.co|hf\.co)/)", re.IGNORECASE)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin")
+# GGUF metadata key of the preset system prompt kecil carries into files it writes from a built-in
+# (a quantized copy of smollm2-135m answers as the built-in does); read back when a file is resolved.
+SYSTEM_PROMPT_KEY = "kecil.system_prompt"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class ModelRef:
     format: ModelFormat
     architecture: str  # normalised, see kecil.models.architectures
     builtin: bool = False
-    system_prompt: str | None = None  # a built-in's preset, used when a conversation has none
+    system_prompt: str | None = None  # a built-in's preset (or a GGUF's SYSTEM_PROMPT_KEY), used when a conversation has none
 
 
 def resolve(spec: str | None = None) -> ModelRef:
@@ -55,21 +58,23 @@ def _resolve(spec: str) -> ModelRef:
     if spec in builtin_names():
         path = builtin_path(spec)
         preset = get_builtin(spec).system_prompt
-        return ModelRef(spec, spec, path, "gguf", _gguf_architecture(path), builtin=True, system_prompt=preset)
+        return ModelRef(spec, spec, path, "gguf", _gguf_architecture(path)[0], builtin=True, system_prompt=preset)
     path = Path(spec).expanduser()
     if path.exists():
         path = path.resolve()
         if path.is_dir():
             return ModelRef(spec, path.name, path, "hf", check_hf_dir(path).architecture)
         if path.is_file():
-            return ModelRef(spec, path.name, path, "gguf", _gguf_architecture(path))
+            architecture, preset = _gguf_architecture(path)
+            return ModelRef(spec, path.name, path, "gguf", architecture, system_prompt=preset)
         raise InvalidModelError(
             f"{spec} is neither a file nor a folder: pass a .gguf file or a Hugging Face model folder"
         )
     raise ModelNotFoundError(_not_found_message(spec))
 
 
-def _gguf_architecture(path: Path) -> str:
+def _gguf_architecture(path: Path) -> tuple[str, str | None]:
+    """The file's normalised architecture, and the preset system prompt kecil stored in it (if any)."""
     # gguf and numpy cost ~0.15 s to import; only pay it when a GGUF is actually opened.
     from gguf.constants import Keys
 
@@ -87,7 +92,8 @@ def _gguf_architecture(path: Path) -> str:
         raise InvalidModelError(
             f"{path} has no tensors (a vocabulary-only GGUF?): pass a GGUF file that contains model weights"
         )
-    return name
+    preset = header.get(SYSTEM_PROMPT_KEY)
+    return name, preset if isinstance(preset, str) and preset.strip() else None
 
 
 def _not_found_message(spec: str) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, quants
 
 from kecil.errors import ConfigError
+from kecil.scratch import owned_prefix
 
 
 def encode_tensor(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -37,7 +38,8 @@ def atomic_output(output: Path) -> Iterator[Path]:
         raise ConfigError(f"the output folder {parent} does not exist: create it or pick another -o path")
     if output.is_dir():
         raise ConfigError(f"{output} is a folder: give -o a file name such as {output / 'model.gguf'}")
-    fd, name = tempfile.mkstemp(dir=parent, prefix=f".{output.name}.", suffix=".part")
+    # the pid in the name lets a later run sweep this file if the process is killed (kecil.scratch)
+    fd, name = tempfile.mkstemp(dir=parent, prefix=owned_prefix(output.name), suffix=".part")
     os.close(fd)
     temp = Path(name)
     try:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from kecil.build.fit import FitConfig, Variant, _recommend, fit, quality_key
 from kecil.errors import ConfigError
-from kecil.eval.fit import FitConfig, Variant, _recommend, fit, quality_key
 from kecil.models.info import parse_bytes
+from kecil.models.reference import resolve
 
 
 def test_memory_sizes_are_si_with_gb_and_iec_with_gib():
@@ -66,6 +67,35 @@ def test_accuracy_outranks_perplexity_and_size_breaks_ties():
     assert quality_key(c) > quality_key(a)
 
 
+def test_the_source_is_recommended_as_it_is_when_it_is_the_best_fit():
+    """Issue 26: the shipped Q4_1 file was smaller and better than fit's q4_k_m, and fit listed no row for it."""
+    config = FitConfig(model="smollm2-135m", memory=300 * 2**20)
+    source = Variant("q4_1 (source)", Path("SmolLM2.Q4_1.gguf"), int(93.8 * 2**20), int(260 * 2**20), {"wiki": 23.30}, {"wiki": "perplexity"}, source=True)
+    q4_k_m = variant("q4_k_m", 100.6, 268, 23.78)
+    result = _recommend(config, [source, variant("q8_0", 138, 310, 23.36), q4_k_m])
+    assert result.recommended is source and result.command is None
+    assert result.message.startswith("smollm2-135m as it is (q4_1) fits in 300.0 MiB") and result.message.endswith(": no quantization needed")
+    # when a quantization is better and fits, it wins over the source, with its command
+    result = _recommend(FitConfig(model="smollm2-135m", memory=400 * 2**20), [source, variant("q8_0", 138, 310, 23.20)])
+    assert result.recommended.type == "q8_0" and result.command.startswith("kecil quantize smollm2-135m --to q8_0")
+
+
+def test_a_gguf_model_is_its_own_first_candidate(tiny_hf_model, tmp_path):
+    from kecil.compress.quantize import QuantizeConfig, quantize
+
+    source = tmp_path / "tiny.gguf"
+    quantize(QuantizeConfig(model=str(tiny_hf_model("llama")), to="f16", output=source, method="none", report=False))
+    config = FitConfig(model=str(source), memory=100 * 2**30, context=128, types=("q4_0",), limit=1, workdir=tmp_path / "fit")
+    result = fit(config)
+    assert [(v.type, v.source) for v in result.variants] == [("f16 (source)", True), ("q4_0", False)]
+    mine, q4 = result.variants
+    assert mine.path == source and mine.size_bytes == source.stat().st_size > q4.size_bytes
+    for v in result.variants:
+        assert v.error is None and 20e6 < v.peak_rss_bytes < 2e9 and v.quality["wikitext-like-perplexity"] > 1
+    assert result.recommended is max(result.variants, key=quality_key)
+    assert sorted(p.name for p in (tmp_path / "fit").iterdir()) == ["q4_0.gguf"]  # the source is used in place, not copied
+
+
 def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
     """The whole pipeline on something small, through the CLI: quantize two types, measure each
     one's peak in a fresh process, evaluate perplexity, recommend, print the command; then a budget
@@ -107,24 +137,34 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
 def test_fit_end_to_end_on_the_bundled_model(tmp_path):
     config = FitConfig(model="smollm2-135m", memory=10**12, context=256, types=("f16", "q8_0"), limit=1, workdir=tmp_path)  # no calibration: quick
     result = fit(config)
-    assert [v.type for v in result.variants] == ["f16", "q8_0"]
+    # the shipped Q4_1 file is a candidate as it is (issue 26: it is smaller than a q4_k_m of itself)
+    assert [v.type for v in result.variants] == ["q4_1 (source)", "f16", "q8_0"]
     for v in result.variants:
         assert v.error is None and v.path.is_file() and v.size_bytes == v.path.stat().st_size
         assert 50e6 < v.peak_rss_bytes < 2e9
         assert v.quality["wikitext-like-perplexity"] > 1
-    f16, q8 = result.variants
-    assert f16.size_bytes > q8.size_bytes and f16.peak_rss_bytes > q8.peak_rss_bytes
+    source, f16, q8 = result.variants
+    assert source.source and source.path == resolve("smollm2-135m").path and not f16.source
+    assert f16.size_bytes > q8.size_bytes > source.size_bytes and f16.peak_rss_bytes > q8.peak_rss_bytes > source.peak_rss_bytes
     assert result.recommended is max(result.variants, key=quality_key)
-    assert result.command.startswith(f"kecil quantize smollm2-135m --to {result.recommended.type} -o ")
+    if result.recommended.source:
+        assert result.command is None and "no quantization needed" in result.message
+    else:
+        assert result.command.startswith(f"kecil quantize smollm2-135m --to {result.recommended.type} -o ")
     # a budget between the two peaks admits only the smaller one, and it is recommended
     middle = (f16.peak_rss_bytes + q8.peak_rss_bytes) // 2
-    assert _recommend(FitConfig(model="smollm2-135m", memory=middle, context=256), result.variants).recommended is q8
+    assert _recommend(FitConfig(model="smollm2-135m", memory=middle, context=256), [f16, q8]).recommended is q8
+    # a budget only the source fits: the source is recommended, with no command to run
+    below = (source.peak_rss_bytes + q8.peak_rss_bytes) // 2
+    verdict = _recommend(FitConfig(model="smollm2-135m", memory=below, context=256), result.variants)
+    assert verdict.recommended is source and verdict.command is None
+    assert verdict.message.startswith("smollm2-135m as it is (q4_1) fits in") and verdict.message.endswith("no quantization needed")
 
 
 @pytest.mark.slow
 def test_measured_peak_belongs_to_the_child_not_to_this_process():
     """Linux carries ru_maxrss from parent to child through fork and exec; the figure must not."""
-    from kecil.eval.system import measure
+    from kecil.infer.measure import measure
 
     ballast = bytearray(1200 * 1024 * 1024)
     for i in range(0, len(ballast), 4096):
