@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 from pathlib import Path  # noqa: F401 (a field type below, resolved in this module)
@@ -69,6 +71,14 @@ def test_models_lists_builtins():
     assert done.returncode == 0, done.stderr
     assert '"name": "smollm2-135m", "installed": true' in done.stdout
     assert "gemma3-270m" in done.stdout
+    default = json.loads(done.stdout.splitlines()[0])
+    assert "MMLU" in default["limits"]  # the model's limits, where a user first looks
+
+
+def test_chat_banner_states_the_embedded_models_limits():
+    done = kecil("chat", "--max-tokens", "4", stdin="/exit\n")
+    assert done.returncode == 0, done.stderr
+    assert "smollm2-135m: 135M parameters" in done.stderr and "MMLU" in done.stderr
 
 
 def test_info_of_the_default_model():

@@ -24,6 +24,14 @@ def err(text: str) -> None:
     sys.stderr.flush()
 
 
+def limits_note(ref) -> str | None:
+    """The one-line limits of a built-in model (resolved ModelRef), for the places a user first meets it."""
+    from kecil.models.builtins import get_builtin
+
+    builtin = get_builtin(ref.name) if ref.builtin else None
+    return f"{ref.name}: {builtin.limits}" if builtin is not None and builtin.limits else None
+
+
 def confirm(action: str, *, yes: bool) -> None:
     """Go ahead with `action` (which deletes something) only on --yes or the user's "y" on a terminal.
 

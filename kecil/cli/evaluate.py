@@ -46,10 +46,10 @@ def eval_(
     from pathlib import Path
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from kecil.eval.report import json_lines, table
-    from kecil.eval.run import EvalConfig, evaluate
+    from kecil.eval.run import EvalConfig, EvalInterrupted, evaluate
 
     config = EvalConfig(
         models=tuple(models), tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), limit=limit, seed=seed,
@@ -57,9 +57,19 @@ def eval_(
         task_files=tuple(Path(f) for f in task_file or ()), backend=backend, threads=threads, system=system, cache=cache,
     )
     console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-        report = evaluate(config, progress=_eval_progress(bar))
-    if html:
+    # Items of a generation task take seconds each: rich's default 30 s speed window would often hold
+    # too few of them to estimate, and the ETA would read -:--:--. The whole task's pace is the estimate.
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    interrupted = False
+    with Progress(*columns, console=console, transient=True, speed_estimate_period=3600) as bar:
+        try:
+            report = evaluate(config, progress=_eval_progress(bar))
+        except EvalInterrupted as stopped:
+            report, interrupted = stopped.report, True
+    if interrupted:
+        err(f"kecil eval: interrupted; {len(report.results)} finished task result(s) below. Every finished item is cached: "
+            "run the same command again to resume where it stopped.")
+    if html and report.results:
         from kecil.eval.html import write_html
 
         written = write_html(report, Path(html))
@@ -67,8 +77,10 @@ def eval_(
     if as_json:
         for line in json_lines(report):
             print(line)
-    else:
+    elif report.results or report.systems:
         Console().print(table(report))
+    if interrupted:
+        raise typer.Exit(130)
 
 
 def fit(
@@ -85,7 +97,7 @@ def fit(
     from rich.console import Console
     from rich.table import Table
 
-    from kecil.eval.fit import DEFAULT_TYPES, FitConfig, fit as run_fit
+    from kecil.build.fit import DEFAULT_TYPES, FitConfig, fit as run_fit
     from kecil.models.info import format_bytes, parse_bytes
 
     config = FitConfig(

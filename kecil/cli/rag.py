@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from kecil.cli.common import AsJson, Backend, Context, Yes, confirm, err
+from kecil.cli.common import AsJson, Backend, Context, Yes, confirm, err, limits_note
 from kecil.cli.options import config_options
 from kecil.rag.ask import AskConfig
 from kecil.rag.chunking import ChunkConfig
@@ -51,6 +51,8 @@ def ingest(options: dict[str, Any], chunking: ChunkConfig, kb: KbName, as_json: 
           f"{len(report.removed)} removed, {len(report.skipped)} skipped; {report.chunks} chunks written in {report.seconds:.1f} s{rate}")
     if report.other_types:
         print(f"{report.other_types} files of other types were left out")
+    for note in report.notes:  # the embedding model chosen for the documents' language, or a mismatch
+        err(f"note: {note}")
 
 
 def _where(citation_or_chunk) -> str:
@@ -184,6 +186,14 @@ def ask(
     if answer.withheld:
         n = len(answer.withheld)
         print(f"\n({n} sentence{'s' if n > 1 else ''} of the model's withheld: a number in {'them' if n > 1 else 'it'} is in none of the sources; --json shows {'them' if n > 1 else 'it'})")
+    if answer.answered and (note := _answering_limits(model)):
+        err(note)
+
+
+def _answering_limits(model: str | None) -> str | None:
+    from kecil.models.reference import resolve
+
+    return limits_note(resolve(model))
 
 
 def register(app: typer.Typer) -> None:

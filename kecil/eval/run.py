@@ -20,7 +20,7 @@ from kecil.eval import code, generative, multiple_choice
 from kecil.eval import perplexity as perplexity_task
 from kecil.eval.cache import ResultCache, model_fingerprint
 from kecil.eval.confidence import chance_level, wilson_interval
-from kecil.eval.system import SystemFigures
+from kecil.infer.measure import SystemFigures
 from kecil.eval.tasks import Task, build_prompt, fewshot_examples, get_task, select_items
 
 DEFAULT_SEED = 1234
@@ -269,7 +269,7 @@ def _evaluate_all(config: EvalConfig, tasks: list[Task], needs_window: int, repo
                     if scorer is not None:
                         scorer.close()
             if config.system:
-                from kecil.eval.system import measure
+                from kecil.infer.measure import measure
 
                 try:
                     report.systems[spec] = measure(spec, backend=config.backend, threads=config.threads)

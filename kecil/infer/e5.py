@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kecil.errors import BackendError
-from kecil.infer.embeddings import Embedder, EmbedderSpec, mean_pool, package_dir, padded_batch, resolve_precision, untruncated_lengths
+from kecil.infer.embeddings import Embedder, EmbedderSpec, mean_pool, package_dir, padded_batch, untruncated_lengths
+from kecil.infer.hardware import resolve_precision
 
 if TYPE_CHECKING:
     import numpy as np

@@ -47,9 +47,8 @@ class ServeConfig:
     embedding_model: str | None = DEFAULT_EMBEDDING_MODEL  # on the command line: --embeddings/--no-embeddings
     preload: bool = field(default=True, metadata={"help": "Load the first model at start-up (then /ready means ready)."})
     knowledge_bases: tuple[str, ...] = field(default=(), metadata={"hidden": True})  # served as models named rag:NAME
-    # One LoRA for the first model: the same as adapters=((its name, path),).
-    adapter: Path | None = field(default=None, metadata={
-        "help": "A LoRA adapter for the first MODEL: the -o folder of `kecil tune` (its adapter.gguf keeps a GGUF model on llama.cpp) or a GGUF LoRA file."})
+    # One LoRA for the first model, for callers of the library: the same as adapters=((its name, path),).
+    adapter: Path | None = field(default=None, metadata={"hidden": True})
     adapters: tuple[tuple[str, Path], ...] = field(default=(), metadata={
         "help": "LoRA adapters served on the first model, each as its own model BASE+NAME: NAME=PATH "
                 "(PATH: a `kecil tune` -o folder or a GGUF LoRA file); repeat for several."})

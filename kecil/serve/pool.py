@@ -164,7 +164,7 @@ class ModelPool:
 
     def _open(self, name: str, ref: ModelRef):
         from kecil.infer.engine import open_engine
-        from kecil.infer.load import physical_cores
+        from kecil.infer.hardware import physical_cores
 
         info = inspect_model(ref)
         adapter = self.adapters[name][1] if name in self.adapters else None

@@ -66,3 +66,28 @@ def test_ctrl_c_hands_back_what_finished(tiny_hf_model, tmp_path, monkeypatch):
     with pytest.raises(EvalInterrupted) as caught:
         evaluate(config, progress=stop_in_the_second_task)
     assert [(r.task, r.n) for r in caught.value.report.results] == [("cats", 6)]
+
+
+def test_cli_ctrl_c_prints_what_finished_and_how_to_resume(tiny_hf_model, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kecil.cli import app
+    from kecil.eval import multiple_choice
+
+    monkeypatch.setenv("KECIL_HOME", str(tmp_path / "home"))
+    first, second = choice_task(tmp_path), choice_task(tmp_path, name="dogs")
+    real, calls = multiple_choice.evaluate_item, []
+
+    def interrupted_in_the_second_task(*args):
+        calls.append(args[1].name)
+        if calls.count("dogs") == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return real(*args)
+
+    monkeypatch.setattr(multiple_choice, "evaluate_item", interrupted_in_the_second_task)
+    result = CliRunner().invoke(app, ["eval", str(tiny_hf_model("llama")), "--tasks", "cats,dogs", "--task-file", str(first),
+                                      "--task-file", str(second), "--json", "--no-system"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.stderr and "run the same command again to resume" in result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["task"], r["n"]) for r in rows] == [("cats", 6)]
