@@ -98,6 +98,9 @@ class TuneConfig:
         "QLoRA: hold the frozen base as int4 or int8 weights (4 or 8) to cut memory; default float."))
     base_group_size: int = field(default=64, metadata=_help(
         "With --base-bits: input columns per quantization scale (32, 64 or 128)."))
+    check_general: bool = field(default=False, metadata=_help(
+        "After training, ask a few general questions without and with the adapter and report what it made the "
+        "model forget (kecil/tune/forgetting.py; a few seconds on a small model)."))
     # auto = bfloat16 where the CPU/GPU computes it natively (AMX, AVX512-BF16), where with the fused
     # LoRA path it measured faster than float32 (docs/benchmarks.md); else float32.
     precision: str = field(default="auto", metadata=_help(
@@ -154,6 +157,7 @@ class TuneResult:
     gguf_adapter: Path | None = None  # the adapter as a GGUF LoRA for llama.cpp, when it has one
     plan: TrainingPlan | None = None
     warnings: tuple[str, ...] = ()  # what the user should know (a damaged checkpoint passed over, a short plan)
+    general: tuple = ()  # forgetting.GeneralAnswer per general question, with check_general
 
     @property
     def tokens_per_second(self) -> float:
@@ -221,16 +225,25 @@ def tune(
     `on_plan` gets the training plan once it is fixed, before the first step (the CLI prints
     `plan.describe()`); `progress` gets a TuneProgress after every optimizer step."""
     run = _set_up(config)
-    if on_plan is not None and run.accelerator.is_main_process:
-        on_plan(run.plan)
+    if run.accelerator.is_main_process:
+        if on_plan is not None:
+            on_plan(run.plan)  # its describe() ends with the plan's warnings
+        else:
+            for warning in run.plan.warnings:
+                log.warning("kecil tune: %s", warning)
     train_steps(run, progress)
     gguf_adapter = _write_out(run)
+    general = ()
+    if config.check_general and run.accelerator.is_main_process:
+        from kecil.tune.forgetting import general_check
+
+        general = tuple(general_check(config.model, run.output, threads=config.threads))
     return TuneResult(
         output=run.output, format=run.dataset.format, train_examples=len(run.train), val_examples=len(run.val),
         cut_examples=run.cut, dropped_examples=run.dropped, steps=run.state.step, train_loss=run.train_loss,
         val_loss=run.val_loss, first_val_loss=run.first_val, tokens=run.tokens, seconds=run.seconds,
         resumed_from_step=run.resumed_from, history=run.history, gguf_adapter=gguf_adapter, plan=run.plan,
-        warnings=tuple(run.warnings),
+        warnings=tuple(run.warnings), general=general,
     )
 
 
@@ -255,8 +268,7 @@ def _set_up(config: TuneConfig) -> _Run:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     run = _Run(config, output, dataset, ref, accelerator, model, model, trainable, optimizer, scheduler, pad_id, train, val,
                val_batches, list(plan.batches), plan, cut, dropped, targets, precision, state)
-    for warning in plan.warnings:
-        run.warn(warning)
+    run.warnings.extend(plan.warnings)  # told through on_plan, or logged by tune() when there is none
     if config.resume and ckpt.checkpoint_dirs(output):
         run.state = ckpt.resume_latest(output, fingerprint, model, optimizer, scheduler, run.warn)
         run.resumed_from = run.state.step
@@ -353,7 +365,7 @@ def _attach_lora(model, config: TuneConfig, targets: list[str], name: str):
 def _fingerprint(config: TuneConfig, ref, dataset, val_dataset, targets, processes: int, precision: str, plan: TrainingPlan) -> dict:
     """What a resume must not change: the model, the data's hashes, the settings and the plan made of them."""
     settings = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                if k not in ("model", "data", "val_data", "output", "resume", "threads", "eval_every", "save_every")}
+                if k not in ("model", "data", "val_data", "output", "resume", "threads", "eval_every", "save_every", "check_general")}
     return {
         "model": str(ref.path), "data": dataset.sha256, "val_data": val_dataset.sha256 if val_dataset else None, **settings,
         "target_modules": targets, "processes": processes, "precision": precision,
