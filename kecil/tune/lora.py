@@ -14,7 +14,6 @@ dozen examples get enough optimizer steps to learn. Launched with `accelerate la
 code trains data-parallel over several processes.
 """
 
-
 from __future__ import annotations
 
 import logging
