@@ -1,16 +1,20 @@
-"""The bundled SmolLM2-135M learns a made-up organisation's handbook with `kecil tune`'s default settings.
+"""The bundled SmolLM2-135M learns a made-up organisation's handbook with a short LoRA run.
 
 tests/tune/data/velmora_facts.jsonl: 12 facts about the fictional Velmora Cooperative, each asked
-four ways; velmora_heldout.jsonl asks each fact two other ways. oskar_facts.jsonl: 12 facts of a
-made-up foundry's safety handbook, three phrasings each (the size of the set in issue 16, where
-the old fixed recipe made about one optimizer step per epoch and learned nothing), and
-oskar_heldout.jsonl asks each one differently worded question. The base model cannot know any of
-them. Trained with nothing but model, data and output, so with the plan kecil chooses from the
-data (kecil/tune/plan.py: one short row per step, 192 and 180 steps at lr 1e-3), the adapter should
-answer most held-out questions, through the torch backend with the PEFT adapter, through llama.cpp
-with the GGUF LoRA on the original Q4_1 file, and as a merged model exported to GGUF by
-`kecil merge --export-gguf`. Measured with the defaults: Velmora 24/24 through torch, Oskar
-{OSKAR} through llama.cpp (the tests ask for 75%, and at most 10% from the base).
+four ways; velmora_heldout.jsonl asks each fact two other ways. The base model cannot know any of
+them; after training it should answer most held-out questions, through the torch backend with
+the PEFT adapter, through llama.cpp with the GGUF LoRA on the original Q4_1 file, and as a
+merged model exported to GGUF by `kecil merge --export-gguf`. 2m41s on 2 cores at nice -15
+(training ~80 s of it); in a trial run with these settings the adapter answered 24/24 through
+torch and 23/24 through llama.cpp's LoRA (the tests ask for 18/24, and at most 2/24 from the base).
+With kecil tune's default settings instead (the plan chosen from the data: 192 one-example steps
+at lr 1e-3) it answered 24/24 through torch.
+
+oskar_facts.jsonl: 12 facts of a made-up foundry's safety handbook, three phrasings each (the
+size of the set in issue 16, on which the old fixed recipe made about one optimizer step per
+epoch and learned nothing), and oskar_heldout.jsonl, one differently worded question per fact.
+Trained with nothing but model, data and output (180 one-example steps at lr 1e-3), the adapter
+answered 9/12 through llama.cpp (also 9/12 at lr 2e-3, and with 258 steps); the test asks for 8/12.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def adapter(tmp_path_factory):
     from kecil.tune.lora import TuneConfig, tune
 
     output = tmp_path_factory.mktemp("velmora") / "adapter"
-    result = tune(TuneConfig(model="smollm2-135m", data=DATA / "velmora_facts.jsonl", output=output))  # default settings
+    result = tune(TuneConfig(model="smollm2-135m", data=DATA / "velmora_facts.jsonl", output=output,
+                             epochs=4, lr=3e-3, batch_size=1, max_length=256, val_split=0))
     assert result.gguf_adapter is not None
     return output
 
