@@ -35,6 +35,14 @@ def load_transformers(ref: ModelRef):
         # transformers dequantizes GGUF weights to float32: exact weights, float speed.
         where = dict(pretrained_model_name_or_path=str(ref.path.parent), gguf_file=ref.path.name)
         dtype = torch.float32
+        # Its "Converting and de-quantizing GGUF tensors" bar is plain tqdm, past disable_progress_bar():
+        # it stacked one bar per load above kecil's own progress. Silenced for this process, once.
+        import functools
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_loading
+
+        if not isinstance(getattr(gguf_loading, "tqdm", None), functools.partial):
+            gguf_loading.tqdm = functools.partial(gguf_loading.tqdm, disable=True)
     else:
         where = dict(pretrained_model_name_or_path=str(ref.path))
         dtype = "auto"

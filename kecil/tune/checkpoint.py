@@ -3,7 +3,9 @@
 A checkpoint holds the adapter weights, the optimizer and scheduler state, every random number
 generator the run draws from, and how many micro-batches were consumed. It is written into a
 temporary folder and renamed into place, so a kill mid-write leaves the previous checkpoint
-intact and never a half-written one. Only the newest few are kept.
+intact and never a half-written one. Only the newest few are kept. A checkpoint is read back whole
+and checked before it is applied; a damaged one (cut short by a full disk, say) is passed over,
+with a warning, for the newest one that is intact.
 """
 
 from __future__ import annotations
@@ -67,25 +69,65 @@ def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler
     return final
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainState:
-    """Restore adapter weights, optimizer, scheduler and RNGs from `directory`; return its state."""
+class DamagedCheckpoint(Exception):
+    """A checkpoint folder whose files cannot all be read back (truncated, corrupt or missing)."""
+
+
+def read_checkpoint(directory: Path) -> dict:
+    """Every file of a checkpoint, read whole and checked before any of it is applied: a truncated
+    file (a full disk, a copy cut short) raises DamagedCheckpoint rather than half-restoring a run."""
     import torch
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(directory / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    rng = torch.load(directory / "rng.pt", weights_only=False)  # python's RNG state is a tuple
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    return TrainState(**json.loads((directory / STATE_FILE).read_text()))
+    try:
+        return {
+            "state": json.loads((directory / STATE_FILE).read_text()),
+            "weights": load_file(str(directory / "adapter_model.safetensors")),
+            "optimizer": torch.load(directory / "optimizer.pt", weights_only=True),
+            "scheduler": torch.load(directory / "scheduler.pt", weights_only=True),
+            "rng": torch.load(directory / "rng.pt", weights_only=False),  # python's RNG state is a tuple
+        }
+    except Exception as exc:  # safetensors, torch's unpickler and json each fail their own way on a cut file
+        raise DamagedCheckpoint(f"{directory.name} cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from exc
 
 
-def check_resumable(directory: Path, fingerprint: dict) -> None:
+def load_checkpoint(directory: Path, model, optimizer, scheduler, files: dict | None = None) -> TrainState:
+    """Restore adapter weights, optimizer, scheduler and RNGs from `directory` (or its `files`,
+    already read by read_checkpoint); return its state."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    files = files if files is not None else read_checkpoint(directory)
+    set_peft_model_state_dict(model, files["weights"])
+    optimizer.load_state_dict(files["optimizer"])
+    scheduler.load_state_dict(files["scheduler"])
+    torch.set_rng_state(files["rng"]["torch"])
+    random.setstate(files["rng"]["python"])
+    return TrainState(**files["state"])
+
+
+def resume_latest(output: Path, fingerprint: dict, model, optimizer, scheduler, warn) -> TrainState:
+    """Restore the newest checkpoint that reads back whole; a damaged newer one is passed over,
+    with `warn(message)` saying which and why. A good checkpoint of different settings is refused."""
+    skipped = []
+    for directory in reversed(checkpoint_dirs(output)):
+        try:
+            files = read_checkpoint(directory)
+        except DamagedCheckpoint as exc:
+            skipped.append(directory.name)
+            warn(f"checkpoint {exc}; resuming from an earlier one")
+            continue
+        check_resumable(directory, fingerprint, files["state"])
+        return load_checkpoint(directory, model, optimizer, scheduler, files)
+    raise ConfigError(
+        f"no checkpoint in {output / CHECKPOINTS_DIR} can be read back (damaged: {', '.join(skipped)}): "
+        "start a new run in another -o folder"
+    )
+
+
+def check_resumable(directory: Path, fingerprint: dict, state: dict | None = None) -> None:
     """Refuse a resume whose data or settings differ from the checkpointed run's."""
-    saved = json.loads((directory / STATE_FILE).read_text())["fingerprint"]
+    saved = (state or json.loads((directory / STATE_FILE).read_text()))["fingerprint"]
     changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)

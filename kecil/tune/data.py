@@ -42,6 +42,7 @@ class Dataset:
     format: DataFormat
     records: list[dict]
     sha256: str  # of the file's bytes: a resumed run must train on the same data
+    lines: tuple[int, ...] = ()  # the file's line number of each record (for saying which were held out)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Example:
 
     ids: list[int]
     trained: list[bool]
+    line: int = 0  # where it came from in its data file (0: not known)
 
 
 def detect_format(record: Mapping) -> DataFormat | None:
@@ -100,6 +102,7 @@ def read_dataset(path: str | Path) -> Dataset:
         raise DataError(f"no such data file: {path}; pass a .jsonl file with one JSON object per line")
     raw = path.read_bytes()
     records: list[dict] = []
+    lines: list[int] = []
     errors: list[str] = []
     kind: DataFormat | None = None
     first_line = 0
@@ -120,6 +123,7 @@ def read_dataset(path: str | Path) -> Dataset:
         if kind is None:
             kind, first_line = line_kind, number
         records.append(record)
+        lines.append(number)
     if errors:
         more = f" (and {len(errors) - MAX_REPORTED_ERRORS} more)" if len(errors) > MAX_REPORTED_ERRORS else ""
         raise DataError(
@@ -128,7 +132,7 @@ def read_dataset(path: str | Path) -> Dataset:
         )
     if not records:
         raise DataError(f"{path} has no examples: write one JSON object per line")
-    return Dataset(path, kind, records, hashlib.sha256(raw).hexdigest())
+    return Dataset(path, kind, records, hashlib.sha256(raw).hexdigest(), tuple(lines))
 
 
 @dataclass(frozen=True)
@@ -202,11 +206,12 @@ def tokenize_dataset(
     """(examples, how many were cut to max_length, how many were dropped for having nothing left
     to learn after the cut). Dropped and cut counts are reported, never silent."""
     examples, cut, dropped = [], 0, 0
-    for record in dataset.records:
+    for number, record in enumerate(dataset.records):
         example = tokenize_example(record, dataset.format, style, tokenize, bos_id)
+        line = dataset.lines[number] if number < len(dataset.lines) else 0
         if len(example.ids) > max_length:
             cut += 1
-            example = Example(example.ids[:max_length], example.trained[:max_length])
+        example = Example(example.ids[:max_length], example.trained[:max_length], line)
         # A token is "trained" when it is a target: at least one must be predicted from an earlier one.
         if not any(example.trained[1:]):
             dropped += 1

@@ -54,9 +54,16 @@ def plan_epochs(
     """Every micro-batch of the whole run, in order: a fixed function of (data, settings, seed),
     so a resumed run can skip exactly the batches it has already trained on."""
     lengths = [len(e.ids) for e in examples]
+    return plan_batches(lengths, epochs=epochs, rows_per_batch=rows_per_batch, max_length=max_length, seed=seed, pack=pack)
+
+
+def plan_batches(
+    lengths: Sequence[int], *, epochs: int, rows_per_batch: int, max_length: int, seed: int, pack: bool = True
+) -> list[MicroBatch]:
+    """plan_epochs from the examples' token counts alone (what kecil/tune/plan.py sizes a run by)."""
     batches: list[MicroBatch] = []
     for epoch in range(epochs):
-        order = list(range(len(examples)))
+        order = list(range(len(lengths)))
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
         rows = pack_rows(lengths, order, max_length) if pack else [[i] for i in order]
         random.Random(seed * 1_000_003 + epoch + 500_000).shuffle(rows)  # long rows are not all first

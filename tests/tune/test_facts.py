@@ -7,6 +7,14 @@ the PEFT adapter, through llama.cpp with the GGUF LoRA on the original Q4_1 file
 merged model exported to GGUF by `kecil merge --export-gguf`. 2m41s on 2 cores at nice -15
 (training ~80 s of it); in a trial run with these settings the adapter answered 24/24 through
 torch and 23/24 through llama.cpp's LoRA (the tests ask for 18/24, and at most 2/24 from the base).
+With kecil tune's default settings instead (the plan chosen from the data: 192 one-example steps
+at lr 1e-3) it answered 24/24 through torch.
+
+oskar_facts.jsonl: 12 facts of a made-up foundry's safety handbook, three phrasings each (the
+size of the set in issue 16, on which the old fixed recipe made about one optimizer step per
+epoch and learned nothing), and oskar_heldout.jsonl, one differently worded question per fact.
+Trained with nothing but model, data and output (180 one-example steps at lr 1e-3), the adapter
+answered 9/12 through llama.cpp (also 9/12 at lr 2e-3, and with 258 steps); the test asks for 8/12.
 """
 
 from __future__ import annotations
@@ -22,18 +30,19 @@ from kecil.models.builtins import get_builtin
 
 DATA = Path(__file__).parent / "data"
 HELD_OUT = [json.loads(line) for line in (DATA / "velmora_heldout.jsonl").read_text().splitlines()]
+OSKAR_HELD_OUT = [json.loads(line) for line in (DATA / "oskar_heldout.jsonl").read_text().splitlines()]
 ANSWER = GenerationConfig(temperature=0, max_tokens=24)
 
 pytestmark = pytest.mark.slow
 
 
-def share_correct(model, system: str | None = None) -> float:
+def share_correct(model, system: str | None = None, held_out: list[dict] = HELD_OUT) -> float:
     hits = 0
-    for item in HELD_OUT:
+    for item in held_out:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": item["question"]}]
         reply = model.chat(messages, ANSWER).text
         hits += item["answer"].lower() in reply.lower()
-    return hits / len(HELD_OUT)
+    return hits / len(held_out)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,25 @@ def adapter(tmp_path_factory):
 def test_the_base_model_does_not_know_the_facts():
     with load_model("smollm2-135m") as model:
         share = share_correct(model)
+        oskar = share_correct(model, held_out=OSKAR_HELD_OUT)
     assert share <= 0.1, share
+    assert oskar <= 0.1, oskar
+
+
+def test_default_settings_teach_a_small_handbook(tmp_path):
+    """36 lines, 12 facts x 3 phrasings, no settings given: the plan has enough steps and no
+    warning, and the tuned model answers most differently worded questions."""
+    from kecil.tune.lora import TuneConfig, tune
+    from kecil.tune.plan import MIN_STEPS
+
+    result = tune(TuneConfig(model="smollm2-135m", data=DATA / "oskar_facts.jsonl", output=tmp_path / "adapter"))
+    plan = result.plan
+    assert plan.examples == 36 and plan.val_examples == 0 and plan.total_steps == result.steps >= MIN_STEPS
+    assert not plan.warnings and "36 training examples" in plan.describe()[0]
+    with load_model("smollm2-135m", adapter=tmp_path / "adapter") as model:
+        assert model.name == "llamacpp"
+        share = share_correct(model, held_out=OSKAR_HELD_OUT)
+    assert share >= 2 / 3, share  # 9/12 measured; one answer of margin for other thread counts
 
 
 def test_the_adapter_teaches_them_through_torch(adapter):

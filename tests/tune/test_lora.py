@@ -158,3 +158,54 @@ def test_a_gguf_source_trains_as_float_and_its_adapter_runs_in_llama_cpp(tiny_hf
         adapted = model.generate("What is the cat?", greedy).text
     with load_model(str(source), threads=1) as model:
         assert model.generate("What is the cat?", greedy).text != adapted
+
+
+def test_resume_passes_over_a_truncated_newest_checkpoint(tiny_hf_model, tmp_path, caplog):
+    """A newest checkpoint cut short (a full disk) is skipped with a warning; the run resumes from
+    the one before it and ends with the same adapter as a run never interrupted."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(8))
+    config = dict(model=str(tiny_hf_model("llama")), data=data, epochs=2, batch_size=1, max_length=24, val_split=0, lr=3e-3,
+                  save_every=3, threads=1, precision="float32")
+    whole = tune(TuneConfig(output=tmp_path / "whole", **config))
+    # The same run, as if it had died right after writing its last two checkpoints, the newest one cut short.
+    shutil.copytree(tmp_path / "whole" / "checkpoints", tmp_path / "cut" / "checkpoints")
+    newest, previous = sorted((tmp_path / "cut" / "checkpoints").iterdir())[::-1][:2]
+    weights = newest / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="kecil.tune.lora"):
+        resumed = tune(TuneConfig(output=tmp_path / "cut", resume=True, **config))
+    assert resumed.resumed_from_step == int(previous.name.split("-")[1]) < whole.steps == resumed.steps
+    assert any(newest.name in w and "cannot be read" in w for w in resumed.warnings), resumed.warnings
+    assert newest.name in caplog.text
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_no_readable_checkpoint_says_so(tiny_hf_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(4))
+    config = dict(model=str(tiny_hf_model("llama")), data=data, output=tmp_path / "out", epochs=1, val_split=0, threads=1)
+    tune(TuneConfig(**config))
+    for state in (tmp_path / "out" / "checkpoints").glob("step-*/optimizer.pt"):
+        state.write_bytes(b"")
+    with pytest.raises(ConfigError, match="no checkpoint .* can be read back"):
+        tune(TuneConfig(**config, resume=True))
+
+
+def test_defaults_plan_small_data_and_report_the_plan_before_training(tiny_hf_model, tmp_path):
+    """With nothing but model, data and output, 20 examples get the plan's steps, and the plan comes first."""
+    from kecil.tune.plan import MIN_STEPS
+
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(20))
+    events = []
+    result = tune(TuneConfig(model=str(tiny_hf_model("llama")), data=data, output=tmp_path / "out", threads=1, save_every=1000),
+                  progress=lambda p: events.append("step"), on_plan=events.append)
+    plan = result.plan
+    assert events[0] is plan and events[1:] == ["step"] * result.steps
+    assert result.steps == plan.total_steps >= MIN_STEPS and plan.batch_size == 1 and plan.val_examples == 0
+    assert result.val_examples == 0 and result.train_examples == plan.examples == 20

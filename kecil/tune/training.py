@@ -1,0 +1,156 @@
+"""A LoRA run's optimizer loop and its pieces: the loss over the answer tokens, validation loss,
+the learning-rate schedule, and handing freed memory back between steps."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+from kecil.tune import checkpoint as ckpt
+from kecil.tune.packing import MicroBatch, collate
+from kecil.tune.progress import TuneProgress
+
+
+def token_loss_sum(model, input_ids, position_ids, predict, targets):
+    """Summed cross-entropy over the positions in `predict`, logits computed only there."""
+    import torch.nn.functional as F
+
+    # No attention mask and no cache: the restarting position ids mark the packed examples, for
+    # packed_attention.py, or for transformers' own block-diagonal mask where that is not used.
+    device = next(model.parameters()).device
+    input_ids, position_ids, predict, targets = (t.to(device) for t in (input_ids, position_ids, predict, targets))
+    out = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=predict, use_cache=False)
+    return F.cross_entropy(out.logits.float(), targets, reduction="sum")
+
+
+def validation_loss(model, examples, batches: list[MicroBatch], pad_id: int) -> float | None:
+    import torch
+
+    if not batches:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            input_ids, position_ids, predict, targets = collate(batch, examples, pad_id)
+            total += float(token_loss_sum(model, input_ids, position_ids, predict, targets))
+            count += len(targets)
+    model.train(was_training)
+    return total / count
+
+
+def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:  # linear warm-up, then cosine decay to 0
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def release_freed_memory(slack_mib: int = 512) -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim) once the process has
+    grown `slack_mib` past its size after the last trim; a no-op where there is no glibc.
+
+    A step frees hundreds of MB of activations; glibc keeps such memory, and while every step had
+    a new row width (before rows were padded to WIDTH_MULTIPLE) resident memory crept up by ~40 MiB
+    a step.
+    Trimming is a guard against such growth, not a routine: after a trim the next step faults
+    its pages back in (100k page faults, ~10% of a step on SmolLM2-135M), and a slack of 128 MiB,
+    smaller than one step's activations, had made it trim after every step. With 512 MiB a
+    20-step run trimmed rarely and peaked 50 MiB above one never trimmed."""
+    global _malloc_trim, _trimmed_size
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+            _malloc_trim = False
+    if not _malloc_trim:
+        return
+    import psutil
+
+    process = psutil.Process()
+    if process.memory_info().rss > _trimmed_size + slack_mib * 2**20:
+        _malloc_trim(0)
+        _trimmed_size = process.memory_info().rss
+
+
+_malloc_trim = None
+_trimmed_size = 0  # resident bytes after the last trim
+
+
+def collate_targets(batch: MicroBatch, examples) -> list[int]:
+    """The target positions of a micro-batch, counted without building tensors."""
+    return [t for row in batch.rows for i in row for t in range(1, len(examples[i].ids)) if examples[i].trained[t]]
+
+
+def train_steps(run, progress: Callable[[TuneProgress], None] | None) -> None:
+    """The optimizer loop from run.state to the plan's last step, checkpointing and reporting as it
+    goes; `run` is kecil/tune/lora.py's _Run, whose state, history and losses it updates."""
+    config, accelerator, total = run.config, run.accelerator, run.plan.total_steps
+    if run.val_batches and run.state.step == 0:
+        run.first_val = run.val_loss = validation_loss(run.model, run.val, run.val_batches, run.pad_id)
+        run.history.append({"step": 0, "val_loss": run.val_loss})
+    started = time.perf_counter()
+    earlier_seconds = run.state.seconds  # spent before a resume
+    while run.state.step < total:
+        step_loss, step_tokens, step_lr = optimizer_step(run)
+        run.tokens += step_tokens
+        run.train_loss = step_loss
+        elapsed = time.perf_counter() - started
+        state = run.state
+        run.state = ckpt.TrainState(state.step + 1, (state.step + 1) * run.per_step, state.tokens_seen + step_tokens,
+                                    earlier_seconds + elapsed, state.fingerprint)
+        step = run.state.step
+        entry = {"step": step, "loss": round(step_loss, 5), "lr": step_lr}
+        if run.val_batches and (step % config.eval_every == 0 or step == total):
+            run.val_loss = validation_loss(run.model, run.val, run.val_batches, run.pad_id)
+            entry["val_loss"] = run.val_loss
+        run.history.append(entry)
+        if step % config.save_every == 0 or step == total:
+            if accelerator.is_main_process:
+                ckpt.save_checkpoint(run.output, run.state, run.inner, run.optimizer, run.scheduler)
+            accelerator.wait_for_everyone()
+        if progress is not None and accelerator.is_main_process:
+            speed = run.tokens / elapsed if elapsed else 0.0
+            eta = elapsed / max(1, step - (run.resumed_from or 0)) * (total - step)
+            progress(TuneProgress(step, total, step_loss, run.val_loss, speed, eta))
+    run.seconds = time.perf_counter() - started
+
+
+def optimizer_step(run) -> tuple[float, int, float]:
+    """One optimizer step over this process's share of the step's micro-batches: (loss, tokens, lr)."""
+    import torch
+
+    accelerator, model, world = run.accelerator, run.model, run.accelerator.num_processes
+    group = run.batches[run.state.step * run.per_step : (run.state.step + 1) * run.per_step]
+    step_targets = sum(len(collate_targets(b, run.train)) for b in group)
+    mine = group[accelerator.process_index :: world]
+    step_loss = 0.0
+    step_tokens = 0
+    for i, batch in enumerate(mine):
+        input_ids, position_ids, predict, targets = collate(batch, run.train, run.pad_id)
+        # Normalised by the whole step's target count: packing and accumulation then give the
+        # gradient of the mean token loss, whatever the rows look like. × world undoes DDP's average.
+        syncing = accelerator.no_sync(model) if (world > 1 and i < len(mine) - 1) else nullcontext()
+        with syncing:
+            loss = token_loss_sum(model, input_ids, position_ids, predict, targets) * (world / step_targets)
+            accelerator.backward(loss)
+        step_loss += float(loss.detach()) / world
+        step_tokens += batch.token_count(run.train)
+    torch.nn.utils.clip_grad_norm_(run.trainable, run.config.max_grad_norm)
+    step_lr = run.scheduler.get_last_lr()[0]  # the rate this step trains with
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    release_freed_memory()
+    step_loss = accelerator.reduce(torch.tensor(step_loss), reduction="sum").item()
+    step_tokens = int(accelerator.reduce(torch.tensor(step_tokens), reduction="sum").item())
+    return step_loss, step_tokens, step_lr
