@@ -114,8 +114,8 @@ def test_one_bad_file_of_any_kind_does_not_stop_the_rest(tmp_path, embedder):
 def test_the_embedding_model_of_a_new_knowledge_base_follows_the_documents_language(tmp_path, embedder):
     """Thai and Indonesian documents get multilingual-e5-small unless told otherwise; English ones
     keep MiniLM; an English-only model given for them is ingested with a note saying so."""
-    from bench._common.chatterbot import load_chatterbot
-    from bench._common.squad import write_corpus
+    from kecil.rag.qa_sets import load_chatterbot
+    from kecil.rag.qa_sets import write_corpus
 
     documents, _ = load_chatterbot({"thai": "th", "indonesian": "id"})
     folder = write_corpus(tmp_path / "th-id", documents)[0].parent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench._common.chatterbot import load_chatterbot
+from kecil.rag.qa_sets import load_chatterbot
 from kecil.rag.language import ENGLISH, MULTILINGUAL, english_share, suggested_embedder
 
 
