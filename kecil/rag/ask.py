@@ -4,11 +4,12 @@ The best chunks are retrieved (hybrid search), numbered, and given to the model 
 instruction to answer only from them and to cite them as [n]. When even the best chunk is not
 similar enough to the question (a threshold measured on answerable vs unanswerable questions,
 see docs/benchmarks.md), no model is run: the answer says the documents do not cover it,
-rather than letting the model invent one. Small models often forget the [n] markers or write
-wrong ones, so every answer sentence's markers are checked against the sources' words
-(`check_sentences`); a sentence with a number that no source has is withheld. When nothing
-the model wrote is in the sources, the sentence of the best source closest to the question is
-shown after it, as a quote. A model that starts repeating a sentence is stopped there.
+rather than letting the model invent one. Every answer leads with the evidence: the sentence of
+the best chunk closest to the question, quoted and cited, and then what the model wrote, checked
+(kecil/rag/checks.py): markers against the sources' words, a sentence whose number is not tied
+to its words in a source withheld, a reply that repeats itself or turns to another script than
+the question's stopped there. A small model's own sentences are often wrong; the quote is what
+the documents say.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import regex
-
 from kecil.errors import ConfigError
+from kecil.rag.checks import _CITE, AttributedStream, attribute, check_sentences, content_terms, numbers, supported  # noqa: F401 (the checks were here)
 from kecil.rag.chunking import sentence_windows
 from kecil.rag.loaders import unit_of
 from kecil.rag.retrieve import Hit, Retriever, SearchConfig
-from kecil.rag.tokenise import tokenise
+from kecil.rag.scripts import main_script
 
 if TYPE_CHECKING:
     from kecil.infer.backend import Backend
@@ -39,19 +39,10 @@ SYSTEM = (
     "Cite the sources you use like [1]. If the sources do not contain the answer, "
     "say that you cannot answer from these documents."
 )
-PASSAGE = "The closest passage in the documents:"  # how a quote shown in place of an answer starts
+PASSAGE = "The closest passage in the documents:"  # how the quote every answer leads with starts
+# said after the quote when the model's reply turned to another script than the question's
+OFF_SCRIPT = "(The model went on in {got} script, not the question's {want}: it was stopped. The quote above is what the documents say.)"
 _STOP = ("\nQuestion:", "\nSources:")
-_CITE = regex.compile(r"\[(\d+)\]")
-_NUMBER = regex.compile(r"\p{N}+(?:[.,]\p{N}+)*")
-_ENUMERATOR = regex.compile(r"\s*(?:\p{N}{1,3}|\p{L})[.)]")  # "1." or "b)" opening a list item: its own "sentence"
-# a sentence, with any [n] markers written after its full stop; a single line break does not end
-# one (small models copy a source's wrapped lines), a blank line does; nor does a Latin stop with
-# a letter or digit right after it ("security@example.com", "3.5"); closing quotes and brackets
-# right after its stop are its own (the marker goes after them: 'is "18 days." [1]'); a line that
-# opens a list item ("2. ", "b) ", "- ") starts a new one
-_SENTENCE = regex.compile(r"(?:[^.!?。！？\n]|\n(?!\n|[ \t]*(?:(?:\p{N}{1,3}|\p{L})[.)]|[-*•])[ \t])|[.!?]+(?=[\p{L}\p{N}]))+(?:[.!?。！？]+[\"'”’»」』)]*)?(?:[ \t]*\[\d+\])*")
-
-
 @dataclass(frozen=True)
 class AskConfig:
     """How to answer. The model and backend are chosen by the `model` argument of `ask`."""
@@ -105,11 +96,13 @@ class Answer:
     model: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
-    withheld: list[str] = field(default_factory=list)  # the model's sentences with a number in no source
+    withheld: list[str] = field(default_factory=list)  # the model's sentences with a number not tied to a source
+    evidence: str = ""  # the quoted sentence the answer leads with (cited [1])
+    note: str = ""  # kecil's note at the end when it stopped the model (another script)
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "answered": self.answered, "model": self.model,
-                "citations": [c.as_dict() for c in self.citations], "withheld": self.withheld}
+        return {"text": self.text, "answered": self.answered, "model": self.model, "evidence": self.evidence,
+                "citations": [c.as_dict() for c in self.citations], "withheld": self.withheld, "note": self.note}
 
 
 def refusal(kb: str) -> str:
@@ -133,84 +126,6 @@ def build_messages(question: str, citations: list[Citation]) -> list[dict]:
     ]
 
 
-# Words that show nothing about where a sentence came from: the prompt's own, and English
-# function words long enough to pass the length test ("must" is in half of any policy manual).
-_NOT_EVIDENCE = {
-    "answer", "source", "sources", "question", "document", "documents", "cannot", "according",
-    "about", "after", "also", "been", "before", "being", "both", "could", "does", "each", "from",
-    "have", "into", "just", "many", "more", "most", "much", "must", "only", "other", "over", "same",
-    "should", "some", "such", "than", "that", "their", "them", "then", "there", "these", "they",
-    "this", "those", "very", "were", "what", "when", "where", "which", "while", "will", "with",
-    "would", "your",
-}
-
-
-def _content_terms(text: str) -> set[str]:
-    """Terms that can show a sentence came from a source: numbers, longer words, non-Latin terms."""
-    return {t for t in tokenise(text) if t.isdigit() or len(t) >= 4 or not t.isascii()} - _NOT_EVIDENCE
-
-
-def _numbers(text: str) -> set[str]:
-    """The numbers in `text`, with their separators dropped: "1,000" and "1000" are one number."""
-    return {regex.sub(r"[.,]", "", n) for n in _NUMBER.findall(text)}
-
-
-def attribute(text: str, citations: list[Citation], question: str = "") -> str:
-    """`text` with its [n] markers checked against the sources (see `check_sentences`)."""
-    checked = check_sentences(text, citations, question)[0]
-    # withheld first sentences leave the space that followed them
-    return checked if text[:1].isspace() else checked.lstrip()
-
-
-def check_sentences(text: str, citations: list[Citation], question: str = "") -> tuple[str, list[str]]:
-    """`text` with its [n] markers checked against the sources, and the sentences withheld.
-
-    A marker stays only if source n shares at least half as many content terms with its
-    sentence as the source sharing the most; a sentence left without one gets that source. No
-    source is cited for a sentence that shares no term with any, or whose numbers are not all in
-    it. A sentence with a number that is in none of the sources (nor in the question) is
-    withheld: small models change the numbers they copy ("18 days" became "The answer is: 3"),
-    and a wrong number next to a citation-checked answer reads as if the documents said it. A
-    list's "1." is not a number."""
-    if not citations:
-        return text, []
-    vocab = {c.number: _content_terms(c.text + " " + c.section) for c in citations}
-    figures = {c.number: _numbers(c.text + " " + c.section) for c in citations}
-    asked = _numbers(question)
-    known = set().union(asked, *figures.values())
-    out, withheld, at = [], [], 0
-    for match in _SENTENCE.finditer(text):
-        sentence = match.group()
-        if _ENUMERATOR.fullmatch(sentence):
-            out.append(text[at : match.end()])  # as it is, unless its item is withheld
-            at = match.end()
-            continue
-        body = regex.sub(r"\s*\[\d+\]", "", sentence).rstrip()
-        numbers = _numbers(body)
-        if not numbers <= known:
-            withheld.append(body.strip())
-            if out and _ENUMERATOR.fullmatch(out[-1]):
-                out.pop()
-            else:
-                out.append(text[at : match.start()])
-            at = match.end()
-            continue
-        terms = _content_terms(body)
-        cited = [int(n) for n in _CITE.findall(sentence)]
-        shared = {n: len(terms & vocab[n]) for n in vocab}
-        most = max(shared.values())
-        keep = [n for n in dict.fromkeys(cited) if n in vocab and (not terms or shared[n] and 2 * shared[n] >= most)]
-        if not keep and most:
-            keep = [max(vocab, key=shared.__getitem__)]
-        keep = [n for n in keep if numbers - asked <= figures[n]]
-        if not body.strip():
-            keep = []
-        trailing = sentence[len(sentence.rstrip()):]
-        out.append(text[at : match.start()] + body + "".join(f" [{n}]" for n in keep) + trailing)
-        at = match.end()
-    return "".join(out) + text[at:], withheld
-
-
 def closest_passage(retriever: Retriever, question: str, text: str) -> str:
     """The sentence of `text` closest in meaning to `question`, by the knowledge base's embedder."""
     sentences = sentence_windows(text, 1)
@@ -228,6 +143,11 @@ def _fit(backend: Backend, question: str, citations: list[Citation], max_tokens:
             return citations
         citations = citations[:-1]
     return citations
+
+
+def _after_quote(piece: str, text: str) -> str:
+    """`piece` of the model's checked `text`, set off from the quote when it is the first."""
+    return piece if len(text) > len(piece) else "\n\n" + piece
 
 
 def stream_ask(
@@ -274,107 +194,42 @@ def stream_ask(
 
         backend = backend or answering_model()
         citations = _fit(backend, question, _citations(hits), config.max_tokens)
+        # The evidence first: the best source's sentence closest to the question. The 135M model
+        # answered "The answer is: 2 [2]" next to "18 days" in its best source; the quote was right.
+        evidence = closest_passage(retriever, question, citations[0].text)
+        lead = f'{PASSAGE} "{evidence}" [1]'
+        yield lead
         # A small model that has answered sometimes goes on to write the next "Question:" itself.
         generation = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature, stop=_STOP)
-        checked = AttributedStream(citations, question)
+        checked = AttributedStream(citations, question, script=main_script(question))
         last = None
         stream = backend.stream_chat(build_messages(question, citations), generation)
         try:
             for chunk in stream:
                 if chunk.text and (piece := checked.feed(chunk.text)):
-                    yield piece
+                    yield _after_quote(piece, checked.text)
                 last = chunk
-                if checked.repeating:  # a small model that starts repeating itself says nothing new
+                # a reply that repeats itself says nothing new; one in another script than the
+                # question's is not an answer (a Thai reply to Indonesian ran for 80 s)
+                if checked.stopped:
                     break
         finally:
             stream.close()
         if piece := checked.finish():
-            yield piece
-        cited = sorted({int(n) for n in _CITE.findall(checked.text) if 1 <= int(n) <= len(citations)})
-        if not cited and citations:
-            # Nothing the model wrote is in the sources (small models at times answer "The answer
-            # is: 1"): show the sentence of the best source closest to the question, so the
-            # reader still gets what the documents say, marked as a quote and not as an answer.
-            passage = closest_passage(retriever, question, citations[0].text)
-            piece = ("\n\n" if checked.text else "") + f'{PASSAGE} "{passage}" [1]'
-            checked.add(piece)
-            yield piece
-            cited = [1]
-        text = checked.text
-        used = [c for c in citations if c.number in cited] or citations
+            yield _after_quote(piece, checked.text)
+        note = OFF_SCRIPT.format(got=checked.off_script, want=main_script(question)) if checked.off_script else ""
+        if note:
+            yield "\n\n" + note
+        text = lead + ("\n\n" + checked.text if checked.text else "") + ("\n\n" + note if note else "")
+        cited = {1} | {int(n) for n in _CITE.findall(checked.text)}
+        used = [c for c in citations if c.number in cited]
         yield Answer(text, used, answered=True, model=backend.ref.name, usage=last.usage if last else None,
-                     timings=last.timings if last else None, withheld=checked.withheld)
+                     timings=last.timings if last else None, withheld=checked.withheld, evidence=evidence, note=note)
     finally:
         if retriever is not None and retriever is not kb:
             retriever.close()
         if backend is not None and backend is not model:
             backend.close()
-
-
-class AttributedStream:
-    """The model's text as it streams, passed on one finished sentence at a time with its [n]
-    markers already checked (`attribute`), so what a streaming reader sees is exactly the
-    Answer's text. A sentence is finished once text that cannot be one of its markers follows."""
-
-    _AFTER = regex.compile(r"[^\s\[\]\d]")  # a character no trailing " [12]" marker has
-
-    def __init__(self, citations: list[Citation], question: str = ""):
-        self.citations = citations
-        self.question = question
-        self._pending = ""  # raw text not yet passed on
-        self._sent: list[str] = []
-        self._seen: set[str] = set()
-        self.repeating = False  # a finished sentence repeated an earlier one (and was dropped)
-        self.withheld: list[str] = []  # sentences with a number in none of the sources
-
-    @property
-    def text(self) -> str:
-        return "".join(self._sent)
-
-    def feed(self, piece: str) -> str:
-        self._pending += piece
-        if not self._sent:
-            self._pending = self._pending.lstrip()
-        cut = 0
-        for match in _SENTENCE.finditer(self._pending):
-            if not (match.end() < len(self._pending) and self._AFTER.search(self._pending, match.end())):
-                break
-            if not _ENUMERATOR.fullmatch(match.group()):  # a list's "3." waits for its item: both may go
-                cut = match.end()
-        return self._emit(self._pending[:cut], self._pending[cut:])
-
-    def finish(self) -> str:
-        return "" if self.repeating else self._emit(self._pending.rstrip(), "")
-
-    def add(self, text: str) -> None:
-        """Text of kecil's own (not the model's), passed on as it is."""
-        self._sent.append(text)
-
-    def _emit(self, done: str, rest: str) -> str:
-        self._pending = rest
-        if not done:
-            return ""
-        kept = []
-        for match in _SENTENCE.finditer(done):
-            if _ENUMERATOR.fullmatch(match.group()):
-                continue
-            key = " ".join(tokenise(_CITE.sub("", match.group())))
-            if key and key in self._seen:
-                self.repeating = True
-                break
-            self._seen.add(key)
-            kept.append(match)
-        if self.repeating:
-            self._pending = ""  # what follows a repeat is dropped with it
-            done = done[: kept[-1].end()] if kept else ""
-            if not done.strip():
-                return ""
-        out, withheld = check_sentences(done, self.citations, self.question)
-        self.withheld += withheld
-        if not self.text:  # a first sentence dropped whole (a bare marker) leaves its space behind
-            out = out.lstrip()
-        self._sent.append(out)
-        return out
 
 
 def ask(question: str, kb: str | Retriever, *, model: str | Backend | None = None, config: AskConfig | None = None, k: int | None = None) -> Answer:
