@@ -185,7 +185,7 @@ def ask(
             print(f"  [{c.number}] {_where(c)}")
     if answer.withheld:
         n = len(answer.withheld)
-        print(f"\n({n} sentence{'s' if n > 1 else ''} of the model's withheld: a number in {'them' if n > 1 else 'it'} is in none of the sources; --json shows {'them' if n > 1 else 'it'})")
+        print(f"\n({n} sentence{'s' if n > 1 else ''} of the model's withheld: a number in {'them' if n > 1 else 'it'} is not tied to its words in any source; --json shows {'them' if n > 1 else 'it'})")
     if answer.answered and (note := _answering_limits(model)):
         err(note)
 

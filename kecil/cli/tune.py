@@ -51,27 +51,35 @@ def tune(config: dict[str, Any]) -> None:
     Use it with `kecil generate/chat MODEL --adapter OUT`, or bake it in with `kecil merge`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    import sys
+
     from kecil.tune.lora import tune as run_tune
+    from kecil.tune.progress import describe, progress_for
 
     if config.get("target_modules"):  # `--target-modules q_proj,v_proj` as well as repeated
         config["target_modules"] = tuple(t.strip() for m in config["target_modules"] for t in m.split(",") if t.strip()) or None
     settings = TuneConfig(**config)
     columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
-    with Progress(*columns, transient=False) as bar:
+    # On a terminal a bar; in a log (stderr not a terminal) a plain progress line every few seconds.
+    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("tune", total=None, status="loading model and data")
 
-        def report(p) -> None:
-            val = f" val {p.val_loss:.3f}" if p.val_loss is not None else ""
-            eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s"
-            bar.update(task, total=p.total_steps, completed=p.step, status=f"loss {p.loss:.3f}{val} | {p.tokens_per_second:.0f} tok/s | ETA {eta}")
+        def draw(p) -> None:
+            bar.update(task, total=p.total_steps, completed=p.step, status=describe(p))
 
-        result = run_tune(settings, progress=report)
+        result = run_tune(settings, progress=progress_for(sys.stderr, draw),
+                          on_plan=lambda plan: [err(line) for line in plan.describe()])
     if result.resumed_from_step is not None:
         err(f"resumed from step {result.resumed_from_step}")
     if result.cut_examples or result.dropped_examples:
-        err(f"{result.cut_examples} examples were longer than --max-length {settings.max_length} and cut; {result.dropped_examples} had nothing left to learn and were skipped")
+        err(f"{result.cut_examples} examples were longer than {settings.cut_length} tokens and cut; {result.dropped_examples} had nothing left to learn and were skipped")
     val = f", validation loss {result.first_val_loss:.3f} -> {result.val_loss:.3f}" if result.val_loss is not None and result.first_val_loss is not None else ""
     err(f"trained {result.steps} steps on {result.train_examples} {result.format} examples ({result.tokens_per_second:.0f} tok/s){val}")
+    if result.general:
+        from kecil.tune.forgetting import describe_check
+
+        for line in describe_check(list(result.general)):
+            err(line)
     print(result.output)
 
 
