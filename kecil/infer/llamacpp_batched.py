@@ -29,14 +29,10 @@ from kecil.infer.engine import GenerationHandle, SamplingExtras, drain
 from kecil.infer.generation import Chunk, GenerationConfig, Timings, TokenLogprob, Usage
 from kecil.infer.llamacpp_context import BatchContext
 from kecil.infer.llamacpp_sampling import Sampling
+from kecil.infer.llamacpp_slots import Slots
 from kecil.infer.streaming import TokenText
 from kecil.models.info import ModelInfo
 from kecil.models.reference import ModelRef
-
-# Prompt tokens a cache hit must save before a busy engine hands out a slot out of order: every
-# gap between busy slots costs each later decode step one more pass through the model.
-REORDER_GAIN = 64
-
 
 @dataclass(eq=False)
 class _Sequence:
@@ -117,14 +113,9 @@ class BatchedLlamaCppBackend(Backend):
         self._batch = self._lib.llama_batch_init(self.batch_size, 0, 1)
         self._pending: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
-        self._free_slots = list(range(parallel))
-        # The prompt tokens each slot's KV stream still holds from its last request: a new request
-        # in that slot evaluates only what differs (requests to one server mostly share a chat
-        # template and system prompt), as llama.cpp's server does.
-        self._cached: list[list[int]] = [[] for _ in range(parallel)]
-        self._last_used = [0.0] * parallel  # when each slot was last handed out (0 = never)
+        self._slots = Slots(parallel)
         # Prompt tokens submitted, and how many of them a slot's cache spared from evaluation.
-        self.prompt_tokens = self.prompt_tokens_reused = 0
+        self.prompt_tokens = self.prompt_tokens_reused = self.prompt_streams_copied = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"kecil-batch-{ref.name}", daemon=True)
@@ -219,15 +210,13 @@ class BatchedLlamaCppBackend(Backend):
             self._fail(sequence, BackendError(f"{self.ref.name} was unloaded while this request ran"))
 
     def _admit(self) -> None:
-        while self._pending and self._free_slots:
+        while self._pending and self._slots.free:
             sequence = self._pending.popleft()
             if sequence.handle.cancelled:
                 sequence.handle.done.set()
                 continue
-            sequence.slot = self._choose_slot(sequence.prompt_ids)
-            self._free_slots.remove(sequence.slot)
-            self._last_used[sequence.slot] = perf_counter()
-            self._reuse_prefix(sequence)
+            sequence.slot, source = self._slots.take(sequence.prompt_ids, busy=bool(self._running))
+            self._reuse_prefix(sequence, source)
             sequence.started = perf_counter()
             if sequence.scored is None:
                 try:
@@ -237,43 +226,29 @@ class BatchedLlamaCppBackend(Backend):
                 except BackendError as exc:
                     if sequence.sampler is not None:
                         sequence.sampler.close()
-                    self._free_slots.append(sequence.slot)
+                    self._slots.free.append(sequence.slot)
                     self._fail(sequence, exc)
                     continue
                 sequence.text = TokenText(sequence.config, self.detokenize, self.is_end)
             self._running.append(sequence)
 
-    def _choose_slot(self, prompt: list[int]) -> int:
-        """A free slot for `prompt`, keeping as much cached prompt as is worth keeping.
-
-        A slot whose whole cached prompt begins `prompt` (the same question again, or the next turn
-        of a conversation) loses nothing and evaluates only the rest: its time to first token is a
-        few tokens'. Otherwise an idle engine takes the least recently used slot (an empty one
-        first), so the prompts other slots hold stay cached for their next turn; a busy engine
-        takes the lowest free slot, because a decode step is fastest while the busy slots run
-        consecutively (see _step), unless a slot that loses nothing saves REORDER_GAIN tokens.
-        """
-        lowest = min(self._free_slots)
-        shared = {slot: shared_prefix_length(self._cached[slot], prompt) for slot in self._free_slots}
-        whole = [slot for slot in self._free_slots if self._cached[slot] and shared[slot] >= len(self._cached[slot])]
-        best = max(whole, key=lambda slot: (shared[slot], -slot), default=None)
-        if not self._running:
-            if best is not None:
-                return best
-            return min(self._free_slots, key=lambda slot: (self._last_used[slot], slot))
-        if best is not None and shared[best] - shared[lowest] >= REORDER_GAIN:
-            return best
-        return lowest
-
-    def _reuse_prefix(self, sequence: _Sequence) -> None:
-        """Keep the KV cells of the prompt prefix this slot already holds; drop the rest."""
-        cached, prompt = self._cached[sequence.slot], sequence.prompt_ids
+    def _reuse_prefix(self, sequence: _Sequence, source: int | None) -> None:
+        """Keep the KV cells of the prompt prefix the slot holds (after copying `source`'s
+        stream into it, when given); drop the rest."""
+        memory, slot = self._ctx.memory, sequence.slot
+        if source is not None:
+            self._lib.llama_memory_seq_rm(memory, slot, -1, -1)
+            # Across KV streams llama.cpp copies the whole stream buffer at the next decode, so
+            # the copy holds exactly the cells `source` has now, even while `source` runs on.
+            self._lib.llama_memory_seq_cp(memory, source, slot, -1, -1)
+            self.prompt_streams_copied += 1
+        cached, prompt = self._slots.held[slot if source is None else source], sequence.prompt_ids
         # The last prompt token is always evaluated (its logits are needed); a scoring sequence
         # also re-evaluates every position whose log-probability it reports.
         limit = len(prompt) - 1 if sequence.scored is None else min(len(prompt) - 1, sequence.score_from - 1)
         keep = min(shared_prefix_length(cached, prompt), limit)
-        self._lib.llama_memory_seq_rm(self._ctx.memory, sequence.slot, keep, -1)
-        self._cached[sequence.slot] = prompt[:keep]
+        self._lib.llama_memory_seq_rm(memory, slot, keep, -1)
+        self._slots.held[slot] = prompt[:keep]
         sequence.fed = sequence.n_past = keep
         self.prompt_tokens += len(prompt)
         self.prompt_tokens_reused += keep
@@ -344,6 +319,7 @@ class BatchedLlamaCppBackend(Backend):
                     sequence.batch_index = index
             sequence.n_past += 1
         sequence.fed += take
+        self._slots.held[sequence.slot] = sequence.prompt_ids[:sequence.fed]  # a later request may copy it
 
     def _collect_scores(self, sequence: _Sequence) -> None:
         for row, j in sequence.score_rows:
@@ -388,7 +364,7 @@ class BatchedLlamaCppBackend(Backend):
             self._release(sequence)
             # After a failed decode the slot's cells are not to be trusted: start it afresh.
             self._lib.llama_memory_seq_rm(self._ctx.memory, sequence.slot, -1, -1)
-            self._cached[sequence.slot] = []
+            self._slots.held[sequence.slot] = []
         message = error if isinstance(error, BackendError) else BackendError(f"generation failed: {error}")
         sequence.emit(Chunk("", finish_reason="error", error=str(message)))
         sequence.handle.done.set()
@@ -398,7 +374,7 @@ class BatchedLlamaCppBackend(Backend):
         self._running.remove(sequence)
         kept = min(sequence.fed, len(sequence.prompt_ids))  # the prompt stays cached, the answer goes
         self._lib.llama_memory_seq_rm(self._ctx.memory, sequence.slot, kept, -1)
-        self._cached[sequence.slot] = sequence.prompt_ids[:kept]
+        self._slots.held[sequence.slot] = sequence.prompt_ids[:kept]
         if sequence.sampler is not None:
             sequence.sampler.close()
             sequence.sampler = None
@@ -406,7 +382,7 @@ class BatchedLlamaCppBackend(Backend):
             self._sampling.free_grammar(sequence.grammar)
             sequence.grammar = None
         with self._cond:
-            self._free_slots.append(sequence.slot)
+            self._slots.free.append(sequence.slot)
         sequence.handle.done.set()
 
     # --- shutting down ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kecil.errors import ConfigError, UnsupportedError
+from kecil.infer.backend import shared_prefix_length
 from kecil.infer.engine import ENGINES, Engine, SamplingExtras, engine_class, open_engine
 from kecil.infer.generation import GenerationConfig, collect
 from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend
@@ -148,5 +149,34 @@ def test_a_repeated_prompt_reuses_its_slot_cache():
         again = collect(engine.stream_ids(first, GREEDY)).text
         assert engine.prompt_tokens_reused - before == len(first) - 1
         assert again == texts[0]  # the cache changes nothing about the answer
+    finally:
+        engine.close()
+
+
+def test_a_busy_engine_copies_the_best_matching_slot_into_the_next_free_one():
+    """While generations run, a new request takes the lowest free slot (batches stay fast) but
+    starts from the KV stream of whichever slot holds the longest prefix of its prompt, free or
+    still running: only the rest of its prompt is evaluated, and the answer is unchanged."""
+    ref = resolve(None)
+    engine = open_engine(ref, inspect_model(ref), context_length=512, threads=2, parallel=4)
+    try:
+        first = engine.chat_prompt_ids([{"role": "user", "content": "Explain how rain forms."}])
+        other = engine.chat_prompt_ids([{"role": "user", "content": "Why do people enjoy music?"}])
+        short = GenerationConfig(max_tokens=8, temperature=0)
+        alone = [collect(engine.stream_ids(p, short)).text for p in (first, other)]  # slots 0 and 1
+        running = engine.stream_ids(first, GenerationConfig(max_tokens=200, temperature=0, ignore_eos=True))
+        next(running)  # busy now, in slot 0 (the whole of `first` is cached there)
+        copies, reused = engine.prompt_streams_copied, engine.prompt_tokens_reused
+        # The lowest free slot is 1, holding `other`: `first` again must come from running slot 0.
+        again = collect(engine.stream_ids(first, short)).text
+        assert engine.prompt_streams_copied == copies + 1
+        assert engine.prompt_tokens_reused - reused == len(first) - 1
+        assert again == alone[0]
+        # Slot 1 now holds `first`; `other` (held by no slot any more) is evaluated in full.
+        copies, reused = engine.prompt_streams_copied, engine.prompt_tokens_reused
+        assert collect(engine.stream_ids(other, short)).text == alone[1]
+        shared = shared_prefix_length(first, other)
+        assert engine.prompt_tokens_reused - reused == shared
+        running.close()
     finally:
         engine.close()

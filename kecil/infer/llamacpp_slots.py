@@ -1,0 +1,52 @@
+"""Which KV stream (slot) each request of the batched llama.cpp engine runs in, and which prompt
+tokens each stream still holds, so that a new request evaluates only what differs."""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from kecil.infer.backend import shared_prefix_length
+
+# Prompt tokens a copied cache must save before a new request starts from another slot's KV
+# stream: across streams llama.cpp copies the source's whole buffer (every layer, the full
+# context), which for a small model costs about what evaluating a few prompt tokens does.
+COPY_GAIN = 8
+
+
+class Slots:
+    """The engine's slots: which are free, what each holds, when each was last handed out.
+
+    Used from the engine thread only; the caller guards `free` where other threads read it.
+    """
+
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.free = list(range(parallel))
+        # The prompt tokens each stream holds: a free slot keeps its last request's prompt (requests
+        # to one server mostly share a chat template and system prompt, as llama.cpp's server
+        # finds); a running one, what it has fed so far.
+        self.held: list[list[int]] = [[] for _ in range(parallel)]
+        self.last_used = [0.0] * parallel  # 0 = never
+
+    def take(self, prompt: list[int], *, busy: bool) -> tuple[int, int | None]:
+        """A free slot for `prompt`, and the slot whose stream to copy into it first (or None).
+
+        A decode step is fastest while the busy slots run consecutively (see the engine's _step),
+        so a busy engine hands out the lowest free slot. An idle engine has no order to keep: it
+        takes a free slot whose whole held prompt begins `prompt`, else the least recently used
+        one (an empty one first), so the prompts the others hold stay for their next turn. Then,
+        when another slot, free or busy, holds a longer prefix of `prompt` (the same question
+        again, the next turn of a conversation, a shared system prompt), its stream is worth
+        copying over, as llama-server reuses its best-matching slot.
+        """
+        shared = [shared_prefix_length(tokens, prompt) for tokens in self.held]
+        if busy:
+            slot = min(self.free)
+        else:
+            whole = [s for s in self.free if self.held[s] and shared[s] >= len(self.held[s])]
+            slot = (max(whole, key=lambda s: (shared[s], -s)) if whole
+                    else min(self.free, key=lambda s: (self.last_used[s], s)))
+        self.free.remove(slot)
+        self.last_used[slot] = perf_counter()
+        source = max(range(self.parallel), key=lambda s: (shared[s], -s))
+        return slot, (source if shared[source] - shared[slot] >= COPY_GAIN else None)
