@@ -122,7 +122,8 @@ def evaluate(
 
 def list_kbs(as_json: AsJson = False) -> None:
     """The knowledge bases on this machine."""
-    from kecil.rag.store import KnowledgeBase, list_kbs as names
+    from kecil.rag.kb_names import list_kbs as names
+    from kecil.rag.store import KnowledgeBase
 
     for name in names():
         with KnowledgeBase.open(name) as opened:
@@ -145,7 +146,7 @@ def stats(name: KbArg, as_json: AsJson = False) -> None:
 
 def remove(name: KbArg, yes: Yes = False) -> None:
     """Delete a knowledge base (its documents on disk are not touched). Asks first; --yes when not on a terminal."""
-    from kecil.rag.store import kb_path, remove_kb
+    from kecil.rag.kb_names import kb_path, remove_kb
 
     path = kb_path(name)
     if not path.exists():

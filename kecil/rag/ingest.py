@@ -35,7 +35,8 @@ from kecil.errors import ConfigError
 from kecil.rag.chunking import ChunkConfig, TextChunk, chunk_blocks, index_text, sentence_windows
 from kecil.rag.language import ENGLISH, MULTILINGUAL, suggested_embedder
 from kecil.rag.loaders import UnreadableFile, load, supported_suffixes
-from kecil.rag.store import KnowledgeBase, check_name, display_path, kb_path
+from kecil.rag.kb_names import check_name, display_path, kb_path
+from kecil.rag.store import KnowledgeBase
 
 if TYPE_CHECKING:
     from kecil.infer.embeddings import Embedder

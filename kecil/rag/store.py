@@ -7,7 +7,7 @@ reads the same way.
 
 A file name that is not UTF-8 (Linux allows any bytes) is kept twice: `path` shows it with the bad
 bytes escaped (`\\xff`), which SQLite, JSON and a terminal all take, and `raw_path` holds its bytes,
-so ingest finds the same file again (display_path, files()).
+so ingest finds the same file again (kb_names.display_path, files()).
 
 SQLite runs in WAL mode so a search reads while an ingest writes, and every file is replaced in
 one transaction, so an ingest killed midway leaves each file either fully in or fully out.
@@ -20,7 +20,6 @@ latency target at 100k chunks (docs/benchmarks.md).
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -29,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kecil.errors import ConfigError, KnowledgeBaseError
-from kecil.paths import kecil_home, private_dir, private_file
+from kecil.errors import KnowledgeBaseError
+from kecil.paths import private_file
+from kecil.rag.kb_names import display_path, kb_path, missing_message, raw_path
 from kecil.rag.chunking import TextChunk, index_text
 from kecil.rag.tokenise import fts_document
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 SCHEMA_VERSION = "1"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
@@ -68,56 +67,6 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms, tokenize = 'asci
 -- How many chunks hold each term: lets a query leave out terms in most chunks (retrieve.py).
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab(chunks_fts, 'row');
 """
-
-
-def display_path(path: str) -> str:
-    """`path` as text any encoder takes: bytes of the name that are not UTF-8 (surrogates in a
-    Python str) are written as \\xNN."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _raw(path: str) -> bytes | None:
-    """The name's bytes when its display form is not the name itself, else None."""
-    return None if display_path(path) == path else os.fsencode(path)
-
-
-def kb_dir() -> Path:
-    return private_dir(kecil_home() / "kb")
-
-
-def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name or ""):
-        raise ConfigError(f"knowledge base name {name!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 64)")
-    return name
-
-
-def kb_path(name: str) -> Path:
-    return kb_dir() / f"{check_name(name)}.sqlite"
-
-
-def list_kbs() -> list[str]:
-    return sorted(p.stem for p in kb_dir().glob("*.sqlite"))
-
-
-def remove_kb(name: str) -> Path:
-    path = kb_path(name)
-    if not path.exists():
-        raise KnowledgeBaseError(_missing(name))
-    for extra in ("", "-wal", "-shm"):
-        Path(f"{path}{extra}").unlink(missing_ok=True)
-    return path
-
-
-def _missing(name: str) -> str:
-    known = list_kbs()
-    return (
-        f"there is no knowledge base named {name!r} (known: {', '.join(known) or 'none'}): "
-        f"create it with `kecil rag ingest DIR --kb {name}`"
-    )
 
 
 @dataclass(frozen=True)
@@ -179,7 +128,7 @@ class KnowledgeBase:
         and `dimension` (an existing one must have been built with the same embedder)."""
         path = kb_path(name)
         if not path.exists() and not create:
-            raise KnowledgeBaseError(_missing(name))
+            raise KnowledgeBaseError(missing_message(name))
         try:
             db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode = WAL")
@@ -290,7 +239,7 @@ class KnowledgeBase:
             self._delete_file(db, path)
             file_id = db.execute(
                 "INSERT INTO files (path, raw_path, sha256, size, mtime_ns, chunks, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (display_path(path), _raw(path), sha256, size, mtime_ns, len(chunks), time.time()),
+                (display_path(path), raw_path(path), sha256, size, mtime_ns, len(chunks), time.time()),
             ).lastrowid
             for order, (chunk, vector) in enumerate(zip(chunks, vectors)):
                 chunk_id = db.execute(

@@ -273,7 +273,8 @@ def test_the_program_sees_only_its_own_files(tmp_path):
     """A host Unix socket, the host's /tmp, /dev/shm and /var/tmp, world-readable files and a
     knowledge base: none reachable; the program gets empty temp folders of its own."""
     from kecil.paths import kecil_home
-    from kecil.rag.store import KnowledgeBase, kb_path
+    from kecil.rag.kb_names import kb_path
+    from kecil.rag.store import KnowledgeBase
 
     shared = Path(tempfile.mkdtemp(prefix="kecil-test-", dir="/tmp"))
     try:

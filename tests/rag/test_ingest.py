@@ -16,7 +16,8 @@ import pytest
 from kecil.errors import KnowledgeBaseError
 from kecil.rag.ingest import IngestConfig, ingest
 from kecil.rag.retrieve import Retriever, SearchConfig
-from kecil.rag.store import KnowledgeBase, kb_path
+from kecil.rag.kb_names import kb_path
+from kecil.rag.store import KnowledgeBase
 from tests.rag.documents import broken_xml_docx, write_bad_folder, write_mixed_folder
 
 
