@@ -67,14 +67,15 @@ def tune(config: dict[str, Any]) -> None:
         def draw(p) -> None:
             bar.update(task, total=p.total_steps, completed=p.step, status=describe(p))
 
+        stage = stage_reporter(sys.stderr, lambda text, done, total: bar.update(task, total=total, completed=done, status=text))
         result = run_tune(settings, progress=progress_for(sys.stderr, draw),
-                          on_plan=lambda plan: [err(line) for line in plan.describe()])
+                          on_plan=lambda plan: [err(line) for line in plan.describe()], on_stage=stage)
     if result.resumed_from_step is not None:
         err(f"resumed from step {result.resumed_from_step}")
     if result.cut_examples or result.dropped_examples:
         err(f"{result.cut_examples} examples were longer than {settings.cut_length} tokens and cut; {result.dropped_examples} had nothing left to learn and were skipped")
-    val = f", validation loss {result.first_val_loss:.3f} -> {result.val_loss:.3f}" if result.val_loss is not None and result.first_val_loss is not None else ""
-    err(f"trained {result.steps} steps on {result.train_examples} {result.format} examples ({result.tokens_per_second:.0f} tok/s){val}")
+    for line in summary_lines(result):
+        err(line)
     if result.general:
         from kecil.tune.forgetting import describe_check
 
@@ -99,6 +100,44 @@ def merge(config: MergeConfig) -> None:
     print(result.output)
     if result.gguf is not None:
         print(result.gguf)
+
+
+def summary_lines(result) -> list[str]:
+    """What the run did, for a person: steps and examples, then which step's adapter was kept and why."""
+    replay = f" ({result.replay_examples} of them general replay)" if result.replay_examples else ""
+    lines = [f"trained {result.steps} steps on {result.train_examples} {result.format} examples{replay} "
+             f"({result.tokens_per_second:.0f} tok/s)"]
+    if result.best_step is not None:
+        lines.append(f"kept the adapter of step {result.best_step}: validation loss {result.first_val_loss:.3f} -> "
+                     f"{result.val_loss:.3f}, the lowest seen (at the last step, {result.steps}: {result.last_val_loss:.3f})")
+        if result.best_step == 0:
+            lines.append("no step improved on the model before training: the adapter changes nothing; "
+                         "try a lower --lr or more data")
+    if result.stopped_early:
+        lines.append(f"stopped early at step {result.steps} of {result.plan.total_steps}: {result.plan.patience} validations "
+                     "in a row without a lower validation loss (--patience)")
+    return lines
+
+
+_STAGE_TEXT = {"replay": "general replay: the base model answers the general prompts (once per model)",
+               "general": "general questions: asking them without and with the adapter"}
+
+
+def stage_reporter(stream, draw):
+    """`on_stage` for kecil tune: the bar's text on a terminal, else a line at each stage's start and end."""
+    from kecil.tune.progress import is_terminal
+
+    seen: set[str] = set()
+
+    def report(stage: str, done: int, total: int) -> None:
+        text = _STAGE_TEXT.get(stage, stage)
+        if is_terminal(stream):
+            draw(f"{text} {done}/{total}", done, total)
+        elif stage not in seen or done == total:
+            seen.add(stage)
+            print(f"tune: {text} {done}/{total}", file=stream, flush=True)
+
+    return report
 
 
 def register(app: typer.Typer) -> None:

@@ -13,17 +13,10 @@ import json
 import sqlite3
 from pathlib import Path
 
+from kecil.models.reference import model_fingerprint  # noqa: F401  (eval/run.py and build/fit.py import it from here)
 from kecil.paths import kecil_home
 
 COMMIT_EVERY = 8
-
-
-def model_fingerprint(path: Path) -> str:
-    """Identity of a model on disk: path, size and modification time of its file(s)."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    parts = [str(path.resolve())] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 class ResultCache:

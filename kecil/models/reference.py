@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,3 +123,13 @@ def _not_found_message(spec: str) -> str:
         f"unknown model '{spec}'{suggestion}; built-in models: {', '.join(builtin_names())}; "
         "or give a path to a .gguf file or a Hugging Face model folder"
     )
+
+
+def model_fingerprint(path: Path) -> str:
+    """Identity of a model on disk: path, size and modification time of its file(s). What is
+    cached about a model (evaluation results, tune's replay answers) is keyed by it, so a file
+    changed in place is a new model."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    parts = [str(path.resolve())] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

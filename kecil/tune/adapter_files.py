@@ -17,7 +17,7 @@ def write_adapter(model, output: Path, summary: dict) -> None:
     output.mkdir(parents=True, exist_ok=True)
     temporary = output / f".tmp-adapter-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(str(temporary), state_dict=_float32_saved_state(model))
+    model.save_pretrained(str(temporary), state_dict=_float32_saved_state(model), save_embedding_layers=saves_embeddings(model))
     (temporary / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     # adapter_config.json last: it is what marks the folder as an adapter.
     names = sorted(p.name for p in temporary.iterdir())
@@ -25,6 +25,18 @@ def write_adapter(model, output: Path, summary: dict) -> None:
     for name in names:
         os.replace(temporary / name, output / name)
     shutil.rmtree(temporary, ignore_errors=True)
+
+
+def saves_embeddings(model) -> bool:
+    """Whether peft saves the embedding layers (the input embedding, lm_head) along with the LoRA
+    weights: when LoRA adapts one of them. peft decides the same by itself when asked "auto", but
+    then warns on every save (a UserWarning per checkpoint that users read as a fault) and, for a
+    base without a config.json, also warns that it could not find one. Deciding here says nothing."""
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    config = model.peft_config[getattr(model, "active_adapter", "default")]
+    targets = config.target_modules or ()
+    return any(name in targets for name in EMBEDDING_LAYER_NAMES) if not isinstance(targets, str) else False
 
 
 def _float32_saved_state(model) -> dict:
@@ -36,7 +48,7 @@ def _float32_saved_state(model) -> dict:
     from peft.utils import get_peft_model_state_dict
 
     state = model.state_dict()
-    saved = {id(t) for t in get_peft_model_state_dict(model, state_dict=state).values()}
+    saved = {id(t) for t in get_peft_model_state_dict(model, state_dict=state, save_embedding_layers=saves_embeddings(model)).values()}
     return {k: v.float() if id(v) in saved and v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}
 
 

@@ -1,7 +1,8 @@
 """Training checkpoints that survive a kill: everything a run needs to continue bit for bit.
 
 A checkpoint holds the adapter weights, the optimizer and scheduler state, every random number
-generator the run draws from, and how many micro-batches were consumed. It is written into a
+generator the run draws from, how many micro-batches were consumed, and the best adapter so far
+by validation loss (the one the run will end with) with its step and loss. It is written into a
 temporary folder and renamed into place, so a kill mid-write leaves the previous checkpoint
 intact and never a half-written one. Only the newest few are kept. A checkpoint is read back whole
 and checked before it is applied; a damaged one (cut short by a full disk, say) is passed over,
@@ -21,6 +22,7 @@ from kecil.errors import ConfigError
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
+BEST_FILE = "best_adapter.safetensors"  # the adapter with the lowest validation loss so far
 KEEP = 2
 
 
@@ -33,6 +35,13 @@ class TrainState:
     tokens_seen: int
     seconds: float
     fingerprint: dict  # settings and data hash: a resume must not change any of them
+    # Keeping the best adapter (kecil/tune/training.py): each lives in the checkpoint, so a resumed
+    # run compares and stops exactly as the uninterrupted one would.
+    first_val_loss: float | None = None  # before the first step
+    best_step: int | None = None  # the step whose adapter had the lowest validation loss so far
+    best_val_loss: float | None = None
+    evals_since_best: int = 0  # validations without improvement, for --patience
+    stopped_early: bool = False  # the run ended at this step: patience ran out
 
 
 def checkpoint_dirs(output: Path) -> list[Path]:
@@ -44,8 +53,13 @@ def checkpoint_dirs(output: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler) -> Path:
+def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler, best: dict | None = None) -> Path:
+    """Write a checkpoint of the run; `best` is the best adapter's weights so far (as
+    get_peft_model_state_dict gives them), kept with it when the run measures a validation loss."""
     import torch
+    from safetensors.torch import save_file
+
+    from kecil.tune.adapter_files import saves_embeddings
 
     root = output / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -54,10 +68,12 @@ def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler
         shutil.rmtree(stale, ignore_errors=True)
     temporary = root / f".tmp-step-{state.step:07d}-{os.getpid()}"
     temporary.mkdir()
-    model.save_pretrained(str(temporary))
+    model.save_pretrained(str(temporary), save_embedding_layers=saves_embeddings(model))
     torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
     torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, temporary / "rng.pt")
+    if best is not None:
+        save_file({k: v.contiguous() for k, v in best.items()}, str(temporary / BEST_FILE))
     # state.json last: a folder without it is not a checkpoint (see checkpoint_dirs).
     (temporary / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
     _fsync_tree(temporary)
@@ -80,7 +96,9 @@ def read_checkpoint(directory: Path) -> dict:
     from safetensors.torch import load_file
 
     try:
+        best = directory / BEST_FILE
         return {
+            "best": load_file(str(best)) if best.exists() else None,
             "state": json.loads((directory / STATE_FILE).read_text()),
             "weights": load_file(str(directory / "adapter_model.safetensors")),
             "optimizer": torch.load(directory / "optimizer.pt", weights_only=True),
@@ -106,9 +124,10 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, files: dict | 
     return TrainState(**files["state"])
 
 
-def resume_latest(output: Path, fingerprint: dict, model, optimizer, scheduler, warn) -> TrainState:
-    """Restore the newest checkpoint that reads back whole; a damaged newer one is passed over,
-    with `warn(message)` saying which and why. A good checkpoint of different settings is refused."""
+def resume_latest(output: Path, fingerprint: dict, model, optimizer, scheduler, warn) -> tuple[TrainState, dict | None]:
+    """Restore the newest checkpoint that reads back whole: (its state, the best adapter's weights
+    so far or None). A damaged newer one is passed over, with `warn(message)` saying which and why.
+    A good checkpoint of different settings is refused."""
     skipped = []
     for directory in reversed(checkpoint_dirs(output)):
         try:
@@ -118,7 +137,7 @@ def resume_latest(output: Path, fingerprint: dict, model, optimizer, scheduler, 
             warn(f"checkpoint {exc}; resuming from an earlier one")
             continue
         check_resumable(directory, fingerprint, files["state"])
-        return load_checkpoint(directory, model, optimizer, scheduler, files)
+        return load_checkpoint(directory, model, optimizer, scheduler, files), files["best"]
     raise ConfigError(
         f"no checkpoint in {output / CHECKPOINTS_DIR} can be read back (damaged: {', '.join(skipped)}): "
         "start a new run in another -o folder"

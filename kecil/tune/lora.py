@@ -10,15 +10,20 @@ Attention runs per example rather than over whole rows (kecil/tune/packed_attent
 run is a fixed function of (data, settings, seed), checkpointed every `save_every` steps, and a
 killed run resumed with `resume=True` ends with the same adapter as one never interrupted.
 The settings left unset are chosen from the data before training (kecil/tune/plan.py), so a few
-dozen examples get enough optimizer steps to learn. Launched with `accelerate launch`, the same
-code trains data-parallel over several processes.
+dozen examples get enough optimizer steps to learn. Three guards keep a run from making the model
+forget what it knew: the base model's own answers to general prompts are mixed into the training
+data (`mix_general`, kecil/tune/replay.py); with a validation set the adapter of the step with the
+lowest validation loss is the one written, and the run stops when it stops improving (`patience`,
+kecil/tune/training.py); and six general questions are asked before and after (`check_general`,
+kecil/tune/forgetting.py). Launched with `accelerate launch`, the same code trains data-parallel
+over several processes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kecil.errors import ConfigError
@@ -30,6 +35,7 @@ from kecil.tune.data import Dataset, PromptStyle, read_dataset, split_validation
 from kecil.tune.packing import plan_epochs
 from kecil.tune.plan import TrainingPlan, plan_training, validation_share
 from kecil.tune.progress import TuneProgress
+from kecil.tune.replay import Replay, build_replay
 from kecil.tune.training import lr_schedule, train_steps
 
 __all__ = ["LINEAR_TARGETS", "SUMMARY_FILE", "TuneConfig", "TuneProgress", "TuneResult", "TrainingPlan", "base_precision",
@@ -50,6 +56,14 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),  # fused projections
 }
 DEFAULT_MAX_LENGTH = 512  # tokens an example is cut to when --max-length is not given
+# Replay examples per training example (kecil/tune/replay.py). Measured on SmolLM2-135M with the
+# README's recipe (docs/benchmarks.md, "Forgetting"): see the numbers there for how it was chosen.
+DEFAULT_MIX_GENERAL = 1.0
+# Validations in a row without a new lowest validation loss before a run stops. One can be noise
+# (the loss of 10-200 held-out examples wobbles from step to step); three in a row, each a tenth of
+# the run apart (plan.EVALS_PER_RUN), is a trend. Stopping late costs only time: the best adapter
+# is kept whatever happens after it.
+DEFAULT_PATIENCE = 3
 
 
 def _help(text: str) -> dict:
@@ -86,7 +100,15 @@ class TuneConfig:
     val_split: float | None = field(default=None, metadata=_help(
         "Share of examples held out for validation loss (default: 10%, at most 200, from 100 examples up; none below)."))
     val_data: Path | None = field(default=None, metadata=_help("A separate JSONL validation file (instead of --val-split)."))
-    eval_every: int = field(default=50, metadata=_help("Steps between validation losses (and one at the end)."))
+    eval_every: int | None = field(default=None, metadata=_help(
+        "Steps between validation losses (and one at the end). Default: about ten per run, at most every 50 steps."))
+    patience: int = field(default=DEFAULT_PATIENCE, metadata=_help(
+        "With a validation set: stop after this many validations in a row without a new lowest validation loss "
+        "(the adapter of the best step is written either way); 0 = never stop early."))
+    mix_general: float = field(default=DEFAULT_MIX_GENERAL, metadata=_help(
+        "General replay: mix in RATIO x the training examples of the base model's own answers to bundled general "
+        "prompts (at most 221; answered once per model and cached), so the model keeps its general answers. "
+        "Never in validation. 0 = off."))
     save_every: int = field(default=50, metadata=_help("Steps between checkpoints (and one at the end)."))
     max_steps: int | None = field(default=None, metadata=_help("Stop after this many optimizer steps (benchmarks, smoke runs)."))
     seed: int = field(default=0, metadata=_help("Random seed: the same seed, data and settings give the same adapter."))
@@ -97,9 +119,9 @@ class TuneConfig:
         "QLoRA: hold the frozen base as int4 or int8 weights (4 or 8) to cut memory; default float."))
     base_group_size: int = field(default=64, metadata=_help(
         "With --base-bits: input columns per quantization scale (32, 64 or 128)."))
-    check_general: bool = field(default=False, metadata=_help(
-        "After training, ask a few general questions without and with the adapter and report what it made the "
-        "model forget (kecil/tune/forgetting.py; a few seconds on a small model)."))
+    check_general: bool = field(default=True, metadata=_help(
+        "After training, ask six general questions without and with the adapter and report what changed: what it "
+        "made the model forget, and what it gained (kecil/tune/forgetting.py; a few seconds on a small model)."))
     # auto = bfloat16 where the CPU/GPU computes it natively (AMX, AVX512-BF16), where with the fused
     # LoRA path it measured faster than float32 (docs/benchmarks.md); else float32.
     precision: str = field(default="auto", metadata=_help(
@@ -118,6 +140,10 @@ class TuneConfig:
             raise ConfigError("warmup and val-split are shares: give a number in [0, 1)")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"learning rate must be above 0, got {self.lr}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be 0 (never stop early) or more, got {self.patience}")
+        if self.mix_general < 0:
+            raise ConfigError(f"mix-general is a ratio of replay to training examples: 0 (off) or more, got {self.mix_general}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max-steps must be at least 1, got {self.max_steps}")
         if self.base_bits not in (None, 4, 8):
@@ -147,7 +173,7 @@ class TuneResult:
     dropped_examples: int  # nothing left to learn after the cut
     steps: int
     train_loss: float | None  # mean token loss of the last step
-    val_loss: float | None
+    val_loss: float | None  # of the adapter written: the best step's when there was a validation set
     first_val_loss: float | None
     tokens: int  # real (unpadded) tokens trained on
     seconds: float
@@ -157,6 +183,10 @@ class TuneResult:
     plan: TrainingPlan | None = None
     warnings: tuple[str, ...] = ()  # what the user should know (a damaged checkpoint passed over, a short plan)
     general: tuple = ()  # forgetting.GeneralAnswer per general question, with check_general
+    best_step: int | None = None  # the step whose adapter was written (lowest validation loss), with a validation set
+    last_val_loss: float | None = None  # at the last step trained, which may be worse than val_loss
+    stopped_early: bool = False  # patience ran out before the plan's last step
+    replay_examples: int = 0  # general replay examples trained on (kecil/tune/replay.py)
 
     @property
     def tokens_per_second(self) -> float:
@@ -194,7 +224,9 @@ class _Run:
     targets: list[str]
     precision: str
     state: ckpt.TrainState
+    replay: Replay | None = None
     resumed_from: int | None = None
+    best: dict | None = None  # the LoRA weights of the best step so far (kecil/tune/training.py: keep_if_best)
     warnings: list[str] = field(default_factory=list)
     # filled in by the loop
     history: list[dict] = field(default_factory=list)
@@ -218,12 +250,15 @@ def tune(
     config: TuneConfig,
     progress: Callable[[TuneProgress], None] | None = None,
     on_plan: Callable[[TrainingPlan], None] | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> TuneResult:
     """Train a LoRA adapter for `config.model` on `config.data` and write it to `config.output`.
 
     `on_plan` gets the training plan once it is fixed, before the first step (the CLI prints
-    `plan.describe()`); `progress` gets a TuneProgress after every optimizer step."""
-    run = _set_up(config)
+    `plan.describe()`); `progress` gets a TuneProgress after every optimizer step; `on_stage`
+    gets (stage, done, total) for the work around training: "replay" (the base model answering
+    the general prompts, the first time only) and "general" (the general questions)."""
+    run = _set_up(config, on_stage)
     if run.accelerator.is_main_process:
         if on_plan is not None:
             on_plan(run.plan)  # its describe() ends with the plan's warnings
@@ -234,20 +269,26 @@ def tune(
     gguf_adapter = _write_out(run)
     general = ()
     if config.check_general and run.accelerator.is_main_process:
+        from kecil.infer.hardware import threads_for_now
         from kecil.tune.forgetting import general_check
 
-        general = tuple(general_check(config.model, run.output, threads=config.threads))
+        stage = (lambda done, total: on_stage("general", done, total)) if on_stage else None
+        general = tuple(general_check(config.model, run.output, threads=config.threads or threads_for_now(), progress=stage))
+    state = run.state
     return TuneResult(
         output=run.output, format=run.dataset.format, train_examples=len(run.train), val_examples=len(run.val),
-        cut_examples=run.cut, dropped_examples=run.dropped, steps=run.state.step, train_loss=run.train_loss,
-        val_loss=run.val_loss, first_val_loss=run.first_val, tokens=run.tokens, seconds=run.seconds,
-        resumed_from_step=run.resumed_from, history=run.history, gguf_adapter=gguf_adapter, plan=run.plan,
-        warnings=tuple(run.warnings), general=general,
+        cut_examples=run.cut, dropped_examples=run.dropped, steps=state.step, train_loss=run.train_loss,
+        val_loss=state.best_val_loss if state.best_step is not None else run.val_loss, first_val_loss=run.first_val,
+        tokens=run.tokens, seconds=run.seconds, resumed_from_step=run.resumed_from, history=run.history,
+        gguf_adapter=gguf_adapter, plan=run.plan, warnings=tuple(run.warnings), general=general,
+        best_step=state.best_step, last_val_loss=run.val_loss, stopped_early=state.stopped_early,
+        replay_examples=run.plan.replay_examples,
     )
 
 
-def _set_up(config: TuneConfig) -> _Run:
-    """Everything before the first step: inputs checked, model loaded, data planned, LoRA on, a resume restored."""
+def _set_up(config: TuneConfig, on_stage: Callable[[str, int, int], None] | None = None) -> _Run:
+    """Everything before the first step: inputs checked, model loaded, replay answered, data planned,
+    LoRA on, a resume restored."""
     import torch
 
     output = Path(config.output).expanduser()
@@ -255,22 +296,30 @@ def _set_up(config: TuneConfig) -> _Run:
         raise ConfigError(f"{output} already holds a tuning run: pass --resume to continue it, or choose another -o folder")
     dataset, val_dataset, ref, style = _read_inputs(config)
     accelerator, model, tokenizer, precision = _load_base(config, ref)
-    train, val, cut, dropped, plan = _plan(config, dataset, val_dataset, style, tokenizer, accelerator.num_processes)
+    examples, val, cut, dropped = _examples(config, dataset, val_dataset, style, tokenizer)
+    replay = _replay(config, ref, len(examples), accelerator, on_stage)
+    replay_examples = tokenize_dataset(Dataset(Path(PROMPTS_NAME), "chat", list(replay.records), replay.sha256), style,
+                                       _tokenizer_fn(tokenizer), tokenizer.bos_token_id, config.cut_length)[0] if replay.records else []
+    train = examples + replay_examples
+    plan = _plan(config, train, val, len(replay_examples), val_dataset is not None, accelerator.num_processes)
+    if replay.note:  # less replay than asked: said with the plan
+        plan = replace(plan, warnings=plan.warnings + (replay.note,))
     val_batches = plan_epochs(val, epochs=1, rows_per_batch=plan.batch_size, max_length=plan.row_length, seed=0, pack=config.pack) if val else []
     targets = lora_targets(ref.architecture, config.target_modules)
     model = _attach_lora(model, config, targets, ref.name)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=plan.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(plan.total_steps, plan.warmup_steps))
-    fingerprint = _fingerprint(config, ref, dataset, val_dataset, targets, accelerator.num_processes, precision, plan)
+    fingerprint = _fingerprint(config, ref, dataset, val_dataset, targets, accelerator.num_processes, precision, plan, replay)
     state = ckpt.TrainState(step=0, batches_done=0, tokens_seen=0, seconds=0.0, fingerprint=fingerprint)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     run = _Run(config, output, dataset, ref, accelerator, model, model, trainable, optimizer, scheduler, pad_id, train, val,
-               val_batches, list(plan.batches), plan, cut, dropped, targets, precision, state)
+               val_batches, list(plan.batches), plan, cut, dropped, targets, precision, state, replay)
     run.warnings.extend(plan.warnings)  # told through on_plan, or logged by tune() when there is none
     if config.resume and ckpt.checkpoint_dirs(output):
-        run.state = ckpt.resume_latest(output, fingerprint, model, optimizer, scheduler, run.warn)
+        run.state, run.best = ckpt.resume_latest(output, fingerprint, model, optimizer, scheduler, run.warn)
         run.resumed_from = run.state.step
+        run.first_val = run.state.first_val_loss
     run.model, run.optimizer = accelerator.prepare(model, optimizer)
     run.inner = accelerator.unwrap_model(run.model)
     return run
@@ -291,28 +340,54 @@ def _read_inputs(config: TuneConfig):
     return dataset, val_dataset, ref, PromptStyle(template, info.add_bos, info.bos_token, info.eos_token, ref.system_prompt)
 
 
-def _plan(config: TuneConfig, dataset: Dataset, val_dataset: Dataset | None, style: PromptStyle, tokenizer, processes: int):
-    """(train examples, validation examples, how many cut, how many dropped, the plan): the data
-    tokenized, the validation held out where it can be spared, and the steps chosen from the rest."""
+PROMPTS_NAME = "general replay"  # the replay's stand-in for a data file's name
 
+
+def _tokenizer_fn(tokenizer):
     def tokenize(text: str):
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return encoded["input_ids"], encoded["offset_mapping"]
 
+    return tokenize
+
+
+def _examples(config: TuneConfig, dataset: Dataset, val_dataset: Dataset | None, style: PromptStyle, tokenizer):
+    """(training examples, validation examples, how many cut, how many dropped): the user's data
+    tokenized, and the validation held out where it can be spared."""
+    tokenize = _tokenizer_fn(tokenizer)
     examples, cut, dropped = tokenize_dataset(dataset, style, tokenize, tokenizer.bos_token_id, config.cut_length)
     if val_dataset is not None:
-        train, val = examples, tokenize_dataset(val_dataset, style, tokenize, tokenizer.bos_token_id, config.cut_length)[0]
-    else:
-        train, val = split_validation(examples, validation_share(len(examples), config.val_split, False), config.seed)
-    plan = plan_training(
+        return examples, tokenize_dataset(val_dataset, style, tokenize, tokenizer.bos_token_id, config.cut_length)[0], cut, dropped
+    train, val = split_validation(examples, validation_share(len(examples), config.val_split, False), config.seed)
+    return train, val, cut, dropped
+
+
+def _replay(config: TuneConfig, ref, train_examples: int, accelerator, on_stage) -> Replay:
+    """The general replay for this run: answered by the main process (once per model, then cached),
+    read from the cache by the others."""
+    from kecil.infer.hardware import threads_for_now
+
+    stage = (lambda done, total: on_stage("replay", done, total)) if on_stage else None
+    threads = config.threads or threads_for_now()
+    if accelerator.is_main_process:
+        replay = build_replay(ref, config.mix_general, train_examples, seed=config.seed, threads=threads, progress=stage)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        replay = build_replay(ref, config.mix_general, train_examples, seed=config.seed, threads=threads)
+    return replay
+
+
+def _plan(config: TuneConfig, train: list, val: list, replay_examples: int, val_file: bool, processes: int) -> TrainingPlan:
+    """The steps chosen from the training examples (the user's and the replay's), the validation reported."""
+    return plan_training(
         [len(e.ids) for e in train], max_length=config.cut_length, epochs=config.epochs, batch_size=config.batch_size,
         row_length=config.max_length, lr=config.lr, grad_accum=config.grad_accum, processes=processes,
         warmup=config.warmup, max_steps=config.max_steps, pack=config.pack, seed=config.seed, val_examples=len(val),
-        val_source="file" if val_dataset is not None else ("split" if val else "none"),
-        val_lines=sorted(e.line for e in val) if val_dataset is None else (),
-        val_chosen=config.val_split is None and val_dataset is None,
+        val_source="file" if val_file else ("split" if val else "none"),
+        val_lines=sorted(e.line for e in val) if not val_file else (),
+        val_chosen=config.val_split is None and not val_file, eval_every=config.eval_every,
+        patience=config.patience, replay_examples=replay_examples,
     )
-    return train, val, cut, dropped, plan
 
 
 def _load_base(config: TuneConfig, ref):
@@ -361,15 +436,17 @@ def _attach_lora(model, config: TuneConfig, targets: list[str], name: str):
     return model
 
 
-def _fingerprint(config: TuneConfig, ref, dataset, val_dataset, targets, processes: int, precision: str, plan: TrainingPlan) -> dict:
-    """What a resume must not change: the model, the data's hashes, the settings and the plan made of them."""
+def _fingerprint(config: TuneConfig, ref, dataset, val_dataset, targets, processes: int, precision: str, plan: TrainingPlan,
+                 replay: Replay) -> dict:
+    """What a resume must not change: the model, the data's hashes (the replay's too), the settings and the
+    plan made of them. How often validation runs is part of it: it decides which step's adapter is kept."""
     settings = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                if k not in ("model", "data", "val_data", "output", "resume", "threads", "eval_every", "save_every", "check_general")}
+                if k not in ("model", "data", "val_data", "output", "resume", "threads", "save_every", "check_general")}
     return {
         "model": str(ref.path), "data": dataset.sha256, "val_data": val_dataset.sha256 if val_dataset else None, **settings,
-        "target_modules": targets, "processes": processes, "precision": precision,
+        "target_modules": targets, "processes": processes, "precision": precision, "replay": replay.sha256 if replay.records else None,
         "plan": {"epochs": plan.epochs, "batch_size": plan.batch_size, "row_length": plan.row_length, "lr": plan.lr,
-                 "total_steps": plan.total_steps},
+                 "total_steps": plan.total_steps, "eval_every": plan.eval_every},
     }
 
 
@@ -380,7 +457,10 @@ def _write_out(run: _Run) -> Path | None:
     if accelerator.is_main_process:
         summary = {
             "base_model": config.model, "base_model_path": str(run.ref.path), "architecture": run.ref.architecture,
-            "format": run.dataset.format, "steps": run.state.step, "train_loss": run.train_loss, "val_loss": run.val_loss,
+            "format": run.dataset.format, "steps": run.state.step, "train_loss": run.train_loss,
+            "val_loss": run.state.best_val_loss if run.state.best_step is not None else run.val_loss,
+            "kept_step": run.state.best_step, "last_val_loss": run.val_loss, "stopped_early": run.state.stopped_early,
+            "replay_examples": run.plan.replay_examples,
             "rank": config.rank, "alpha": config.lora_alpha, "target_modules": run.targets, "base_bits": config.base_bits,
             "precision": run.precision,
             "processes": world, "distributed_backend": accelerator.state.backend if world > 1 else None,

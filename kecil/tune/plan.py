@@ -32,6 +32,11 @@ VAL_MIN_EXAMPLES = 100
 VAL_SHARE = 0.1
 VAL_MAX_EXAMPLES = 200
 SHOWN_LINES = 12  # held-out line numbers listed in full up to this many
+# Validations per run when --eval-every is not given: about ten, so the best adapter is picked from
+# ten points of the run and patience (counted in validations) means a tenth of it each. Never
+# rarer than every MAX_EVAL_EVERY steps (validation costs a tenth of the data's forward passes).
+EVALS_PER_RUN = 10
+MAX_EVAL_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class TrainingPlan:
     total_steps: int
     lr: float
     warmup_steps: int
+    eval_every: int = MAX_EVAL_EVERY  # steps between validations (with a validation set)
+    patience: int = 0  # validations without a new lowest loss before the run stops; 0 = never
+    replay_examples: int = 0  # of `examples`, the base model's own answers to general prompts (kecil/tune/replay.py)
     chosen: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # how the plan was chosen, one sentence each
     warnings: tuple[str, ...] = field(default=())  # the plan is unlikely to do what the user wants
@@ -74,13 +82,19 @@ class TrainingPlan:
         else:
             held = f"none{mark('val_split')}"
         per_step = self.batch_size * self.grad_accum * self.processes
+        replay = (f", {self.replay_examples} of them general replay (the base model's own answers)"
+                  if self.replay_examples else "")
         lines = [
-            f"plan: {self.examples} training examples ({self.tokens} tokens) in {self.rows_per_epoch} rows of up to "
+            f"plan: {self.examples} training examples{replay} ({self.tokens} tokens) in {self.rows_per_epoch} rows of up to "
             f"{self.row_length} tokens{mark('max_length')}",
             f"plan: {per_step} row(s) per optimizer step{mark('batch_size')}, {self.steps_per_epoch:g} steps per epoch, "
             f"{self.epochs} epochs{mark('epochs')} = {self.total_steps} optimizer steps at lr {self.lr:g}{mark('lr')}",
             f"plan: validation examples: {held}",
         ]
+        if self.val_examples:
+            stop = (f", stopping after {self.patience} without improvement" if self.patience else "")
+            lines.append(f"plan: validation every {self.eval_every} steps{mark('eval_every')}; the adapter of the step with "
+                         f"the lowest validation loss is kept{stop}")
         return lines + [f"plan: {n}" for n in self.notes] + [f"warning: {w}" for w in self.warnings]
 
 
@@ -113,6 +127,9 @@ def plan_training(
     val_source: str = "none",
     val_lines: Sequence[int] = (),
     val_chosen: bool = False,
+    eval_every: int | None = None,
+    patience: int = 0,
+    replay_examples: int = 0,
 ) -> TrainingPlan:
     """Choose what the caller left as None (epochs, batch_size, row_length, lr) so the run makes
     at least MIN_STEPS optimizer steps where the data allows. `lengths` are the training examples'
@@ -166,15 +183,20 @@ def plan_training(
             f"only {total} optimizer steps: too few to change the model much. Leave --epochs, --batch-size and "
             "--max-steps to be chosen from the data, or give more examples"
         )
+    if eval_every is None:
+        eval_every = max(1, min(MAX_EVAL_EVERY, math.ceil(total / EVALS_PER_RUN)))
+        if val_examples:  # without a validation set there is nothing to choose
+            chosen.append("eval_every")
     if val_chosen:
         chosen.append("val_split")
     if val_chosen and val_source == "none":
-        notes.append(f"no validation split: {len(lengths)} examples are too few to spare some (kecil holds out "
+        notes.append(f"no validation split: {len(lengths) - replay_examples} examples are too few to spare some (kecil holds out "
                      f"{VAL_SHARE:.0%} from {VAL_MIN_EXAMPLES} examples up); pass --val-data to measure one")
     return TrainingPlan(
         examples=len(lengths), tokens=tokens, val_examples=val_examples, val_source=val_source, val_lines=tuple(val_lines),
         row_length=width, rows_per_epoch=round(n_rows / n_epochs), batch_size=rows_per_batch,
         grad_accum=grad_accum, processes=processes, epochs=n_epochs, steps_per_epoch=round(n_batches / n_epochs / per_step, 1),
-        total_steps=total, lr=lr, warmup_steps=int(warmup * total), chosen=tuple(chosen), notes=tuple(notes),
+        total_steps=total, lr=lr, warmup_steps=int(warmup * total), eval_every=eval_every, patience=patience,
+        replay_examples=replay_examples, chosen=tuple(chosen), notes=tuple(notes),
         warnings=tuple(warnings), batches=tuple(run[: total * per_step]),
     )

@@ -1,5 +1,13 @@
 """A LoRA run's optimizer loop and its pieces: the loss over the answer tokens, validation loss,
-the learning-rate schedule, and handing freed memory back between steps."""
+keeping the best adapter by it (and stopping when it stops improving), the learning-rate
+schedule, and handing freed memory back between steps.
+
+A falling training loss and even a falling validation loss can hide a run that went too far:
+on a few dozen facts, loss read 2.425 -> 0.089 while the model had started answering "Tarnholm"
+to everything. With a validation set the run keeps the adapter of the step with the lowest
+validation loss, not the last one, and stops once `patience` validations in a row have not beaten
+it (early stopping; Prechelt, "Early Stopping - But When?", 1998).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 
 from kecil.tune import checkpoint as ckpt
 from kecil.tune.packing import MicroBatch, collate
@@ -92,37 +101,79 @@ def collate_targets(batch: MicroBatch, examples) -> list[int]:
 
 
 def train_steps(run, progress: Callable[[TuneProgress], None] | None) -> None:
-    """The optimizer loop from run.state to the plan's last step, checkpointing and reporting as it
-    goes; `run` is kecil/tune/lora.py's _Run, whose state, history and losses it updates."""
+    """The optimizer loop from run.state to the plan's last step (or an early stop), checkpointing
+    and reporting as it goes; `run` is kecil/tune/lora.py's _Run, whose state, history and losses
+    it updates. With a validation set the best adapter is put back into the model at the end."""
     config, accelerator, total = run.config, run.accelerator, run.plan.total_steps
     if run.val_batches and run.state.step == 0:
         run.first_val = run.val_loss = validation_loss(run.model, run.val, run.val_batches, run.pad_id)
+        run.state = replace(run.state, first_val_loss=run.val_loss)
         run.history.append({"step": 0, "val_loss": run.val_loss})
+        keep_if_best(run, 0, run.val_loss)
     started = time.perf_counter()
     earlier_seconds = run.state.seconds  # spent before a resume
-    while run.state.step < total:
+    while run.state.step < total and not run.state.stopped_early:
         step_loss, step_tokens, step_lr = optimizer_step(run)
         run.tokens += step_tokens
         run.train_loss = step_loss
         elapsed = time.perf_counter() - started
         state = run.state
-        run.state = ckpt.TrainState(state.step + 1, (state.step + 1) * run.per_step, state.tokens_seen + step_tokens,
-                                    earlier_seconds + elapsed, state.fingerprint)
+        run.state = replace(state, step=state.step + 1, batches_done=(state.step + 1) * run.per_step,
+                            tokens_seen=state.tokens_seen + step_tokens, seconds=earlier_seconds + elapsed)
         step = run.state.step
         entry = {"step": step, "loss": round(step_loss, 5), "lr": step_lr}
-        if run.val_batches and (step % config.eval_every == 0 or step == total):
+        if run.val_batches and (step % run.plan.eval_every == 0 or step == total):
             run.val_loss = validation_loss(run.model, run.val, run.val_batches, run.pad_id)
             entry["val_loss"] = run.val_loss
+            keep_if_best(run, step, run.val_loss)
         run.history.append(entry)
-        if step % config.save_every == 0 or step == total:
+        if step % config.save_every == 0 or step == total or run.state.stopped_early:
             if accelerator.is_main_process:
-                ckpt.save_checkpoint(run.output, run.state, run.inner, run.optimizer, run.scheduler)
+                ckpt.save_checkpoint(run.output, run.state, run.inner, run.optimizer, run.scheduler, run.best)
             accelerator.wait_for_everyone()
         if progress is not None and accelerator.is_main_process:
             speed = run.tokens / elapsed if elapsed else 0.0
-            eta = elapsed / max(1, step - (run.resumed_from or 0)) * (total - step)
+            eta = 0.0 if run.state.stopped_early else elapsed / max(1, step - (run.resumed_from or 0)) * (total - step)
             progress(TuneProgress(step, total, step_loss, run.val_loss, speed, eta))
     run.seconds = time.perf_counter() - started
+    restore_best(run)
+
+
+def keep_if_best(run, step: int, val_loss: float) -> None:
+    """Keep the adapter as it is at `step` when `val_loss` is the lowest yet; otherwise count one
+    more validation without improvement and mark the run stopped once `patience` of them are spent.
+
+    "Lowest" is strict: a tie keeps the earlier, smaller change to the model. The validation
+    losses of a run are a fixed function of its data, settings and seed (as its steps are), so
+    every process of a data-parallel run reaches the same decision, and so does a resumed one."""
+    state, patience = run.state, run.config.patience
+    if state.best_val_loss is None or val_loss < state.best_val_loss:
+        run.best = adapter_weights(run.inner)
+        run.state = replace(state, best_step=step, best_val_loss=val_loss, evals_since_best=0)
+        return
+    waited = state.evals_since_best + 1
+    stop = bool(patience) and waited >= patience and step < run.plan.total_steps
+    run.state = replace(state, evals_since_best=waited, stopped_early=stop)
+
+
+def adapter_weights(model) -> dict:
+    """A copy of the LoRA weights alone (a few MB), as peft saves and loads them."""
+    from peft import get_peft_model_state_dict
+
+    from kecil.tune.adapter_files import saves_embeddings
+
+    state = get_peft_model_state_dict(model, save_embedding_layers=saves_embeddings(model))
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def restore_best(run) -> None:
+    """Put the best adapter kept by keep_if_best back into the model, when it is not the last one."""
+    from peft import set_peft_model_state_dict
+
+    state = run.state
+    if run.best is None or state.best_step is None or state.best_step == state.step:
+        return
+    set_peft_model_state_dict(run.inner, run.best)
 
 
 def optimizer_step(run) -> tuple[float, int, float]:
