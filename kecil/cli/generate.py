@@ -162,8 +162,11 @@ def info(
         from kecil.eval.fertility import fertility as measure_fertility, summary
         from kecil.infer.tokenizer import open_tokenizer
 
-        measured, _ = measure_fertility(open_tokenizer(ref))
-        rows += [(f"Tokens, {f.name} ({f.language})", summary(f)) for f in measured]
+        try:
+            measured, _ = measure_fertility(open_tokenizer(ref))
+            rows += [(f"Tokens, {f.name} ({f.language})", summary(f)) for f in measured]
+        except KecilError as exc:  # the header was readable: show it, and why the tokenizer was not
+            rows.append(("Tokens per language", f"not measured: {exc}"))
     if as_json:
         print(json.dumps({**dict(rows), **({"fertility": [f.as_dict() for f in measured]} if fertility else {})}))
         return

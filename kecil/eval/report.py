@@ -59,6 +59,8 @@ def json_lines(report: EvalReport) -> Iterator[str]:
         for f in languages:
             yield json.dumps({"model": model, "task": "fertility", "metric": "tokens_per_word", "value": round(f.tokens_per_word, 4),
                               "n": f.sentences, **f.as_dict()})
+    for model, error in report.fertility_errors.items():
+        yield json.dumps({"model": model, "task": "fertility", "metric": None, "value": None, "n": 0, "error": error})
 
 
 def table(report: EvalReport):

@@ -106,6 +106,7 @@ class EvalReport:
     system_errors: dict[str, str] = field(default_factory=dict)
     # per model: tokenizer fertility for the languages of the tasks run (and English, the reference)
     fertility: dict[str, list[LanguageFertility]] = field(default_factory=dict)
+    fertility_errors: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_tasks(config: EvalConfig) -> list[Task]:
@@ -283,7 +284,10 @@ def _evaluate_all(config: EvalConfig, tasks: list[Task], needs_window: int, repo
                             report.results.append(TaskResult(spec, task.name, task.metric, None, 0, error=str(exc)))
                     languages = task_languages(tasks)
                     if languages:
-                        report.fertility[spec] = model_fertility(backend, languages)
+                        try:
+                            report.fertility[spec] = model_fertility(backend, languages)
+                        except KecilError as exc:
+                            report.fertility_errors[spec] = str(exc)
                 finally:
                     if scorer is not None:
                         scorer.close()
