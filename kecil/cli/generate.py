@@ -163,8 +163,9 @@ def info(
         from kecil.infer.tokenizer import open_tokenizer
 
         try:
-            measured, _ = measure_fertility(open_tokenizer(ref))
+            measured, skipped = measure_fertility(open_tokenizer(ref))
             rows += [(f"Tokens, {f.name} ({f.language})", summary(f)) for f in measured]
+            rows += [(f"Tokens ({code})", f"not measured: {why}") for code, why in skipped.items()]
         except KecilError as exc:  # the header was readable: show it, and why the tokenizer was not
             rows.append(("Tokens per language", f"not measured: {exc}"))
     if as_json:
