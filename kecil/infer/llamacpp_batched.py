@@ -233,7 +233,7 @@ class BatchedLlamaCppBackend(Backend):
                 try:
                     sequence.sampler = self._sampling.chain(sequence.config, sequence.extras)
                     if sequence.extras.grammar:
-                        sequence.grammar = self._sampling.grammar(sequence.extras.grammar)
+                        sequence.grammar = self._sampling.grammar(sequence.extras.grammar, sequence.extras.grammar_triggers)
                 except BackendError as exc:
                     if sequence.sampler is not None:
                         sequence.sampler.close()
