@@ -41,7 +41,8 @@ def log_softmax_at(logits, token: int, top: int = 0, piece=str) -> TokenLogprob:
 
 
 class Sampling:
-    """Samplers of one llama.cpp context. Used only from the engine's decode thread."""
+    """Samplers of one llama.cpp context. Used only from the engine's decode thread, but for
+    `grammar`, which reads only the vocabulary: a request's grammar is compiled when it is submitted."""
 
     def __init__(self, lib, internals, model, ctx):
         self._lib, self._internals, self._model, self._ctx = lib, internals, model, ctx

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kecil.errors import ConfigError, UnsupportedError
-from kecil.infer.grammar import check_size
+from kecil.infer.grammar import check_schema, check_size
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # A bare call starts like this; written with the single optional space the grammar allows around
@@ -89,11 +89,12 @@ def tool_grammar(functions: Sequence[Function], *, parallel: bool, lazy: bool) -
     import_llama_cpp()
     from llama_cpp.llama_grammar import SchemaConverter
 
+    wheres = [f"tools[{i}].function.parameters" for i in range(len(functions))]
+    schemas = [_arguments_schema(function, where) for function, where in zip(functions, wheres)]
+    check_schema(list(zip(schemas, wheres)))
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     branches = []
-    for i, function in enumerate(functions):
-        where = f"tools[{i}].function.parameters"
-        parameters = _arguments_schema(function, where)
+    for i, (function, parameters, where) in enumerate(zip(functions, schemas, wheres)):
         try:
             parameters = converter.resolve_refs(parameters, f"tool{i}")
         except Exception as exc:  # the converter raises bare exceptions for what it cannot express

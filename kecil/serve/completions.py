@@ -105,7 +105,7 @@ def prepare_chat(engine, body: ChatCompletionRequest) -> tuple[list[int], Any, A
         if body.response_format.type == "json_schema" and schema is None:
             raise APIError(400, "response_format json_schema needs a json_schema.schema object", param="response_format")
         try:
-            grammar = json_grammar(schema)
+            grammar = json_grammar(schema, "response_format.json_schema.schema")
         except KecilError as exc:
             raise APIError(400, str(exc), param="response_format") from None
     top = body.top_logprobs or 0

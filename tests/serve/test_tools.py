@@ -134,6 +134,9 @@ BAD_TOOLS = {
     "not an object": ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
                       "tools", "tools[0].function.parameters"),
     "twice": ({"tools": [WEATHER, WEATHER]}, "tools", "twice"),
+    "huge maxItems": ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"xs": {"type": "array", "items": {"type": "integer"}, "maxItems": 10**8}}}}}]},
+                      "tools", "tools[1].function.parameters.properties.xs.maxItems is 100,000,000"),
     "unknown choice": ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "fly"}}}, "tool_choice", "fly"),
     "required, no tools": ({"tool_choice": "required"}, "tool_choice", "no tools"),
     "with a json schema": ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format", "tools"),
