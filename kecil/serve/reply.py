@@ -56,7 +56,7 @@ class Choice:
 
 
 class CallReader:
-    """One answer read for tool calls (the parser is kecil/infer/tool_calls.py's) and turned into
+    """One answer read for tool calls (the parser is kecil/infer/tool_call_parser.py's) and turned into
     OpenAI's `tool_calls`: each call's id, name and arguments, whole and as stream deltas."""
 
     def __init__(self) -> None:
