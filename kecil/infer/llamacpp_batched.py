@@ -23,7 +23,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import ClassVar
 
-from kecil.errors import BackendError, ConfigError
+from kecil.errors import BackendError, ConfigError, UnsupportedError
 from kecil.infer.backend import Backend, shared_prefix_length
 from kecil.infer.engine import GenerationHandle, SamplingExtras, drain
 from kecil.infer.generation import Chunk, GenerationConfig, Timings, TokenLogprob, Usage
@@ -155,7 +155,22 @@ class BatchedLlamaCppBackend(Backend):
         if not prompt_ids:
             raise ConfigError("the prompt is empty: there is nothing to continue")
         config = self.fit_to_context(prompt_ids, config)
-        return self._queue(_Sequence(list(prompt_ids), config, extras or SamplingExtras(), emit, GenerationHandle(self._wake)))
+        extras = extras or SamplingExtras()
+        sequence = _Sequence(list(prompt_ids), config, extras, emit, GenerationHandle(self._wake))
+        if extras.grammar:
+            # Compiled here, on the caller's thread (it reads only the vocabulary), so a grammar
+            # llama.cpp refuses is the caller's error at once, not a failed generation later.
+            try:
+                sequence.grammar = self._sampling.grammar(extras.grammar, extras.grammar_triggers)
+            except BackendError:
+                raise UnsupportedError("llama.cpp cannot follow the grammar this request's schema makes (the kecil.llamacpp "
+                                       "log says why): simplify the schema (smaller minItems, maxItems or maxLength, "
+                                       "fewer properties)") from None
+        try:
+            return self._queue(sequence)
+        except BaseException:
+            self._free_grammar(sequence)
+            raise
 
     def score(self, ids: Sequence[int], *, start: int = 1) -> list[float]:
         """Log-probabilities of ids[start:], computed in the shared batch next to running generations."""
@@ -213,6 +228,7 @@ class BatchedLlamaCppBackend(Backend):
         while self._pending and self._slots.free:
             sequence = self._pending.popleft()
             if sequence.handle.cancelled:
+                self._free_grammar(sequence)
                 sequence.handle.done.set()
                 continue
             sequence.slot, source = self._slots.take(sequence.prompt_ids, busy=bool(self._running))
@@ -221,8 +237,6 @@ class BatchedLlamaCppBackend(Backend):
             if sequence.scored is None:
                 try:
                     sequence.sampler = self._sampling.chain(sequence.config, sequence.extras)
-                    if sequence.extras.grammar:
-                        sequence.grammar = self._sampling.grammar(sequence.extras.grammar)
                 except BackendError as exc:
                     if sequence.sampler is not None:
                         sequence.sampler.close()
@@ -359,7 +373,13 @@ class BatchedLlamaCppBackend(Backend):
         self._release(sequence)
         sequence.emit(final)
 
+    def _free_grammar(self, sequence: _Sequence) -> None:
+        if sequence.grammar is not None:
+            self._sampling.free_grammar(sequence.grammar)
+            sequence.grammar = None
+
     def _fail(self, sequence: _Sequence, error: Exception) -> None:
+        self._free_grammar(sequence)  # a sequence that never ran holds one too
         if sequence in self._running:
             self._release(sequence)
             # After a failed decode the slot's cells are not to be trusted: start it afresh.
@@ -378,9 +398,7 @@ class BatchedLlamaCppBackend(Backend):
         if sequence.sampler is not None:
             sequence.sampler.close()
             sequence.sampler = None
-        if sequence.grammar is not None:
-            self._sampling.free_grammar(sequence.grammar)
-            sequence.grammar = None
+        self._free_grammar(sequence)
         with self._cond:
             self._slots.free.append(sequence.slot)
         sequence.handle.done.set()
