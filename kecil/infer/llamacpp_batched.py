@@ -23,8 +23,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import ClassVar
 
-from kecil.errors import BackendError, ConfigError, UnsupportedError
-from kecil.infer.backend import Backend, shared_prefix_length
+from kecil.errors import BackendError, ConfigError
+from kecil.infer.backend import Backend
 from kecil.infer.engine import GenerationHandle, SamplingExtras, drain
 from kecil.infer.generation import Chunk, GenerationConfig, Timings, TokenLogprob, Usage
 from kecil.infer.llamacpp_context import BatchContext
@@ -157,15 +157,9 @@ class BatchedLlamaCppBackend(Backend):
         config = self.fit_to_context(prompt_ids, config)
         extras = extras or SamplingExtras()
         sequence = _Sequence(list(prompt_ids), config, extras, emit, GenerationHandle(self._wake))
-        if extras.grammar:
-            # Compiled here, on the caller's thread (it reads only the vocabulary), so a grammar
-            # llama.cpp refuses is the caller's error at once, not a failed generation later.
-            try:
-                sequence.grammar = self._sampling.grammar(extras.grammar, extras.grammar_triggers)
-            except BackendError:
-                raise UnsupportedError("llama.cpp cannot follow the grammar this request's schema makes (the kecil.llamacpp "
-                                       "log says why): simplify the schema (smaller minItems, maxItems or maxLength, "
-                                       "fewer properties)") from None
+        if extras.grammar:  # compiled on the caller's thread (it reads only the vocabulary), so a
+            # grammar llama.cpp refuses is the caller's error at once, not a failed generation later
+            sequence.grammar = self._sampling.grammar(extras.grammar, extras.grammar_triggers)
         try:
             return self._queue(sequence)
         except BaseException:
@@ -247,25 +241,16 @@ class BatchedLlamaCppBackend(Backend):
             self._running.append(sequence)
 
     def _reuse_prefix(self, sequence: _Sequence, source: int | None) -> None:
-        """Keep the KV cells of the prompt prefix the slot holds (after copying `source`'s
-        stream into it, when given); drop the rest."""
-        memory, slot = self._ctx.memory, sequence.slot
-        if source is not None:
-            self._lib.llama_memory_seq_rm(memory, slot, -1, -1)
-            # Across KV streams llama.cpp copies the whole stream buffer at the next decode, so
-            # the copy holds exactly the cells `source` has now, even while `source` runs on.
-            self._lib.llama_memory_seq_cp(memory, source, slot, -1, -1)
-            self.prompt_streams_copied += 1
-        cached, prompt = self._slots.held[slot if source is None else source], sequence.prompt_ids
+        """Start `sequence` from the prompt prefix its slot (or `source`, copied in) holds."""
+        prompt = sequence.prompt_ids
         # The last prompt token is always evaluated (its logits are needed); a scoring sequence
         # also re-evaluates every position whose log-probability it reports.
         limit = len(prompt) - 1 if sequence.scored is None else min(len(prompt) - 1, sequence.score_from - 1)
-        keep = min(shared_prefix_length(cached, prompt), limit)
-        self._lib.llama_memory_seq_rm(memory, slot, keep, -1)
-        self._slots.held[slot] = prompt[:keep]
+        keep = self._slots.reuse(self._lib, self._ctx.memory, sequence.slot, source, prompt, limit)
         sequence.fed = sequence.n_past = keep
         self.prompt_tokens += len(prompt)
         self.prompt_tokens_reused += keep
+        self.prompt_streams_copied += source is not None
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         batch = self._batch

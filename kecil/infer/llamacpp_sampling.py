@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import random
 
-from kecil.errors import BackendError
+from kecil.errors import UnsupportedError
 from kecil.infer.engine import SamplingExtras
 from kecil.infer.generation import GenerationConfig, TokenLogprob
 
@@ -80,7 +80,9 @@ class Sampling:
         else:
             grammar = self._lib.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
         if not grammar:
-            raise BackendError("llama.cpp rejected the response grammar (see the kecil.llamacpp log for why)")
+            raise UnsupportedError("llama.cpp cannot follow the grammar this request's schema makes (the kecil.llamacpp "
+                                   "log says why): simplify the schema (smaller minItems, maxItems or maxLength, "
+                                   "fewer properties)")
         return grammar
 
     def free_grammar(self, grammar) -> None:
