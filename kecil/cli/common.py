@@ -54,9 +54,14 @@ def speed(timings) -> str:
 
 @contextmanager
 def stage_bars(labels: dict[str, str], *, width: int, **options):
-    """A `progress(stage, done, total)` callback drawing one rich bar per stage as it first reports."""
+    """A `progress(stage, done, total)` callback drawing one rich bar per stage as it first reports;
+    with stderr not a terminal (a log file, CI), plain lines instead (stage_lines)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    console = options.get("console")
+    if not (console.is_terminal if console is not None else sys.stderr.isatty()):
+        yield stage_lines(labels)
+        return
     with Progress(TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), **options) as bar:
         bars: dict[str, int] = {}
 
@@ -66,3 +71,25 @@ def stage_bars(labels: dict[str, str], *, width: int, **options):
             bar.update(bars[stage], completed=done, total=total)
 
         yield progress
+
+
+def stage_lines(labels: dict[str, str], every: float = 10.0):
+    """A `progress(stage, done, total)` callback writing a line to stderr when a stage starts, every
+    `every` seconds while it runs and when it ends: a bar draws nothing into a log, and a quantize
+    report's measuring phase sat silent there for minutes."""
+    import time
+
+    last: dict[str, float] = {}
+    finished: set[str] = set()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if stage in finished:
+            return
+        if stage not in last or done >= total or now - last[stage] >= every:
+            last[stage] = now
+            if done >= total:
+                finished.add(stage)
+            err(f"{labels.get(stage, stage)}: {done}/{total}")
+
+    return progress

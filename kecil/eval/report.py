@@ -1,10 +1,12 @@
-"""Showing an evaluation: a terminal table (models side by side) and JSON lines, one per (model, task)."""
+"""Showing an evaluation: a terminal table (models side by side) and JSON lines, one per (model, task),
+then the system figures and, for tasks in other languages, the tokenizer's fertility per language."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 
+from kecil.eval.fertility import summary
 from kecil.eval.run import EvalReport, TaskResult
 
 LOWER_IS_BETTER = {"perplexity"}
@@ -53,6 +55,12 @@ def json_lines(report: EvalReport) -> Iterator[str]:
         for key, _, _ in SYSTEM_METRICS:
             yield json.dumps({"model": model, "task": "system", "metric": key, "value": getattr(figures, key),
                               "n": 1, "backend": figures.backend, "context": figures.context})
+    for model, languages in report.fertility.items():
+        for f in languages:
+            yield json.dumps({"model": model, "task": "fertility", "metric": "tokens_per_word", "value": round(f.tokens_per_word, 4),
+                              "n": f.sentences, **f.as_dict()})
+    for model, error in report.fertility_errors.items():
+        yield json.dumps({"model": model, "task": "fertility", "metric": None, "value": None, "n": 0, "error": error})
 
 
 def table(report: EvalReport):
@@ -87,4 +95,12 @@ def table(report: EvalReport):
                 figures = report.systems.get(model)
                 cells.append(fmt(getattr(figures, key)) if figures else report.system_errors.get(model, ""))
             grid.add_row("system", label, "", *cells)
+    languages = list(dict.fromkeys(f.language for found in report.fertility.values() for f in found))
+    if languages:
+        grid.add_section()
+        for code in languages:
+            by_model = {m: next((f for f in report.fertility.get(m, []) if f.language == code), None) for m in models}
+            name = next(f.name for f in by_model.values() if f is not None)
+            sentences = next(f.sentences for f in by_model.values() if f is not None)
+            grid.add_row("fertility", f"{name} ({code})", str(sentences), *[summary(f) if f else "" for f in by_model.values()])
     return grid

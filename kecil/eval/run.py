@@ -20,6 +20,7 @@ from kecil.eval import code, generative, multiple_choice
 from kecil.eval import perplexity as perplexity_task
 from kecil.eval.cache import ResultCache, model_fingerprint
 from kecil.eval.confidence import chance_level, wilson_interval
+from kecil.eval.fertility import FertilityConfig, LanguageFertility, fertility
 from kecil.infer.measure import SystemFigures
 from kecil.eval.tasks import Task, build_prompt, fewshot_examples, get_task, select_items
 
@@ -103,6 +104,9 @@ class EvalReport:
     results: list[TaskResult] = field(default_factory=list)
     systems: dict[str, SystemFigures | None] = field(default_factory=dict)
     system_errors: dict[str, str] = field(default_factory=dict)
+    # per model: tokenizer fertility for the languages of the tasks run (and English, the reference)
+    fertility: dict[str, list[LanguageFertility]] = field(default_factory=dict)
+    fertility_errors: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_tasks(config: EvalConfig) -> list[Task]:
@@ -231,6 +235,19 @@ def run_task(backend, name: str, task: Task, config: EvalConfig, cache: ResultCa
                       {**extra, "backend": backend.name}, ci=wilson_interval(value, len(results)), chance=chance)
 
 
+def task_languages(tasks: list[Task]) -> tuple[str, ...]:
+    """The languages of the tasks that name one, in task order, each once."""
+    return tuple(dict.fromkeys(t.language for t in tasks if t.language))
+
+
+def model_fertility(backend, languages: tuple[str, ...]) -> list[LanguageFertility]:
+    """Fertility of the loaded model's tokenizer for `languages`, English first as the reference
+    (left out only where its sentences are not installed)."""
+    wanted = ("en", *(code for code in languages if code != "en"))
+    results, _ = fertility(lambda text: backend.tokenize(text, add_bos=False), FertilityConfig(languages=wanted))
+    return results
+
+
 def evaluate(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
     """Run every task on every model; see the module docstring. Ctrl-C raises EvalInterrupted
     with the results so far."""
@@ -265,6 +282,12 @@ def _evaluate_all(config: EvalConfig, tasks: list[Task], needs_window: int, repo
                             report.results.append(run_task(engine, spec, task, config, cache, model_key, progress))
                         except KecilError as exc:
                             report.results.append(TaskResult(spec, task.name, task.metric, None, 0, error=str(exc)))
+                    languages = task_languages(tasks)
+                    if languages:
+                        try:
+                            report.fertility[spec] = model_fertility(backend, languages)
+                        except KecilError as exc:
+                            report.fertility_errors[spec] = str(exc)
                 finally:
                     if scorer is not None:
                         scorer.close()

@@ -67,6 +67,7 @@ class Task:
     max_tokens: int = 256
     version: str = "1"  # part of every cache key: bump when prompts or scoring change
     source: str = ""  # where the data comes from, for the report
+    language: str = ""  # ISO 639-1 code of a non-English task's text: the report adds its tokenizer fertility
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,6 +132,7 @@ def register(name: str):
 
 def builtin_task_names() -> list[str]:
     import kecil.eval.builtin_tasks  # noqa: F401  (registers them)
+    import kecil.eval.language_tasks  # noqa: F401
 
     return sorted(_REGISTRY)
 

@@ -8,9 +8,9 @@ model file, so the llama.cpp and torch engines turn a conversation into the same
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from kecil.errors import BackendError, PromptTooLongError
 from kecil.infer.chat_template import ChatTemplate, Message
@@ -107,15 +107,16 @@ class Backend(ABC):
             )
         return template
 
-    def format_chat(self, messages: Sequence[Message]) -> str:
-        """The prompt text for a conversation, ending where the assistant's answer starts."""
+    def format_chat(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The prompt text for a conversation, ending where the assistant's answer starts; `tools`
+        are the functions the model may call (see kecil/infer/tool_calls.py)."""
         template = self.require_chat_template()
         if self.default_system and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": self.default_system}, *messages]
-        return template.render(messages, add_generation_prompt=True)
+        return template.render(messages, add_generation_prompt=True, tools=tools)
 
-    def chat_prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        text = self.format_chat(messages)
+    def chat_prompt_ids(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        text = self.format_chat(messages, tools)
         template = self.chat_template
         # Templates that write the BOS text themselves must not get a second one from the tokenizer.
         add_bos = self.adds_bos and not (template.bos_token and text.startswith(template.bos_token))

@@ -18,7 +18,9 @@ from typing import Any
 
 from kecil.errors import BackendError, ConfigError
 
-Message = Mapping[str, Any]  # {"role": "user" | "assistant" | "system", "content": str}
+# {"role": "user" | "assistant" | "system" | "tool", "content": str}; an assistant message may also
+# carry "tool_calls" and a tool message "tool_call_id", as OpenAI's and Hugging Face's formats do.
+Message = Mapping[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -42,6 +44,14 @@ def _compile(source: str):
         raise BackendError(f"the model's chat template is not valid Jinja ({exc}); pass a plain prompt to `kecil generate` instead") from None
 
 
+@lru_cache(maxsize=16)
+def _variables(source: str) -> frozenset[str]:
+    """The names a template reads from outside (its variables, not what it sets itself)."""
+    from jinja2 import meta
+
+    return frozenset(meta.find_undeclared_variables(_compile(source).environment.parse(source)))
+
+
 def check_messages(messages: Sequence[Message]) -> None:
     if not messages:
         raise ConfigError("a chat needs at least one message")
@@ -60,7 +70,16 @@ class ChatTemplate:
     bos_token: str | None = None
     eos_token: str | None = None
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template reads a `tools` variable: a template that never does would drop the
+        functions a request offers, and its model was not trained to call them."""
+        return "tools" in _variables(self.source)
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The prompt text; `tools` (OpenAI's `{"type": "function", "function": {...}}` objects)
+        are written the way the model was trained to read them (see `supports_tools`)."""
         check_messages(messages)
         from jinja2.exceptions import TemplateError
 
@@ -70,7 +89,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",
-                tools=None,
+                tools=[dict(t) for t in tools] if tools else None,
             )
         except TemplateError as exc:
             raise BackendError(f"the model's chat template failed to render ({exc})") from None

@@ -40,6 +40,9 @@ class SamplingExtras:
     grammar: str | None = None  # GBNF text; the root rule is `root`
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives reported per token (0-20)
+    # Regexes (std::regex): given, the grammar holds only from where one first matches the answer
+    # so far, on (llama.cpp's lazy grammar; see kecil/infer/tool_calls.py).
+    grammar_triggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("frequency_penalty", "presence_penalty"):
@@ -99,7 +102,7 @@ class Engine(Protocol):
 
     def detokenize(self, ids: Sequence[int]) -> str: ...
 
-    def chat_prompt_ids(self, messages) -> list[int]: ...
+    def chat_prompt_ids(self, messages, tools=None) -> list[int]: ...
 
     def close(self) -> None: ...
 

@@ -24,7 +24,7 @@ from time import perf_counter
 from typing import ClassVar
 
 from kecil.errors import BackendError, ConfigError
-from kecil.infer.backend import Backend, shared_prefix_length
+from kecil.infer.backend import Backend
 from kecil.infer.engine import GenerationHandle, SamplingExtras, drain
 from kecil.infer.generation import Chunk, GenerationConfig, Timings, TokenLogprob, Usage
 from kecil.infer.llamacpp_context import BatchContext
@@ -155,7 +155,16 @@ class BatchedLlamaCppBackend(Backend):
         if not prompt_ids:
             raise ConfigError("the prompt is empty: there is nothing to continue")
         config = self.fit_to_context(prompt_ids, config)
-        return self._queue(_Sequence(list(prompt_ids), config, extras or SamplingExtras(), emit, GenerationHandle(self._wake)))
+        extras = extras or SamplingExtras()
+        sequence = _Sequence(list(prompt_ids), config, extras, emit, GenerationHandle(self._wake))
+        if extras.grammar:  # compiled on the caller's thread (it reads only the vocabulary), so a
+            # grammar llama.cpp refuses is the caller's error at once, not a failed generation later
+            sequence.grammar = self._sampling.grammar(extras.grammar, extras.grammar_triggers)
+        try:
+            return self._queue(sequence)
+        except BaseException:
+            self._free_grammar(sequence)
+            raise
 
     def score(self, ids: Sequence[int], *, start: int = 1) -> list[float]:
         """Log-probabilities of ids[start:], computed in the shared batch next to running generations."""
@@ -213,6 +222,7 @@ class BatchedLlamaCppBackend(Backend):
         while self._pending and self._slots.free:
             sequence = self._pending.popleft()
             if sequence.handle.cancelled:
+                self._free_grammar(sequence)
                 sequence.handle.done.set()
                 continue
             sequence.slot, source = self._slots.take(sequence.prompt_ids, busy=bool(self._running))
@@ -221,8 +231,6 @@ class BatchedLlamaCppBackend(Backend):
             if sequence.scored is None:
                 try:
                     sequence.sampler = self._sampling.chain(sequence.config, sequence.extras)
-                    if sequence.extras.grammar:
-                        sequence.grammar = self._sampling.grammar(sequence.extras.grammar)
                 except BackendError as exc:
                     if sequence.sampler is not None:
                         sequence.sampler.close()
@@ -233,25 +241,16 @@ class BatchedLlamaCppBackend(Backend):
             self._running.append(sequence)
 
     def _reuse_prefix(self, sequence: _Sequence, source: int | None) -> None:
-        """Keep the KV cells of the prompt prefix the slot holds (after copying `source`'s
-        stream into it, when given); drop the rest."""
-        memory, slot = self._ctx.memory, sequence.slot
-        if source is not None:
-            self._lib.llama_memory_seq_rm(memory, slot, -1, -1)
-            # Across KV streams llama.cpp copies the whole stream buffer at the next decode, so
-            # the copy holds exactly the cells `source` has now, even while `source` runs on.
-            self._lib.llama_memory_seq_cp(memory, source, slot, -1, -1)
-            self.prompt_streams_copied += 1
-        cached, prompt = self._slots.held[slot if source is None else source], sequence.prompt_ids
+        """Start `sequence` from the prompt prefix its slot (or `source`, copied in) holds."""
+        prompt = sequence.prompt_ids
         # The last prompt token is always evaluated (its logits are needed); a scoring sequence
         # also re-evaluates every position whose log-probability it reports.
         limit = len(prompt) - 1 if sequence.scored is None else min(len(prompt) - 1, sequence.score_from - 1)
-        keep = min(shared_prefix_length(cached, prompt), limit)
-        self._lib.llama_memory_seq_rm(memory, slot, keep, -1)
-        self._slots.held[slot] = prompt[:keep]
+        keep = self._slots.reuse(self._lib, self._ctx.memory, sequence.slot, source, prompt, limit)
         sequence.fed = sequence.n_past = keep
         self.prompt_tokens += len(prompt)
         self.prompt_tokens_reused += keep
+        self.prompt_streams_copied += source is not None
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         batch = self._batch
@@ -359,7 +358,13 @@ class BatchedLlamaCppBackend(Backend):
         self._release(sequence)
         sequence.emit(final)
 
+    def _free_grammar(self, sequence: _Sequence) -> None:
+        if sequence.grammar is not None:
+            self._sampling.free_grammar(sequence.grammar)
+            sequence.grammar = None
+
     def _fail(self, sequence: _Sequence, error: Exception) -> None:
+        self._free_grammar(sequence)  # a sequence that never ran holds one too
         if sequence in self._running:
             self._release(sequence)
             # After a failed decode the slot's cells are not to be trusted: start it afresh.
@@ -378,9 +383,7 @@ class BatchedLlamaCppBackend(Backend):
         if sequence.sampler is not None:
             sequence.sampler.close()
             sequence.sampler = None
-        if sequence.grammar is not None:
-            self._sampling.free_grammar(sequence.grammar)
-            sequence.grammar = None
+        self._free_grammar(sequence)
         with self._cond:
             self._slots.free.append(sequence.slot)
         sequence.handle.done.set()

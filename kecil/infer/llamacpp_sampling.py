@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import random
 
-from kecil.errors import BackendError
+from kecil.errors import UnsupportedError
 from kecil.infer.engine import SamplingExtras
 from kecil.infer.generation import GenerationConfig, TokenLogprob
 
@@ -41,7 +41,8 @@ def log_softmax_at(logits, token: int, top: int = 0, piece=str) -> TokenLogprob:
 
 
 class Sampling:
-    """Samplers of one llama.cpp context. Used only from the engine's decode thread."""
+    """Samplers of one llama.cpp context. Used only from the engine's decode thread, but for
+    `grammar`, which reads only the vocabulary: a request's grammar is compiled when it is submitted."""
 
     def __init__(self, lib, internals, model, ctx):
         self._lib, self._internals, self._model, self._ctx = lib, internals, model, ctx
@@ -69,11 +70,19 @@ class Sampling:
             sampler.add_dist(config.seed if config.seed is not None else random.getrandbits(32))
         return sampler
 
-    def grammar(self, gbnf: str):
-        """A llama_sampler pointer for the GBNF grammar, kept out of the chain (see `sample`)."""
-        grammar = self._lib.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+    def grammar(self, gbnf: str, triggers: tuple[str, ...] = ()):
+        """A llama_sampler pointer for the GBNF grammar, kept out of the chain (see `sample`);
+        with `triggers`, a lazy one that holds only once one of them matches the answer."""
+        if triggers:
+            patterns = (ctypes.c_char_p * len(triggers))(*(t.encode("utf-8") for t in triggers))
+            grammar = self._lib.llama_sampler_init_grammar_lazy_patterns(
+                self._vocab, gbnf.encode("utf-8"), b"root", patterns, len(triggers), None, 0)
+        else:
+            grammar = self._lib.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
         if not grammar:
-            raise BackendError("llama.cpp rejected the response grammar (see the kecil.llamacpp log for why)")
+            raise UnsupportedError("llama.cpp cannot follow the grammar this request's schema makes (the kecil.llamacpp "
+                                   "log says why): simplify the schema (smaller minItems, maxItems or maxLength, "
+                                   "fewer properties)")
         return grammar
 
     def free_grammar(self, grammar) -> None:

@@ -50,3 +50,16 @@ class Slots:
         self.last_used[slot] = perf_counter()
         source = max(range(self.parallel), key=lambda s: (shared[s], -s))
         return slot, (source if shared[source] - shared[slot] >= COPY_GAIN else None)
+
+    def reuse(self, lib, memory, slot: int, source: int | None, prompt: list[int], limit: int) -> int:
+        """Keep in `slot`'s KV stream the prefix of `prompt` it holds, at most `limit` tokens, after
+        copying `source`'s stream into it when given; drop the rest. Returns the tokens kept."""
+        if source is not None:
+            lib.llama_memory_seq_rm(memory, slot, -1, -1)
+            # Across KV streams llama.cpp copies the whole stream buffer at the next decode, so
+            # the copy holds exactly the cells `source` has now, even while `source` runs on.
+            lib.llama_memory_seq_cp(memory, source, slot, -1, -1)
+        keep = min(shared_prefix_length(self.held[slot if source is None else source], prompt), limit)
+        lib.llama_memory_seq_rm(memory, slot, keep, -1)
+        self.held[slot] = prompt[:keep]
+        return keep

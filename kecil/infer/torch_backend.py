@@ -27,22 +27,12 @@ def load_transformers(ref: ModelRef):
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     if ref.format == "gguf":
         # transformers dequantizes GGUF weights to float32: exact weights, float speed.
         where = dict(pretrained_model_name_or_path=str(ref.path.parent), gguf_file=ref.path.name)
         dtype = torch.float32
-        # Its "Converting and de-quantizing GGUF tensors" bar is plain tqdm, past disable_progress_bar():
-        # it stacked one bar per load above kecil's own progress. Silenced for this process, once.
-        import functools
-
-        import transformers.modeling_gguf_pytorch_utils as gguf_loading
-
-        if not isinstance(getattr(gguf_loading, "tqdm", None), functools.partial):
-            gguf_loading.tqdm = functools.partial(gguf_loading.tqdm, disable=True)
     else:
         where = dict(pretrained_model_name_or_path=str(ref.path))
         dtype = "auto"
@@ -217,3 +207,20 @@ class TorchBackend(Backend):
         self._score_cache = None
         self._model = None
         self._tokenizer = None
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' own logging and progress bars off kecil's output, for this process.
+
+    Its "Converting and de-quantizing GGUF tensors" bar is plain tqdm, past disable_progress_bar():
+    it stacked one bar per GGUF load above kecil's own progress (quantize, tune, eval, merge).
+    """
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if not isinstance(getattr(gguf_loading, "tqdm", None), functools.partial):
+        gguf_loading.tqdm = functools.partial(gguf_loading.tqdm, disable=True)

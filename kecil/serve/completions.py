@@ -20,7 +20,7 @@ from kecil.errors import KecilError, UnsupportedError
 from kecil.infer.engine import SamplingExtras
 from kecil.infer.generation import GenerationConfig
 from kecil.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
-from kecil.serve.reply import Call, Choice, Generations, respond
+from kecil.serve.reply import Call, CallReader, Choice, Generations, respond
 
 log = logging.getLogger("kecil.serve")
 
@@ -84,30 +84,35 @@ def check_size(server, body, kind: str) -> None:
                        f"{config.max_prompts} per request: split them over several requests", param="prompt")
 
 
-def prepare_chat(engine, body: ChatCompletionRequest) -> tuple[list[int], Any]:
-    if body.tools:
-        raise APIError(400, "tool calling is not supported by kecil serve yet; send plain messages", param="tools")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+def prepare_chat(engine, body: ChatCompletionRequest) -> tuple[list[int], Any, Any]:
+    """The prompt's token ids, the sampling extras, and how the answer deals with tools (None:
+    the request offers none)."""
+    from kecil.serve.tools import template_message, tool_use
+
+    tools = tool_use(engine, body)
+    messages = [template_message(i, m) for i, m in enumerate(body.messages)]
     try:
-        prompt_ids = engine.chat_prompt_ids(messages)
+        prompt_ids = engine.chat_prompt_ids(messages, tools.offered if tools else None)
     except KecilError as exc:  # no chat template, or one that refuses the conversation
         raise APIError(400, str(exc), param="messages") from None
-    grammar = None
-    if body.response_format is not None and body.response_format.type != "text":
+    grammar, triggers = None, ()
+    if tools is not None and tools.calls:
+        grammar, triggers = tools.grammar.gbnf, tools.grammar.triggers
+    elif body.response_format is not None and body.response_format.type != "text":
         from kecil.infer.grammar import json_grammar
 
         schema = body.response_format.json_schema.schema_ if body.response_format.json_schema else None
         if body.response_format.type == "json_schema" and schema is None:
             raise APIError(400, "response_format json_schema needs a json_schema.schema object", param="response_format")
         try:
-            grammar = json_grammar(schema)
+            grammar = json_grammar(schema, "response_format.json_schema.schema")
         except KecilError as exc:
             raise APIError(400, str(exc), param="response_format") from None
     top = body.top_logprobs or 0
     if top and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    extras = SamplingExtras(body.frequency_penalty, body.presence_penalty, grammar, body.logprobs, top)
-    return prompt_ids, extras
+    extras = SamplingExtras(body.frequency_penalty, body.presence_penalty, grammar, body.logprobs, top, grammar_triggers=triggers)
+    return prompt_ids, extras, tools
 
 
 def prepare_completion(engine, body: CompletionRequest) -> tuple[list[list[int]], Any]:
@@ -131,8 +136,9 @@ async def run_generation(server, request: Request, body, call: Call, kind: str):
     config = generation_config(body, engine, limit)
     # Rendering the template, tokenizing and building a grammar take seconds for a large request:
     # on a worker thread, so the event loop (every other client, /health) is never held up by it.
+    tools = None
     if kind == "chat":
-        prompt_ids, extras = await asyncio.to_thread(prepare_chat, engine, body)
+        prompt_ids, extras, tools = await asyncio.to_thread(prepare_chat, engine, body)
         prompts = [prompt_ids]
     else:
         prompts, extras = await asyncio.to_thread(prepare_completion, engine, body)
@@ -144,7 +150,7 @@ async def run_generation(server, request: Request, body, call: Call, kind: str):
             index = p * body.n + j
             seeded = config if config.seed is None else replace(config, seed=config.seed + j)
             start(generations, engine, ids, seeded, extras, index)
-            choices.append(Choice(index))
+            choices.append(Choice(index, calls=CallReader() if tools is not None and tools.calls else None))
     call.prompt_tokens = sum(len(ids) for ids in prompts)
     if server.config.log_requests:
         log.info("request %s %s prompt=%s", call.id, call.endpoint, json.dumps(body.model_dump(mode="json"), ensure_ascii=False))

@@ -1,8 +1,9 @@
 """The OpenAI wire format kecil serve speaks: request bodies (validated by pydantic) and the
 error object every failure is reported in.
 
-Only the fields kecil implements are accepted with meaning; fields it cannot honour (tools,
-images, token-id prompts) are refused with a 400 that says so rather than silently ignored.
+Only the fields kecil implements are accepted with meaning; fields it cannot honour (images,
+token-id prompts, tools on a model not trained for them) are refused with a 400 that says so
+rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 8
@@ -70,10 +71,31 @@ class TextPart(_Model):
     text: str
 
 
+class FunctionCall(_Model):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Model):
+    """A call an earlier assistant message made (sent back with the conversation)."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant message's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+    @model_validator(mode="after")
+    def _calls_from_the_assistant(self):
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not {self.role} messages")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -97,6 +119,27 @@ class JSONSchemaFormat(_Model):
 class ResponseFormat(_Model):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
+
+
+class FunctionDefinition(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule: it is written into the grammar
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # the JSON schema of the arguments object
+    strict: bool | None = None  # arguments always follow the schema here (the grammar holds them to it)
+
+
+class Tool(_Model):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Model):
+    name: str
+
+
+class NamedToolChoice(_Model):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class StreamOptions(_Model):
@@ -144,7 +187,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     kb: str | None = None  # extension: answer from a kecil knowledge base
 
     def answer_limit(self) -> int | None:

@@ -52,6 +52,36 @@ class Choice:
     logprobs: list = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    calls: CallReader | None = None  # when the request offers tools: the answer read for calls
+
+
+class CallReader:
+    """One answer read for tool calls (the parser is kecil/infer/tool_call_parser.py's) and turned into
+    OpenAI's `tool_calls`: each call's id, name and arguments, whole and as stream deltas."""
+
+    def __init__(self) -> None:
+        from kecil.infer.tool_call_parser import CallParser
+
+        self.parser = CallParser()
+        self.calls: list[dict] = []
+
+    def read(self, text: str, final: bool) -> list[dict]:
+        """The delta pieces (`content` or `tool_calls`) this text releases."""
+        from kecil.infer.tool_call_parser import Arguments, CallStart
+
+        events = (self.parser.feed(text) if text else []) + (self.parser.close() if final else [])
+        pieces = []
+        for event in events:
+            if isinstance(event, CallStart):
+                call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": event.name, "arguments": ""}}
+                self.calls.append(call)
+                pieces.append({"tool_calls": [{"index": event.index, **call, "function": dict(call["function"])}]})
+            elif isinstance(event, Arguments):
+                self.calls[event.index]["function"]["arguments"] += event.text
+                pieces.append({"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]})
+            else:
+                pieces.append({"content": event.text})
+        return pieces
 
 
 class ClientGone(Exception):
@@ -111,13 +141,20 @@ class Generations:
             handle.cancel()
 
 
-def absorb(choice: Choice, chunk: Chunk) -> None:
-    if chunk.text:
-        choice.text.append(chunk.text)
+def absorb(choice: Choice, chunk: Chunk) -> list[dict]:
+    """Add a chunk to its choice; returns the delta pieces it releases (`content`, `tool_calls`)."""
+    final = chunk.finish_reason is not None
+    if choice.calls is None:
+        pieces = [{"content": chunk.text}] if chunk.text or chunk.logprobs else []
+    else:
+        pieces = choice.calls.read(chunk.text, final)
+    choice.text.extend(p["content"] for p in pieces if p.get("content"))
     choice.logprobs.extend(chunk.logprobs)
-    if chunk.finish_reason is not None:
-        choice.finish_reason = chunk.finish_reason
+    if final:
+        called = chunk.finish_reason == "stop" and choice.calls is not None and choice.calls.calls
+        choice.finish_reason = "tool_calls" if called else chunk.finish_reason
         choice.completion_tokens = chunk.usage.completion_tokens if chunk.usage else 0
+    return pieces
 
 
 def usage(call: Call) -> dict[str, int]:
@@ -141,6 +178,15 @@ def completion_logprobs(entries, start: int = 0) -> dict:
             "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}
 
 
+def message(c: Choice) -> dict:
+    """A chat choice's whole message: its text, and its calls when it made any (then the text is
+    null when empty, as OpenAI sends it)."""
+    content = "".join(c.text)
+    if c.calls is None or not c.calls.calls:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content or None, "tool_calls": c.calls.calls}
+
+
 class Shape:
     """How one kind of reply looks: chat (`message` / `delta`) or text completion (`text`)."""
 
@@ -159,7 +205,7 @@ class Shape:
     def whole(self, choices: list[Choice], extra: dict) -> dict:
         def one(c: Choice) -> dict:
             if self.chat:
-                return {"index": c.index, "message": {"role": "assistant", "content": "".join(c.text)},
+                return {"index": c.index, "message": message(c),
                         "logprobs": chat_logprobs(c.logprobs) if self.logprobs else None, "finish_reason": c.finish_reason}
             return {"index": c.index, "text": "".join(c.text),
                     "logprobs": completion_logprobs(c.logprobs) if self.logprobs else None, "finish_reason": c.finish_reason}
@@ -169,13 +215,14 @@ class Shape:
     def event(self, choice_list: list[dict], **extra) -> str:
         return f"data: {json.dumps({**self.envelope(True), 'choices': choice_list, **extra}, ensure_ascii=False)}\n\n"
 
-    def delta(self, index: int, text: str | None, finish: str | None, entries=()) -> dict:
+    def delta(self, index: int, piece: dict | None, finish: str | None, entries=()) -> dict:
+        """One choice's part of a stream event: `piece` is {"content": ...} or {"tool_calls": [...]}."""
         if self.chat:
-            d = {"index": index, "delta": {} if text is None else {"content": text}, "finish_reason": finish}
+            d = {"index": index, "delta": piece or {}, "finish_reason": finish}
             if self.logprobs:
                 d["logprobs"] = chat_logprobs(entries) if entries else None
             return d
-        d = {"index": index, "text": text or "", "finish_reason": finish}
+        d = {"index": index, "text": (piece or {}).get("content", ""), "finish_reason": finish}
         if self.logprobs:
             d["logprobs"] = completion_logprobs(entries) if entries else None
         return d
@@ -216,7 +263,8 @@ def account(server, call: Call, choices: list[Choice]) -> None:
     """Count the answer's tokens and, only when the server was asked to, log its text."""
     call.completion_tokens = sum(c.completion_tokens for c in choices)
     if server.config.log_requests:
-        log.info("response %s %s", call.id, json.dumps(["".join(c.text) for c in choices], ensure_ascii=False))
+        answers = ["".join(c.text) if c.calls is None else message(c) for c in choices]
+        log.info("response %s %s", call.id, json.dumps(answers, ensure_ascii=False))
 
 
 async def guarded_stream(server, call: Call, events: AsyncIterator[str], cleanup) -> AsyncIterator[str]:
@@ -256,15 +304,17 @@ async def stream_events(server, generations: Generations, choices: list[Choice],
             if shape.chat:
                 yield shape.event([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
             elif echo is not None:
-                yield shape.event([shape.delta(c.index, echo(c.index), None)])
+                yield shape.event([shape.delta(c.index, {"content": echo(c.index)}, None)])
         while any(c.finish_reason is None for c in choices):
             index, chunk = await generations.next()
-            absorb(choices[index], chunk)
-            if chunk.text or chunk.logprobs:
-                yield shape.event([shape.delta(index, chunk.text, None, chunk.logprobs)])
+            pieces = absorb(choices[index], chunk)
+            if chunk.logprobs and not pieces:  # held text (a call may be starting): its logprobs still go out
+                pieces = [{}]
+            for k, piece in enumerate(pieces):
+                yield shape.event([shape.delta(index, piece, None, chunk.logprobs if k == 0 else ())])
             if chunk.finish_reason is not None:
                 last = all(c.finish_reason is not None for c in choices)  # a source's extra fields go on the last
-                yield shape.event([shape.delta(index, None, chunk.finish_reason)], **(generations.extra if last else {}))
+                yield shape.event([shape.delta(index, None, choices[index].finish_reason)], **(generations.extra if last else {}))
         account(server, call, choices)
         if include_usage:
             yield shape.event([], usage=usage(call))

@@ -167,3 +167,18 @@ def test_calibration_of_a_gguf_matches_its_hf_folder(tiny_hf_model, tmp_path):
     assert from_gguf.tokens == from_hf.tokens == 512 and set(from_gguf.stats) == set(from_hf.stats)
     for name, stats in from_hf.stats.items():
         np.testing.assert_allclose(from_gguf.stats[name].importance, stats.importance, rtol=0.05, atol=1e-6, err_msg=name)
+
+
+def test_cli_progress_in_a_log_is_lines_per_stage(tiny_hf_model, tmp_path):
+    """With stderr a file (a log, CI), a bar draws nothing: each stage writes lines instead, the
+    measuring phase included, so a long report is not minutes of silence. No transformers bar."""
+    out = tmp_path / "tiny.gguf"
+    done = kecil("quantize", str(tiny_hf_model("llama")), "--to", "q8_0", "-o", str(out), "--method", "none")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    for label in ("quantizing", "measuring"):
+        staged = [line for line in lines if line.startswith(f"{label}: ")]
+        assert staged, done.stderr
+        done_count, total = staged[-1].split(": ")[1].split("/")
+        assert done_count == total and int(total) > 0
+    assert "Converting and de-quantizing" not in done.stderr
