@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from kecil.cli.common import err
+from kecil.cli.common import err, stage_bars, stage_lines
 from kecil.cli.options import config_options
 from kecil.tune.lora import TuneConfig
 from kecil.tune.merge import MergeConfig
@@ -67,7 +67,11 @@ def tune(config: dict[str, Any]) -> None:
         def draw(p) -> None:
             bar.update(task, total=p.total_steps, completed=p.step, status=describe(p))
 
-        stage = stage_reporter(sys.stderr, lambda text, done, total: bar.update(task, total=total, completed=done, status=text))
+        def draw_stage(stage: str, done: int, total: int) -> None:
+            bar.update(task, total=total, completed=done, status=_STAGE_TEXT.get(stage, stage))
+
+        # The work around training (replay answers, the general check) in the same bar, or as lines in a log.
+        stage = draw_stage if sys.stderr.isatty() else stage_lines(_STAGE_TEXT)
         result = run_tune(settings, progress=progress_for(sys.stderr, draw),
                           on_plan=lambda plan: [err(line) for line in plan.describe()], on_stage=stage)
     if result.resumed_from_step is not None:
@@ -91,12 +95,13 @@ def merge(config: MergeConfig) -> None:
 
     from kecil.tune.merge import merge as run_merge
 
-    def quantizer(hf_dir: Path, out_type: str, target: Path) -> Path:
+    def quantizer(hf_dir: Path, out_type: str, target: Path, progress) -> Path:
         from kecil.compress.quantize import QuantizeConfig, quantize
 
-        return quantize(QuantizeConfig(model=str(hf_dir), to=out_type, output=target, report=False)).output
+        return quantize(QuantizeConfig(model=str(hf_dir), to=out_type, output=target, report=False), progress=progress).output
 
-    result = run_merge(config, quantizer=quantizer)
+    with stage_bars(MERGE_STAGES, width=24) as progress:
+        result = run_merge(config, quantizer=quantizer, progress=progress)
     print(result.output)
     if result.gguf is not None:
         print(result.gguf)
@@ -119,25 +124,12 @@ def summary_lines(result) -> list[str]:
     return lines
 
 
-_STAGE_TEXT = {"replay": "general replay: the base model answers the general prompts (once per model)",
-               "general": "general questions: asking them without and with the adapter"}
-
-
-def stage_reporter(stream, draw):
-    """`on_stage` for kecil tune: the bar's text on a terminal, else a line at each stage's start and end."""
-    from kecil.tune.progress import is_terminal
-
-    seen: set[str] = set()
-
-    def report(stage: str, done: int, total: int) -> None:
-        text = _STAGE_TEXT.get(stage, stage)
-        if is_terminal(stream):
-            draw(f"{text} {done}/{total}", done, total)
-        elif stage not in seen or done == total:
-            seen.add(stage)
-            print(f"tune: {text} {done}/{total}", file=stream, flush=True)
-
-    return report
+_STAGE_TEXT = {"replay": "general replay: the base model answers general prompts (once per model)",
+               "general": "general questions: asked without and with the adapter"}
+# kecil merge's stages (kecil/tune/merge.py), then the GGUF export's (the quantizer's, as kecil quantize names them).
+MERGE_STAGES = {"load": "loading the base model", "merge": "merging the adapter", "save": "writing the merged model",
+                 "convert": "converting to GGUF", "calibrate": "calibrating", "scale": "searching AWQ scales",
+                 "quantize": "quantizing"}
 
 
 def register(app: typer.Typer) -> None:

@@ -62,6 +62,8 @@ def apply_peft_adapter(model, adapter: Path):
     Merged rather than kept as side branches: the same outputs (to float rounding) at the base
     model's speed, since every decode step would otherwise pay for the extra low-rank matmuls.
     """
+    import warnings
+
     from peft import PeftModel
 
     if not (Path(adapter) / "adapter_config.json").is_file():
@@ -69,7 +71,11 @@ def apply_peft_adapter(model, adapter: Path):
             f"{adapter} is not a PEFT adapter folder (no adapter_config.json): pass the -o folder of `kecil tune`"
         )
     try:
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+        with warnings.catch_warnings():
+            # peft asks transformers a deprecated question (is_gradient_checkpointing) on every wrap:
+            # a FutureWarning about library internals, not something the user can act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendError(

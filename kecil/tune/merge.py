@@ -40,13 +40,20 @@ class MergeResult:
 
 
 # Quantizing to k-quants lives in kecil.compress, a sibling floor tune must not import: the caller
-# (the CLI) passes kecil.compress.quantize in as (merged HF folder, type, target) -> written GGUF.
-Quantizer = Callable[[Path, str, Path], Path]
+# (the CLI) passes kecil.compress.quantize in as (merged HF folder, type, target, progress) -> written GGUF.
+Quantizer = Callable[[Path, str, Path, "Progress | None"], Path]
 CONVERTER_TYPES = ("f16", "q8_0")  # written by the converter itself, no quantizer needed
 
 
-def merge(config: MergeConfig, *, quantizer: Quantizer | None = None, progress=None) -> MergeResult:
-    """Merge `config.adapter` into `config.model` and save the result to `config.output`."""
+# progress(stage, done, total): kecil's stage callback (kecil/cli/common.py stage_bars draws it).
+# Merging reports "load", "merge" and "save"; the GGUF export "convert" (f16/q8_0: tensors written)
+# or the quantizer's own stages. Before, `--export-gguf` sat silent for minutes.
+Progress = Callable[[str, int, int], None]
+
+
+def merge(config: MergeConfig, *, quantizer: Quantizer | None = None, progress: Progress | None = None) -> MergeResult:
+    """Merge `config.adapter` into `config.model` and save the result to `config.output`, reporting
+    each stage to `progress` (see Progress); `quantizer` gets the same callback."""
     from kecil.infer.load import adapter_for_backend
     from kecil.infer.torch_backend import apply_peft_adapter, load_transformers
     from kecil.models.reference import resolve
@@ -59,13 +66,20 @@ def merge(config: MergeConfig, *, quantizer: Quantizer | None = None, progress=N
         raise ConfigError(f"GGUF type {out_type} needs kecil's quantizer: use `kecil merge ... --export-gguf {out_type}`")
     adapter = adapter_for_backend(Path(config.adapter).expanduser(), "torch")
     ref = resolve(config.model)
+    report = progress or (lambda stage, done, total: None)
+    report("load", 0, 1)
     model, tokenizer = load_transformers(ref)
+    report("load", 1, 1)
+    report("merge", 0, 1)
     model = apply_peft_adapter(model, adapter)
+    report("merge", 1, 1)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.parent / f".tmp-{output.name}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
+    report("save", 0, 1)
     model.save_pretrained(str(temporary), safe_serialization=True)
     tokenizer.save_pretrained(str(temporary))
+    report("save", 1, 1)
     del model
     gguf_name = None
     if out_type:
@@ -77,10 +91,11 @@ def merge(config: MergeConfig, *, quantizer: Quantizer | None = None, progress=N
     return MergeResult(output, output / gguf_name if gguf_name else None)
 
 
-def export_gguf(hf_dir: Path, target: Path, out_type: str, quantizer: Quantizer | None = None, progress=None) -> Path:
+def export_gguf(hf_dir: Path, target: Path, out_type: str, quantizer: Quantizer | None = None, progress: Progress | None = None) -> Path:
     """Write the Hugging Face model in `hf_dir` as a GGUF of `out_type` at `target`."""
     from kecil.models.formats.hf_to_gguf import convert_hf_to_gguf
 
     if out_type in CONVERTER_TYPES:
-        return Path(convert_hf_to_gguf(hf_dir, target, out_type=out_type, progress=progress))
-    return Path(quantizer(hf_dir, out_type, target))
+        converted = (lambda done, total: progress("convert", done, total)) if progress else None
+        return Path(convert_hf_to_gguf(hf_dir, target, out_type=out_type, progress=converted))
+    return Path(quantizer(hf_dir, out_type, target, progress))

@@ -65,12 +65,8 @@ class ProgressLines:
         print(f"tune: step {p.step}/{p.total_steps} {describe(p)}", file=stream, flush=True)
 
 
-def is_terminal(stream: TextIO | None) -> bool:
-    isatty = getattr(stream or sys.stderr, "isatty", None)
-    return isatty is not None and isatty()
-
-
 def progress_for(stream: TextIO | None, bar: Callable[[TuneProgress], None], every: float = 10.0) -> Callable[[TuneProgress], None]:
     """`bar` when `stream` is a terminal, else a ProgressLines writing to it: one call for the CLI."""
     stream = stream or sys.stderr
-    return bar if is_terminal(stream) else ProgressLines(stream, every)
+    isatty = getattr(stream, "isatty", None)
+    return bar if isatty is not None and isatty() else ProgressLines(stream, every)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from kecil.cli.tune import MERGE_STAGES
 from kecil.errors import ConfigError
 from kecil.infer.generation import GenerationConfig
 from kecil.infer.load import ADAPTER_GGUF, load_model
@@ -27,7 +28,7 @@ def trained(tiny_hf_model, tmp_path_factory):
             root = tmp_path_factory.mktemp(f"adapter-{arch}")
             data = write_jsonl(root / "d.jsonl", memorisable_chat(8))
             tune(TuneConfig(model=str(tiny_hf_model(arch)), data=data, output=root / "adapter", epochs=4, lr=3e-2,
-                            batch_size=1, max_length=48, val_split=0, dropout=0.0))
+                            batch_size=1, max_length=48, val_split=0, dropout=0.0, mix_general=0, check_general=False))
             made[arch] = (tiny_hf_model(arch), root / "adapter")
         return made[arch]
 
@@ -150,10 +151,15 @@ def test_merge_exports_q4_k_m_that_llama_cpp_runs_like_the_merged_model(tiny_hf_
     tokenizer.save_pretrained(base)
     data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(8))
     tune(TuneConfig(model=str(base), data=data, output=tmp_path / "adapter", epochs=2, lr=3e-2, batch_size=1, max_length=48,
-                    val_split=0, dropout=0.0, threads=1, precision="float32"))  # the thresholds below were set on this adapter
+                    val_split=0, dropout=0.0, threads=1, precision="float32", mix_general=0, check_general=False))  # the thresholds below were set on this adapter
     done = subprocess.run([sys.executable, "-m", "kecil", "merge", str(base), str(tmp_path / "adapter"), "-o", str(tmp_path / "merged"),
                            "--export-gguf", "q4_k_m"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    # Each phase says when it starts and ends (stderr is not a terminal here: lines, not bars), and
+    # nothing else reaches the user: no library warnings, no transformers progress bars.
+    for stage in ("loading the base model", "merging the adapter", "writing the merged model", "converting to GGUF", "quantizing"):
+        assert f"{stage}: 0/" in done.stderr or f"{stage}: 1/" in done.stderr, (stage, done.stderr)
+    assert all(line.split(": ")[0] in MERGE_STAGES.values() for line in done.stderr.splitlines()), done.stderr
     merged, gguf = (Path(line) for line in done.stdout.split())
     assert gguf.name == "merged-q4_k_m.gguf" and gguf.parent == merged
     assert GGMLQuantizationType.Q4_K in {t.tensor_type for t in GGUFReader(gguf).tensors}
