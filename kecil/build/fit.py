@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError, KecilError
-from kecil.eval.cache import model_fingerprint
+from kecil.models.reference import model_fingerprint
 from kecil.models.info import format_bytes
 from kecil.paths import kecil_home
 from kecil.scratch import sweep_stale

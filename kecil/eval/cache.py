@@ -13,7 +13,6 @@ import json
 import sqlite3
 from pathlib import Path
 
-from kecil.models.reference import model_fingerprint  # noqa: F401  (eval/run.py and build/fit.py import it from here)
 from kecil.paths import kecil_home
 
 COMMIT_EVERY = 8

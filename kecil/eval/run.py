@@ -18,7 +18,8 @@ from time import perf_counter
 from kecil.errors import ConfigError, KecilError
 from kecil.eval import code, generative, multiple_choice
 from kecil.eval import perplexity as perplexity_task
-from kecil.eval.cache import ResultCache, model_fingerprint
+from kecil.eval.cache import ResultCache
+from kecil.models.reference import model_fingerprint
 from kecil.eval.confidence import chance_level, wilson_interval
 from kecil.eval.fertility import FertilityConfig, LanguageFertility, fertility
 from kecil.infer.measure import SystemFigures

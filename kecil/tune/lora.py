@@ -31,11 +31,11 @@ from kecil.infer.hardware import PRECISIONS
 from kecil.tune import checkpoint as ckpt
 from kecil.tune.adapter_files import SUMMARY_FILE, write_adapter, write_gguf_adapter
 from kecil.tune.base_model import base_precision, quantize_base, to_bfloat16_base
-from kecil.tune.data import Dataset, PromptStyle, read_dataset, split_validation, tokenize_dataset
 from kecil.tune.packing import plan_epochs
-from kecil.tune.plan import TrainingPlan, plan_training, validation_share
+from kecil.tune.inputs import general_replay, plan_run, read_inputs, replay_examples, training_examples
+from kecil.tune.plan import TrainingPlan
 from kecil.tune.progress import TuneProgress
-from kecil.tune.replay import Replay, build_replay
+from kecil.tune.replay import Replay
 from kecil.tune.training import lr_schedule, train_steps
 
 __all__ = ["LINEAR_TARGETS", "SUMMARY_FILE", "TuneConfig", "TuneProgress", "TuneResult", "TrainingPlan", "base_precision",
@@ -205,7 +205,7 @@ class _Run:
 
     config: TuneConfig
     output: Path
-    dataset: Dataset
+    dataset: object  # kecil.tune.data.Dataset
     ref: object  # kecil.models.reference.ModelRef
     accelerator: object
     model: object  # as prepared by accelerate (DDP-wrapped under several processes)
@@ -294,14 +294,13 @@ def _set_up(config: TuneConfig, on_stage: Callable[[str, int, int], None] | None
     output = Path(config.output).expanduser()
     if not config.resume and (ckpt.checkpoint_dirs(output) or (output / "adapter_config.json").exists()):
         raise ConfigError(f"{output} already holds a tuning run: pass --resume to continue it, or choose another -o folder")
-    dataset, val_dataset, ref, style = _read_inputs(config)
+    dataset, val_dataset, ref, style = read_inputs(config)
     accelerator, model, tokenizer, precision = _load_base(config, ref)
-    examples, val, cut, dropped = _examples(config, dataset, val_dataset, style, tokenizer)
-    replay = _replay(config, ref, len(examples), accelerator, on_stage)
-    replay_examples = tokenize_dataset(Dataset(Path(PROMPTS_NAME), "chat", list(replay.records), replay.sha256), style,
-                                       _tokenizer_fn(tokenizer), tokenizer.bos_token_id, config.cut_length)[0] if replay.records else []
-    train = examples + replay_examples
-    plan = _plan(config, train, val, len(replay_examples), val_dataset is not None, accelerator.num_processes)
+    examples, val, cut, dropped = training_examples(config, dataset, val_dataset, style, tokenizer)
+    replay = general_replay(config, ref, len(examples), accelerator, on_stage)
+    replayed = replay_examples(replay, style, tokenizer, config.cut_length)
+    train = examples + replayed
+    plan = plan_run(config, train, val, len(replayed), val_dataset is not None, accelerator.num_processes)
     if replay.note:  # less replay than asked: said with the plan
         plan = replace(plan, warnings=plan.warnings + (replay.note,))
     val_batches = plan_epochs(val, epochs=1, rows_per_batch=plan.batch_size, max_length=plan.row_length, seed=0, pack=config.pack) if val else []
@@ -323,71 +322,6 @@ def _set_up(config: TuneConfig, on_stage: Callable[[str, int, int], None] | None
     run.model, run.optimizer = accelerator.prepare(model, optimizer)
     run.inner = accelerator.unwrap_model(run.model)
     return run
-
-
-def _read_inputs(config: TuneConfig):
-    """(dataset, validation dataset or None, model reference, prompt style): all checked before torch is
-    even imported, so a broken file fails at once."""
-    from kecil.infer.chat_template import ChatTemplate
-    from kecil.models.info import inspect_model
-    from kecil.models.reference import resolve
-
-    dataset = read_dataset(config.data)
-    val_dataset = read_dataset(config.val_data) if config.val_data else None
-    ref = resolve(config.model)
-    info = inspect_model(ref)
-    template = ChatTemplate(info.chat_template, info.bos_token, info.eos_token) if info.chat_template else None
-    return dataset, val_dataset, ref, PromptStyle(template, info.add_bos, info.bos_token, info.eos_token, ref.system_prompt)
-
-
-PROMPTS_NAME = "general replay"  # the replay's stand-in for a data file's name
-
-
-def _tokenizer_fn(tokenizer):
-    def tokenize(text: str):
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return encoded["input_ids"], encoded["offset_mapping"]
-
-    return tokenize
-
-
-def _examples(config: TuneConfig, dataset: Dataset, val_dataset: Dataset | None, style: PromptStyle, tokenizer):
-    """(training examples, validation examples, how many cut, how many dropped): the user's data
-    tokenized, and the validation held out where it can be spared."""
-    tokenize = _tokenizer_fn(tokenizer)
-    examples, cut, dropped = tokenize_dataset(dataset, style, tokenize, tokenizer.bos_token_id, config.cut_length)
-    if val_dataset is not None:
-        return examples, tokenize_dataset(val_dataset, style, tokenize, tokenizer.bos_token_id, config.cut_length)[0], cut, dropped
-    train, val = split_validation(examples, validation_share(len(examples), config.val_split, False), config.seed)
-    return train, val, cut, dropped
-
-
-def _replay(config: TuneConfig, ref, train_examples: int, accelerator, on_stage) -> Replay:
-    """The general replay for this run: answered by the main process (once per model, then cached),
-    read from the cache by the others."""
-    from kecil.infer.hardware import threads_for_now
-
-    stage = (lambda done, total: on_stage("replay", done, total)) if on_stage else None
-    threads = config.threads or threads_for_now()
-    if accelerator.is_main_process:
-        replay = build_replay(ref, config.mix_general, train_examples, seed=config.seed, threads=threads, progress=stage)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        replay = build_replay(ref, config.mix_general, train_examples, seed=config.seed, threads=threads)
-    return replay
-
-
-def _plan(config: TuneConfig, train: list, val: list, replay_examples: int, val_file: bool, processes: int) -> TrainingPlan:
-    """The steps chosen from the training examples (the user's and the replay's), the validation reported."""
-    return plan_training(
-        [len(e.ids) for e in train], max_length=config.cut_length, epochs=config.epochs, batch_size=config.batch_size,
-        row_length=config.max_length, lr=config.lr, grad_accum=config.grad_accum, processes=processes,
-        warmup=config.warmup, max_steps=config.max_steps, pack=config.pack, seed=config.seed, val_examples=len(val),
-        val_source="file" if val_file else ("split" if val else "none"),
-        val_lines=sorted(e.line for e in val) if not val_file else (),
-        val_chosen=config.val_split is None and not val_file, eval_every=config.eval_every,
-        patience=config.patience, replay_examples=replay_examples,
-    )
 
 
 def _load_base(config: TuneConfig, ref):
