@@ -56,8 +56,9 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),  # fused projections
 }
 DEFAULT_MAX_LENGTH = 512  # tokens an example is cut to when --max-length is not given
-# Replay examples per training example (kecil/tune/replay.py). Measured on SmolLM2-135M with the
-# README's recipe (docs/benchmarks.md, "Forgetting"): see the numbers there for how it was chosen.
+# Replay examples per training example (kecil/tune/replay.py). Measured with every other default on
+# SmolLM2-135M (docs/benchmarks.md, bench/forgetting.py): at 1, general answers kept 6/6 and 5/6 on
+# two 12-fact sets (4/6 and 3/6 without replay) and held-out facts 23/24 and 10/12 (24/24, 10/12).
 DEFAULT_MIX_GENERAL = 1.0
 # Validations in a row without a new lowest validation loss before a run stops. One can be noise
 # (the loss of 10-200 held-out examples wobbles from step to step); three in a row, each a tenth of

@@ -72,8 +72,11 @@ def test_default_settings_teach_a_small_handbook(tmp_path):
 
     result = tune(TuneConfig(model="smollm2-135m", data=DATA / "oskar_facts.jsonl", output=tmp_path / "adapter"))
     plan = result.plan
-    assert plan.examples == 36 and plan.val_examples == 0 and plan.total_steps == result.steps >= MIN_STEPS
-    assert not plan.warnings and "36 training examples" in plan.describe()[0]
+    # 36 of the model's own answers to general prompts are mixed in by default (--mix-general 1).
+    assert plan.examples == 72 and result.replay_examples == 36 and plan.val_examples == 0
+    assert plan.total_steps == result.steps >= MIN_STEPS
+    assert not plan.warnings and "72 training examples, 36 of them general replay" in plan.describe()[0]
+    assert sum(a.right_before and a.right_after for a in result.general) >= 5  # the general check ran, little forgotten
     with load_model("smollm2-135m", adapter=tmp_path / "adapter") as model:
         assert model.name == "llamacpp"
         share = share_correct(model, held_out=OSKAR_HELD_OUT)
