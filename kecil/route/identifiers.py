@@ -147,7 +147,8 @@ _NUMERIC = {
 for _length in (14, 15, 17, 19):
     _NUMERIC[_length] = (("CARD", valid_card),)
 # How people group each kind when they group it: a hint when two kinds both validate.
-_GROUPING = {(6, 2, 4): "MYKAD", (4, 4, 4): "AADHAAR", (1, 4, 5, 2, 1): "THAI_ID", (4, 4, 4, 4): "CARD"}
+_GROUPING = {(6, 2, 4): "MYKAD", (4, 4, 4): "AADHAAR", (1, 4, 5, 2, 1): "THAI_ID", (4, 4, 4, 4): "CARD", (4, 6, 5): "CARD",
+             (4, 4, 4, 4, 3): "CARD", (3, 3, 3, 3): "CCCD"}
 
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![A-Za-z0-9-])")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){10,32}(?![A-Za-z0-9])")
@@ -229,7 +230,7 @@ def _numeric(text: str) -> list[Found]:
                 last += 1
             for j in range(last, i, -1):
                 start, end = groups[i][0], groups[j - 1][1]
-                hit = _classify(text, start, end, tuple(e - s for s, e in groups[i:j]))
+                hit = _classify(text, start, end, tuple(e - s for s, e in groups[i:j]), whole=(i, j) == (0, len(groups)))
                 if hit is not None:
                     found.append(hit)
                     i = j
@@ -239,9 +240,13 @@ def _numeric(text: str) -> list[Found]:
     return found
 
 
-def _classify(text: str, start: int, end: int, grouping: tuple[int, ...]) -> Found | None:
+def _classify(text: str, start: int, end: int, grouping: tuple[int, ...], whole: bool) -> Found | None:
     digits = re.sub(r"[\s-]", "", text[start:end]).upper()
     kinds = [kind for kind, check in _NUMERIC.get(len(digits), ()) if check(digits)]
+    if not whole:
+        # a stretch of a longer run is a number of its own only in the grouping its kind is
+        # written in: "4111 1111 1111" of a mistyped card is not a MyKad
+        kinds = [k for k in kinds if len(grouping) == 1 or _GROUPING.get(grouping) == k]
     if not kinds:
         return None
     cue = _cue(text, start)
@@ -265,6 +270,8 @@ def _phones(text: str, regions: tuple[str, ...]) -> list[Found]:
     found = []
     for (start, end), international in spans.items():
         cue = _cue(text, start)
+        if re.fullmatch(r"\d{1,3}(?:\.\d{1,3}){3}", text[start:end]):
+            continue  # dotted like an IPv4 address: the IP rule decides
         if (cue == "" or is_price(text, start, end)) and not international:
             continue  # "order 8345 1234" is a valid Singapore number too, "Rp 1.500.000" an Indonesian one
         found.append(Found("PHONE", start, end, cued=cue == "PHONE" or international))

@@ -22,6 +22,8 @@ class NameSpan:
     kind: str  # PERSON or TERM
     start: int
     end: int
+    listed: bool = False  # from the user's own list: wins over any overlapping find
+    guessed: bool = False  # only capitalisation says so: yields to spaCy's and the title rules' finds
 
 
 # An upper-case letter of any Latin script (Vietnamese's Đ, Ô …) then lower-case ones: the `regex`
@@ -51,7 +53,8 @@ _NOT_IN_NAMES = frozenset(
     "bạn hi hello dear thanks thank regards ya ok okay mera meri mere mujhe main hai aur ne ko ka ki se bhai ji "
     "đơn hàng anh chị em ông bà cô chú bác số mã xin chào cảm ơn nama kami tolong terima kasih boleh sudah akan "
     "bapak ibu pak bu encik cik puan tuan mr mrs ms dr mr. mrs. ms. dr. miss khun shri smt bhai didi dear hey sila "
-    "anak tôi là naam mera".split()
+    "anak tôi là naam mera total subtotal rp rm usd sgd myr idr thb vnd inr hkd cny ask customer note reminder "
+    "attention subject re fwd urgent".split()
 ) | _NOT_NAMES
 
 
@@ -154,7 +157,7 @@ def _capitalised_runs(text: str, others: list[tuple[int, int]]) -> list[NameSpan
         words = text[start:end].casefold().split()
         if any(w in _PLACE_WORDS for w in words) or any(s < end and start < e for s, e in others):
             continue
-        found.append(NameSpan("PERSON", start, end))
+        found.append(NameSpan("PERSON", start, end, guessed=True))
     return found
 
 
@@ -187,7 +190,7 @@ def _listed(text: str, entries: tuple[str, ...], kind: str) -> list[NameSpan]:
             pattern = r"(?<![A-Za-z0-9])" + pattern
         if entry[-1].isascii() and entry[-1].isalnum():
             pattern += r"(?![A-Za-z0-9])"
-        found += [NameSpan(kind, m.start(), m.end()) for m in re.finditer(pattern, text, re.IGNORECASE)]
+        found += [NameSpan(kind, m.start(), m.end(), listed=True) for m in re.finditer(pattern, text, re.IGNORECASE)]
     return found
 
 

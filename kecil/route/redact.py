@@ -31,8 +31,10 @@ LANGUAGES = ("auto", "en", "ms", "id", "th", "vi", "zh", "hi")
 class RedactConfig:
     """What to redact. Every kind is on by default; the user's names and terms add to what is found."""
 
-    names: tuple[str, ...] = field(default=(), metadata={"help": "A person's name to redact wherever it appears (repeatable)."})
-    terms: tuple[str, ...] = field(default=(), metadata={"help": "Any other term to redact, e.g. a project or client name (repeatable)."})
+    names: tuple[str, ...] = field(default=(), metadata={
+        "help": "A person's name to redact wherever it appears (repeatable).", "flag": "--name", "metavar": "NAME"})
+    terms: tuple[str, ...] = field(default=(), metadata={
+        "help": "Any other term to redact, e.g. a project or client name (repeatable).", "flag": "--term", "metavar": "TERM"})
     kinds: tuple[str, ...] = field(default=tuple(KINDS), metadata={
         "help": f"Kinds to redact (repeatable; default all): {', '.join(KINDS)}.", "flag": "--kind", "metavar": "KIND"})
     regions: tuple[str, ...] = field(default=PHONE_REGIONS, metadata={
@@ -146,7 +148,7 @@ def _candidates(text: str, config: RedactConfig, mapping: Placeholders) -> list[
     terms = config.terms if "TERM" in config.kinds else ()
     for n in find_names(text, names, terms, use_spacy=use_spacy):
         if n.kind in config.kinds:
-            found.append(_Candidate(n.kind, n.start, n.end, 3))
+            found.append(_Candidate(n.kind, n.start, n.end, 0 if n.listed else 4 if n.guessed else 3))
     # what earlier texts of this request had redacted is redacted here too, however it is written
     for kind, value in mapping.values():
         found += [_Candidate(kind, s, e, 1) for s, e in _occurrences(text, value)]
@@ -214,11 +216,12 @@ def redact(text: str, config: RedactConfig | None = None, mapping: Placeholders 
 
 def _tag_pattern(tag: str) -> str:
     """A placeholder as a model may write it back: <PERSON_1>, PERSON_1, [PERSON_1], <person 1>,
-    &lt;PERSON_1&gt;, PERSON\\_1 (Markdown), but never PERSON_12 for PERSON_1."""
+    < PERSON_1 >, &lt;PERSON_1&gt;, PERSON\\_1 (Markdown), but never PERSON_12 for PERSON_1."""
     kind, number = tag.rsplit("_", 1)
     name = r"(?:\\?_|[ -])?".join(re.escape(part) for part in kind.split("_"))
     core = rf"(?<![A-Za-z0-9]){name}(?:\\?_|[ -])?{number}(?!\d)"
-    return rf"(?:&lt;|\\?<|\[|\{{)?\s*{core}\s*(?:&gt;|\\?>|\]|\}})?"
+    opening, closing = r"(?:&lt;|\\?<|\[|\{)", r"(?:&gt;|\\?>|\]|\})"
+    return rf"{opening}[ ]?{core}[ ]?{closing}|{opening}?{core}{closing}?"
 
 
 def restore(text: str, mapping: Placeholders) -> str:

@@ -1,0 +1,127 @@
+"""kecil redact on private messages in seven languages: nothing raw survives, look-alikes stay, restore gives the text back, and failure never returns text."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kecil.errors import RedactionError
+from kecil.route import names as names_module
+from kecil.route.redact import Placeholders, RedactConfig, redact, restore
+
+# (message, the user's names list, every private value in it)
+MESSAGES = [
+    ("Hi, I'm Rachel Goh. My NRIC is S1234567D and my mobile is 9123 4567; email rachel.goh@example.sg.",
+     (), ["Rachel Goh", "S1234567D", "9123 4567", "rachel.goh@example.sg"]),
+    ("Nama saya Ahmad Faizal bin Ismail, IC 850101-14-5678, telefon 012-345 6789, kad kredit 4111 1111 1111 1111.",
+     (), ["Ahmad Faizal bin Ismail", "850101-14-5678", "012-345 6789", "4111 1111 1111 1111"]),
+    ("Pak Budi Santoso minta dikirim ke budi.s@example.co.id; NIK 3171011708450001, HP 0812-3456-7890.",
+     (), ["Budi Santoso", "budi.s@example.co.id", "3171011708450001", "0812-3456-7890"]),
+    ("สวัสดีครับ ผมชื่อสมชาย ใจดี เลขบัตรประชาชน 3100600445635 โทร 081-234-5678",
+     ("สมชาย ใจดี",), ["สมชาย ใจดี", "3100600445635", "081-234-5678"]),
+    ("Tôi là Nguyễn Văn An, số CCCD 001099012345, điện thoại 0912 345 678, thẻ 5555 5555 5555 4444.",
+     (), ["Nguyễn Văn An", "001099012345", "0912 345 678", "5555 5555 5555 4444"]),
+    ("我叫王伟，身份证号11010519491231002X，手机13812345678，邮箱wang.wei@example.cn。",
+     ("王伟",), ["王伟", "11010519491231002X", "13812345678", "wang.wei@example.cn"]),
+    ("Mera naam Rahul Sharma hai, Aadhaar 2341 2341 2346, PAN ACUPA7085R, phone +91 98765 43210.",
+     (), ["Rahul Sharma", "2341 2341 2346", "ACUPA7085R", "+91 98765 43210"]),
+    ("Please wire the refund to GB82 WEST 1234 5698 7654 32 for Emily Carter; her HKID is A123456(3), login from 10.2.3.4.",
+     (), ["GB82 WEST 1234 5698 7654 32", "Emily Carter", "A123456(3)", "10.2.3.4"]),
+]
+
+
+def _digits(value: str) -> str:
+    return re.sub(r"\D", "", value)
+
+
+@pytest.mark.parametrize(("text", "names", "private"), MESSAGES, ids=["en", "ms", "id", "th", "vi", "zh", "hi"][:0] + [str(i) for i in range(len(MESSAGES))])
+def test_no_private_value_survives_and_restore_gives_the_text_back(text, names, private):
+    result = redact(text, RedactConfig(names=names))
+    for value in private:
+        assert value not in result.text, value
+        if len(_digits(value)) >= 7:  # not even with its separators taken out
+            assert _digits(value) not in _digits(result.text), value
+    assert restore(result.text, result.mapping) == text
+
+
+LOOK_ALIKES = [
+    "Order 4111111111111111 shipped on 2024-05-12.",  # passes Luhn, but it is an order number
+    "Invoice INV-2024-00123: RM 1,234.50, due 12/05/2024.",
+    "Booking 234123412346 is confirmed for 5 March 2025.",  # a valid Aadhaar after "booking"
+    "Total Rp 1.500.000, pesanan 83451234, kamar 1203.",
+    "Upgraded to version 1.2.3.4 (v2.3.1 before) at 10:30.",
+    "Đơn hàng 83451234 giá 1.299.000 đ, phòng 502.",
+    "订单号83451234，金额¥3,280，房间1203。",
+    "Room #12-34, flight SQ 321, tracking 123456789012.",
+]
+
+
+@pytest.mark.parametrize("text", LOOK_ALIKES)
+def test_look_alikes_are_left_alone(text):
+    assert redact(text).text == text
+
+
+def test_one_mapping_gives_a_value_one_placeholder_across_the_texts_of_a_request():
+    mapping = Placeholders()
+    first = redact("Customer Tan Wei Ming, NRIC S1234567D, called.", mapping=mapping)
+    second = redact("Re: s1234567d. tan wei ming wants a refund to 4111-1111-1111-1111.", mapping=mapping)
+    assert "<NRIC_1>" in first.text and "<NRIC_1>" in second.text
+    assert "tan wei ming" not in second.text.lower()  # found in the first text, replaced in the second
+    assert "<PERSON_1>" in second.text and "<CARD_1>" in second.text
+    assert restore("Dear <PERSON_1>, your card <CARD_1> is refunded.", mapping) == \
+        "Dear Tan Wei Ming, your card 4111-1111-1111-1111 is refunded."
+
+
+def test_a_name_is_replaced_everywhere_in_a_text_once_found():
+    result = redact("Mr Sanjay Pillai called. Sanjay Pillai will call again.")
+    assert "Sanjay Pillai" not in result.text and result.text.count("<PERSON_1>") == 2
+
+
+@pytest.mark.parametrize("written", [
+    "<PERSON_1>", "PERSON_1", "[PERSON_1]", "{PERSON_1}", "<person_1>", "&lt;PERSON_1&gt;", "PERSON\\_1", "<PERSON 1>", "PERSON-1",
+])
+def test_restore_accepts_the_ways_a_model_writes_a_placeholder(written):
+    result = redact("Ask Emily Carter.")
+    assert restore(f"I asked {written} today.", result.mapping) == "I asked Emily Carter today."
+
+
+def test_restore_never_takes_one_placeholder_for_another():
+    mapping = Placeholders()
+    people = [f"Person{chr(65 + i)} Name" for i in range(12)]
+    redact(", ".join(people), RedactConfig(names=tuple(people)), mapping=mapping)
+    assert restore("<PERSON_1> and <PERSON_12>; PERSON_2.", mapping) == f"{people[0]} and {people[11]}; {people[1]}."
+    assert restore("<PERSON_13> and <NRIC_1> stay", mapping) == "<PERSON_13> and <NRIC_1> stay"
+
+
+def test_only_the_kinds_asked_for_are_redacted():
+    text = "Tan Wei Ming, S1234567D, tan@example.com"
+    result = redact(text, RedactConfig(kinds=("EMAIL",)))
+    assert result.text == "Tan Wei Ming, S1234567D, <EMAIL_1>"
+
+
+def test_a_missing_spacy_model_fails_closed_without_quoting_the_text(monkeypatch):
+    names_module.spacy_pipeline.cache_clear()
+    monkeypatch.setattr(names_module, "SPACY_PACKAGE", "en_core_web_sm_not_installed")
+    try:
+        with pytest.raises(RedactionError, match="nothing was sent") as caught:
+            redact("Secret person Tan Wei Ming, S1234567D")
+        assert "Tan Wei Ming" not in str(caught.value) and "S1234567D" not in str(caught.value)
+    finally:
+        names_module.spacy_pipeline.cache_clear()
+
+
+def test_a_failing_detector_fails_closed(monkeypatch):
+    from kecil.route import identifiers
+
+    def broken(text, regions):
+        raise RuntimeError(f"detector crashed on {text}")
+    monkeypatch.setattr(identifiers, "_phones", broken)
+    with pytest.raises(RedactionError) as caught:
+        redact("call 9123 4567")
+    assert "9123" not in str(caught.value)
+
+
+def test_text_that_is_not_text_is_refused():
+    with pytest.raises(RedactionError, match="takes text"):
+        redact(b"S1234567D")  # type: ignore[arg-type]
