@@ -289,13 +289,75 @@ TEMPLATES = {
         "App version [KEEP:VERSION] mein [PERSON] ka login [IPV4] se fail hua.",
     ],
 }
+# Written after kecil's rules were tuned on the set above and never used to tune them: the
+# held-out set (bench/data/redaction_heldout.jsonl), with names of its own.
+HELDOUT_NAMES = {
+    "en": ["Margaret Ellis", "Chen Jia Hui", "Farhan Siddiqui", "Lakshmi Narayanan", "Oliver Hughes", "Zainab Yusof",
+           "Wong Kar Seng", "Isabella Rossi", "Haruto Sato", "Deepa Krishnan", "Samuel Osei", "Ng Hui Min"],
+    "ms": ["Mohd Rizal bin Osman", "Nor Azizah binti Hassan", "Tan Boon Hock", "Kavitha a/p Raman", "Hafizah Zulkifli"],
+    "id": ["Eko Prasetyo", "Wulan Sari", "Bambang Hartono", "Indah Permatasari", "Yusuf Hidayat"],
+    "vi": ["Đặng Văn Hùng", "Bùi Thị Lan", "Đỗ Quang Huy", "Ngô Thanh Tâm", "Dương Minh Khoa"],
+    "hi": ["Sanjay Reddy", "Pooja Nair", "Manoj Tiwari", "Kavya Menon", "Arvind Joshi"],
+    "th": ["ประยุทธ์ มั่นคง", "นภา สุขใจ", "อรุณ ทองดี"],
+    "zh": ["赵磊", "孙丽", "周杰", "吴芳"],
+}
+HELDOUT = {
+    "en": [
+        "hey it's [PERSON] again, lost my wallet so please block card [CARD] asap. my number is still [PHONE:SG:national]",
+        "Forwarding for [PERSON]: NRIC [NRIC], DOB [KEEP:DATE], address unit [KEEP:ROOM]. Please treat as confidential.",
+        "Ticket [KEEP:ORDER]: user [EMAIL] cannot log in from [IPV4]; app build [KEEP:VERSION].",
+        "We refunded [KEEP:PRICE] to [PERSON]'s account [IBAN] on [KEEP:DATE].",
+        "[PERSON] will sign for the delivery (tracking [KEEP:TRACKING]). Backup contact: [PERSON], [PHONE:MY:international].",
+        "Can [PERSON] use my Aadhaar [AADHAAR] for the SIM, or does it need her own?",
+        "Invoice [KEEP:INVOICE] paid by card ending in [CARD:mc]; questions to [EMAIL].",
+        "Order [KEEP:ORDER16] cancelled at [KEEP:TIME] by [PERSON].",
+    ],
+    "ms": [
+        "Assalamualaikum, saya [PERSON]. Boleh tolong semak status permohonan? No IC [MYKAD], tel [PHONE:MY:national].",
+        "Bayaran [KEEP:PRICE] untuk invois [KEEP:INVOICE] dah masuk ke akaun [PERSON].",
+        "Puan [PERSON] tinggal di bilik [KEEP:ROOM], emel beliau [EMAIL].",
+        "Nombor telefon baru saya [PHONE:MY:international], kad pengenalan [MYKAD:plain].",
+    ],
+    "id": [
+        "Halo kak, saya [PERSON], mau konfirmasi pesanan [KEEP:ORDER] ya. KTP saya [NIK], WA [PHONE:ID:international].",
+        "Mohon transfer ke rekening atas nama [PERSON], total [KEEP:PRICE], paling lambat [KEEP:DATE].",
+        "Email saya [EMAIL] dan nomor kartu debit [CARD:visa].",
+        "Pak [PERSON] tidak bisa dihubungi di [PHONE:ID:national], coba [PHONE:ID:e164].",
+    ],
+    "th": [
+        "รบกวนตรวจสอบคำสั่งซื้อ [KEEP:ORDER] ของ[LISTED] ด้วยค่ะ เบอร์ [PHONE:TH:national]",
+        "เลขบัตรประชาชน [THAI_ID] อีเมล [EMAIL] ชำระเงิน [KEEP:PRICE]",
+        "[LISTED] เปลี่ยนเบอร์เป็น [PHONE:TH:international] แล้ว",
+        "บัตรเครดิต [CARD] ของ[LISTED] หมดอายุ",
+    ],
+    "vi": [
+        "Chào shop, mình là [PERSON], đơn hàng [KEEP:ORDER] giao tới phòng [KEEP:ROOM] nhé. SĐT [PHONE:VN:national].",
+        "Số căn cước [CCCD], email [EMAIL], ngày sinh [KEEP:DATE].",
+        "Anh [PERSON] chuyển [KEEP:PRICE] vào tài khoản [IBAN].",
+        "Liên hệ [PERSON] qua [PHONE:VN:international] hoặc [EMAIL].",
+    ],
+    "zh": [
+        "你好，我是[LISTED]，订单[KEEP:ORDER]还没到，电话[PHONE:CN:national]。",
+        "[LISTED]的身份证号码是[CN_ID]，银行卡[CARD:unionpay]。",
+        "请联系[LISTED]，邮箱[EMAIL]，手机[PHONE:CN:international]。",
+        "發票[KEEP:INVOICE]，香港身份證[HKID]，聯絡電話[PHONE:HK:international]。",
+    ],
+    "hi": [
+        "Bhaiya main [PERSON] bol raha hoon, mera PAN [PAN] aur Aadhaar [AADHAAR] KYC ke liye bhej raha hoon.",
+        "[PERSON] ka number [PHONE:IN:national] hai, unko [KEEP:TIME] ke baad call karna.",
+        "Order [KEEP:ORDER] ka refund [KEEP:PRICE] mere card [CARD:visa] mein aayega kya?",
+        "मेरा ईमेल [EMAIL] है और पैन कार्ड [PAN]।",
+    ],
+}
+
 # How many times each language's templates are filled (each time with new values).
 ROUNDS = {"en": 4, "ms": 6, "id": 6, "th": 6, "vi": 6, "zh": 6, "hi": 6}
 _SLOT = re.compile(r"\[([A-Z0-9_]+)(?::([A-Za-z0-9_]+))?(?::([a-z0-9]+))?\]")
 _KIND = {"IPV4": "IP", "IPV6": "IP", "LISTED": "PERSON"}
 
 
-def fill(template: str, lang: str) -> dict:
+def fill(template: str, lang: str, names_pool: dict[str, list[str]] | None = None) -> dict:
+    pools = {**NAMES, **(names_pool or {})}
     text, entities, keep, names, people = "", [], [], [], []
     at = 0
     for m in _SLOT.finditer(template):
@@ -306,14 +368,14 @@ def fill(template: str, lang: str) -> dict:
             keep.append({"what": a, "start": len(text), "end": len(text) + len(value)})
         else:
             if slot == "PERSON":
-                pool = NAMES[a or lang if (a or lang) in NAMES else "en"]
+                pool = pools[a or lang if (a or lang) in pools else "en"]
                 value = R.choice([n for n in pool if n not in people] or pool)
                 people.append(value)
             elif slot == "LISTED":
-                value = R.choice([n for n in NAMES[lang] if n not in names] or NAMES[lang])
+                value = R.choice([n for n in pools[lang] if n not in names] or pools[lang])
                 names.append(value)
             elif slot == "EMAIL":
-                value = email(R.choice(people) if people and R.random() < 0.5 else R.choice(NAMES["en"] + NAMES["id"]))
+                value = email(R.choice(people) if people and R.random() < 0.5 else R.choice(pools["en"] + pools["id"]))
             elif slot == "PHONE":
                 value = phone(a, b)
             elif slot == "CARD":
@@ -336,19 +398,24 @@ def fill(template: str, lang: str) -> dict:
     return {"lang": lang, "text": text, "names": names, "entities": entities, "keep": keep}
 
 
-def main() -> None:
+def write(path: Path, templates: dict[str, list[str]], rounds: dict[str, int], names_pool=None) -> None:
     records = []
-    for lang, templates in TEMPLATES.items():
-        for round_ in range(ROUNDS[lang]):
-            for i, template in enumerate(templates):
-                records.append({"id": f"{lang}-{i:02d}-{round_}", **fill(template, lang)})
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with OUT.open("w", encoding="utf-8") as f:
+    for lang, lines in templates.items():
+        for round_ in range(rounds[lang]):
+            for i, template in enumerate(lines):
+                records.append({"id": f"{lang}-{i:02d}-{round_}", **fill(template, lang, names_pool)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     entities = sum(len(r["entities"]) for r in records)
     keep = sum(len(r["keep"]) for r in records)
-    print(f"{OUT}: {len(records)} messages, {entities} entities, {keep} look-alikes")
+    print(f"{path}: {len(records)} messages, {entities} entities, {keep} look-alikes")
+
+
+def main() -> None:
+    write(OUT, TEMPLATES, ROUNDS)
+    write(OUT.with_name("redaction_heldout.jsonl"), HELDOUT, {lang: 5 for lang in HELDOUT}, HELDOUT_NAMES)
 
 
 if __name__ == "__main__":

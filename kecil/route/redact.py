@@ -204,10 +204,12 @@ def redact(text: str, config: RedactConfig | None = None, mapping: Placeholders 
         redacted = "".join(pieces)
     except KecilError:
         raise
-    except Exception as exc:  # the error's text is not shown: it could quote the private text
+    except Exception as exc:
+        # Neither the error's text nor its traceback travels on: either could quote the private
+        # text into a log. Its type says enough to find the cause.
         raise RedactionError(
             f"redaction failed ({type(exc).__name__}), so nothing was sent: check that kecil's dependencies are "
-            "installed (make setup installs spaCy's en_core_web_sm and phonenumbers) or run with KECIL_DEBUG=1") from exc
+            "installed (`make setup` installs spaCy's en_core_web_sm, phonenumbers and python-stdnum)") from None
     leaked = [s.kind for s in spans if _occurrences(redacted, s.original)]
     if leaked:
         raise RedactionError(f"a redacted {leaked[0]} value would still be in the text, so nothing was sent")
