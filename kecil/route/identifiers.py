@@ -192,9 +192,11 @@ def _ips(text: str) -> list[Found]:
             if pattern is _IPV6 and sum(c in "0123456789abcdefABCDEF" for c in value) < 4:
                 continue  # "a::b", clock times and ratios are not worth a placeholder
             try:
-                make(value)
+                address = make(value)
             except ValueError:
                 continue
+            if address.is_loopback or address.is_unspecified:
+                continue  # 127.0.0.1 and 0.0.0.0 say nothing about anyone
             if _cue(text, m.start()) == "":
                 continue  # "version 1.2.3.4"
             found.append(Found("IP", m.start(), m.end()))

@@ -88,7 +88,7 @@ def _spacy_entities(text: str) -> tuple[list[NameSpan], list[tuple[int, int]]]:
         value = text[start:end]
         words = value.split()
         if (
-            len(value) < 2 or any(c.isdigit() or c in "@/#:()" for c in value)
+            len(value) < 2 or any(c.isdigit() or c in "@/#:()_" for c in value) or any(map(_camel, words))
             or (value.isupper() and len(value) <= 5) or not (words[0][0].isupper() and words[-1][0].isupper())
         ):
             continue  # acronyms, lower-case fragments: not a person
@@ -96,6 +96,13 @@ def _spacy_entities(text: str) -> tuple[list[NameSpan], list[tuple[int, int]]]:
             continue  # an English model reads any capitalised first word of a Malay or Vietnamese sentence as a name
         people.append(NameSpan("PERSON", start, end))
     return people, others
+
+
+def _camel(word: str) -> bool:
+    """OpenAI, MiniLM, AdamW: a capital inside a word marks a product, not a person (McDonald,
+    MacLeod, O'Neill and DeSouza excepted)."""
+    inner = re.sub(r"^(?:Mc|Mac|O'|O’|D'|D’|De|Di|La|Le|Van)", "", word)
+    return any(c.isupper() for c in inner[1:]) and not word.isupper()
 
 
 _ENGLISH_WORDS = frozenset(

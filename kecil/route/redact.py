@@ -156,12 +156,15 @@ def _candidates(text: str, config: RedactConfig, mapping: Placeholders) -> list[
 
 
 def _occurrences(text: str, value: str) -> list[tuple[int, int]]:
+    """Where `value` is in `text` however it is spaced or hyphenated; a name of several words in
+    any case ("tan wei ming"), a one-word one only as written ("Llama" the name, not "llama")."""
     pattern = r"[\s.\-]*".join(re.escape(c) for c in re.sub(r"\s+", "", value)) if len(value) <= 64 else re.escape(value)
     if value[0].isascii() and value[0].isalnum():
         pattern = r"(?<![A-Za-z0-9])" + pattern
     if value[-1].isascii() and value[-1].isalnum():
         pattern += r"(?![A-Za-z0-9])"
-    return [(m.start(), m.end()) for m in re.finditer(pattern, text, re.IGNORECASE)]
+    flags = re.IGNORECASE if len(value.split()) > 1 or not value.isalpha() else 0
+    return [(m.start(), m.end()) for m in re.finditer(pattern, text, flags)]
 
 
 def _choose(candidates: list[_Candidate]) -> list[_Candidate]:

@@ -62,6 +62,14 @@ def test_look_alikes_are_left_alone(text):
     assert redact(text).text == text
 
 
+def test_a_technical_text_keeps_its_product_names_and_local_addresses():
+    text = ("Serve it on 127.0.0.1 or 0.0.0.0 with llama.cpp; OpenAI clients work, MiniLM embeds, AdamW trains, "
+            "and KECIL_HOME holds the files. The Llama models load too.")
+    kept = redact(text)
+    assert "OpenAI" in kept.text and "MiniLM" in kept.text and "AdamW" in kept.text and "KECIL_HOME" in kept.text
+    assert "127.0.0.1" in kept.text and "0.0.0.0" in kept.text and "llama.cpp" in kept.text
+
+
 def test_one_mapping_gives_a_value_one_placeholder_across_the_texts_of_a_request():
     mapping = Placeholders()
     first = redact("Customer Tan Wei Ming, NRIC S1234567D, called.", mapping=mapping)
