@@ -2,46 +2,18 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from kecil.errors import RedactionError
 from kecil.route import names as names_module
 from kecil.route.redact import Placeholders, RedactConfig, redact, restore
-
-# (message, the user's names list, every private value in it)
-MESSAGES = [
-    ("Hi, I'm Rachel Goh. My NRIC is S1234567D and my mobile is 9123 4567; email rachel.goh@example.sg.",
-     (), ["Rachel Goh", "S1234567D", "9123 4567", "rachel.goh@example.sg"]),
-    ("Nama saya Ahmad Faizal bin Ismail, IC 850101-14-5678, telefon 012-345 6789, kad kredit 4111 1111 1111 1111.",
-     (), ["Ahmad Faizal bin Ismail", "850101-14-5678", "012-345 6789", "4111 1111 1111 1111"]),
-    ("Pak Budi Santoso minta dikirim ke budi.s@example.co.id; NIK 3171011708450001, HP 0812-3456-7890.",
-     (), ["Budi Santoso", "budi.s@example.co.id", "3171011708450001", "0812-3456-7890"]),
-    ("สวัสดีครับ ผมชื่อสมชาย ใจดี เลขบัตรประชาชน 3100600445635 โทร 081-234-5678",
-     ("สมชาย ใจดี",), ["สมชาย ใจดี", "3100600445635", "081-234-5678"]),
-    ("Tôi là Nguyễn Văn An, số CCCD 001099012345, điện thoại 0912 345 678, thẻ 5555 5555 5555 4444.",
-     (), ["Nguyễn Văn An", "001099012345", "0912 345 678", "5555 5555 5555 4444"]),
-    ("我叫王伟，身份证号11010519491231002X，手机13812345678，邮箱wang.wei@example.cn。",
-     ("王伟",), ["王伟", "11010519491231002X", "13812345678", "wang.wei@example.cn"]),
-    ("Mera naam Rahul Sharma hai, Aadhaar 2341 2341 2346, PAN ACUPA7085R, phone +91 98765 43210.",
-     (), ["Rahul Sharma", "2341 2341 2346", "ACUPA7085R", "+91 98765 43210"]),
-    ("Please wire the refund to GB82 WEST 1234 5698 7654 32 for Emily Carter; her HKID is A123456(3), login from 10.2.3.4.",
-     (), ["GB82 WEST 1234 5698 7654 32", "Emily Carter", "A123456(3)", "10.2.3.4"]),
-]
+from tests.route.private_messages import LANGUAGES, MESSAGES, leaks
 
 
-def _digits(value: str) -> str:
-    return re.sub(r"\D", "", value)
-
-
-@pytest.mark.parametrize(("text", "names", "private"), MESSAGES, ids=["en", "ms", "id", "th", "vi", "zh", "hi-en", "en-bank"])
+@pytest.mark.parametrize(("text", "names", "private"), MESSAGES, ids=LANGUAGES)
 def test_no_private_value_survives_and_restore_gives_the_text_back(text, names, private):
     result = redact(text, RedactConfig(names=names))
-    for value in private:
-        assert value not in result.text, value
-        if len(_digits(value)) >= 7:  # not even with its separators taken out
-            assert _digits(value) not in _digits(result.text), value
+    assert leaks(result.text.encode(), private) == []  # not even with its separators taken out
     assert restore(result.text, result.mapping) == text
 
 
