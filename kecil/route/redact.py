@@ -179,9 +179,13 @@ def _choose(candidates: list[_Candidate]) -> list[_Candidate]:
 def _spread(text: str, chosen: list[_Candidate]) -> list[_Candidate]:
     """A value found once is replaced everywhere it appears in the text: spaCy may tag a name only
     once, and a number after "order" is left alone where the same number elsewhere is not."""
-    extra = []
+    extra, seen = [], set()
     for c in chosen:
-        for s, e in _occurrences(text, text[c.start:c.end]):
+        value = text[c.start:c.end]
+        if value in seen:
+            continue
+        seen.add(value)
+        for s, e in _occurrences(text, value):
             if all(e <= o.start or s >= o.end for o in chosen + extra):
                 extra.append(_Candidate(c.kind, s, e, c.rank))
     return sorted(chosen + extra, key=lambda c: c.start)
@@ -213,7 +217,7 @@ def redact(text: str, config: RedactConfig | None = None, mapping: Placeholders 
         raise RedactionError(
             f"redaction failed ({type(exc).__name__}), so nothing was sent: check that kecil's dependencies are "
             "installed (`make setup` installs spaCy's en_core_web_sm, phonenumbers and python-stdnum)") from None
-    leaked = [s.kind for s in spans if _occurrences(redacted, s.original)]
+    leaked = [kind for original, kind in {s.original: s.kind for s in spans}.items() if _occurrences(redacted, original)]
     if leaked:
         raise RedactionError(f"a redacted {leaked[0]} value would still be in the text, so nothing was sent")
     return Redaction(redacted, tuple(spans), mapping)
