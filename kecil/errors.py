@@ -67,3 +67,8 @@ class PromptTooLongError(KecilError):
 
 class KnowledgeBaseError(KecilError):
     """A RAG knowledge base is missing, was built with another embedding model, or is damaged."""
+
+
+class RedactionError(KecilError):
+    """Private values could not be redacted for certain (a detector failed, a value would remain):
+    nothing was sent anywhere. The message never quotes the text."""

@@ -109,8 +109,26 @@ class Generations:
         """End the reply with `error` (from any thread)."""
         self.loop.call_soon_threadsafe(self.queue.put_nowait, error)
 
+    def ready(self) -> bool:
+        """Whether a chunk (or an error) is already waiting, so `next` will not wait."""
+        return not self.queue.empty()
+
     async def next(self, request: Request | None = None) -> tuple[int, Chunk]:
         """The next chunk of any choice; raises on timeout or (when `request` is given) disconnect."""
+        if self.queue.empty() or request is not None or time.monotonic() >= self.deadline:
+            item = await self._wait(request)
+        else:  # the engine is ahead of the client: no timer, no task (wait_for makes one per call)
+            item = self.queue.get_nowait()
+        if isinstance(item, APIError):
+            raise item
+        if self.call.first_token is None:
+            self.call.first_token = time.perf_counter()
+        index, chunk = item
+        if chunk.finish_reason == "error":
+            raise APIError(503, chunk.error or "the model failed", type="server_error", code="model_error")
+        return item
+
+    async def _wait(self, request: Request | None) -> tuple[int, Chunk] | APIError:
         while True:
             now = time.monotonic()
             if request is not None and now - self.checked > DISCONNECT_POLL:
@@ -127,13 +145,6 @@ class Generations:
                 if request is not None and await request.is_disconnected():
                     raise ClientGone() from None
                 continue
-            if isinstance(item, APIError):
-                raise item
-            if self.call.first_token is None:
-                self.call.first_token = time.perf_counter()
-            index, chunk = item
-            if chunk.finish_reason == "error":
-                raise APIError(503, chunk.error or "the model failed", type="server_error", code="model_error")
             return item
 
     def cancel(self) -> None:
@@ -306,15 +317,29 @@ async def stream_events(server, generations: Generations, choices: list[Choice],
             elif echo is not None:
                 yield shape.event([shape.delta(c.index, {"content": echo(c.index)}, None)])
         while any(c.finish_reason is None for c in choices):
-            index, chunk = await generations.next()
-            pieces = absorb(choices[index], chunk)
-            if chunk.logprobs and not pieces:  # held text (a call may be starting): its logprobs still go out
-                pieces = [{}]
-            for k, piece in enumerate(pieces):
-                yield shape.event([shape.delta(index, piece, None, chunk.logprobs if k == 0 else ())])
-            if chunk.finish_reason is not None:
-                last = all(c.finish_reason is not None for c in choices)  # a source's extra fields go on the last
-                yield shape.event([shape.delta(index, None, choices[index].finish_reason)], **(generations.extra if last else {}))
+            # Every chunk already waiting goes out in one write, each still its own event: when the
+            # engine runs ahead of the client, the event loop does one send, not one per token.
+            batch: list[str] = []
+            while True:
+                try:
+                    index, chunk = await generations.next()
+                except APIError:
+                    if batch:  # what came before the failure still reaches the client
+                        yield "".join(batch)
+                    raise
+                pieces = absorb(choices[index], chunk)
+                if chunk.logprobs and not pieces:  # held text (a call may be starting): its logprobs still go out
+                    pieces = [{}]
+                for k, piece in enumerate(pieces):
+                    batch.append(shape.event([shape.delta(index, piece, None, chunk.logprobs if k == 0 else ())]))
+                if chunk.finish_reason is not None:
+                    last = all(c.finish_reason is not None for c in choices)  # a source's extra fields go on the last
+                    batch.append(shape.event([shape.delta(index, None, choices[index].finish_reason)],
+                                             **(generations.extra if last else {})))
+                if not generations.ready() or all(c.finish_reason is not None for c in choices):
+                    break
+            if batch:
+                yield "".join(batch)
         account(server, call, choices)
         if include_usage:
             yield shape.event([], usage=usage(call))
