@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError
-from kecil.infer.hardware import PRECISIONS
+from kecil.infer.hardware import PRECISIONS, check_device_name, device_field
 from kecil.tune import checkpoint as ckpt
 from kecil.tune.adapter_files import SUMMARY_FILE, write_adapter, write_gguf_adapter
 from kecil.tune.base_model import base_precision, quantize_base, to_bfloat16_base
@@ -105,8 +105,10 @@ class TuneConfig:
     precision: str = field(default="auto", metadata=_help(
         "The frozen base's dtype: float32, bfloat16, or auto (bfloat16 where the CPU/GPU computes it natively). "
         "The adapter weights are always float32."))
+    device: str = device_field()
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         for name in ("epochs", "rank", "batch_size", "grad_accum", "eval_every", "save_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -320,7 +322,8 @@ def _load_base(config: TuneConfig, ref):
     import warnings
 
     import torch
-    from accelerate import Accelerator
+
+    from kecil.tune.base_model import tune_accelerator
 
     # peft asks transformers a deprecated question on every wrap; the warning is not the user's business.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -329,14 +332,14 @@ def _load_base(config: TuneConfig, ref):
     from kecil.infer.torch_backend import load_transformers
     from kecil.tune.packed_attention import use_packed_attention
 
-    # One process normally; under `accelerate launch --multi_gpu` one per GPU, or per CPU process
-    # over gloo when there is no GPU (accelerate only goes multi-CPU when told cpu=True).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = tune_accelerator(config.device)  # one process, or one per GPU under `accelerate launch --multi_gpu`
     torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
-    model, tokenizer = load_transformers(ref)
-    precision = base_precision(config.precision)
+    model, tokenizer = load_transformers(ref, accelerator.device)  # on a GPU: loaded there, in bfloat16
+    precision = base_precision(config.precision, accelerator.device)
     if precision == "bfloat16":
         model = to_bfloat16_base(model)
+    elif model.dtype != torch.float32:  # --precision float32 on a GPU
+        model = model.float()
     if config.base_bits:
         model = quantize_base(model, config.base_bits, config.base_group_size)
     use_packed_attention(model, config.cut_length)
@@ -364,7 +367,7 @@ def _attach_lora(model, config: TuneConfig, targets: list[str], name: str):
 def _fingerprint(config: TuneConfig, ref, dataset, val_dataset, targets, processes: int, precision: str, plan: TrainingPlan) -> dict:
     """What a resume must not change: the model, the data's hashes, the settings and the plan made of them."""
     settings = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                if k not in ("model", "data", "val_data", "output", "resume", "threads", "eval_every", "save_every", "check_general")}
+                if k not in ("model", "data", "val_data", "output", "resume", "threads", "eval_every", "save_every", "check_general", "device")}
     return {
         "model": str(ref.path), "data": dataset.sha256, "val_data": val_dataset.sha256 if val_dataset else None, **settings,
         "target_modules": targets, "processes": processes, "precision": precision,
