@@ -334,12 +334,11 @@ def _load_base(config: TuneConfig, ref):
 
     accelerator = tune_accelerator(config.device)  # one process, or one per GPU under `accelerate launch --multi_gpu`
     torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
-    model, tokenizer = load_transformers(ref, accelerator.device)  # on a GPU: loaded there, in bfloat16
     precision = base_precision(config.precision, accelerator.device)
+    # A bfloat16 base on a GPU is loaded there in bfloat16; a float32 one in float32 on the CPU (prepare moves it).
+    model, tokenizer = load_transformers(ref, accelerator.device if precision == "bfloat16" else None)
     if precision == "bfloat16":
         model = to_bfloat16_base(model)
-    elif model.dtype != torch.float32:  # --precision float32 on a GPU
-        model = model.float()
     if config.base_bits:
         model = quantize_base(model, config.base_bits, config.base_group_size)
     use_packed_attention(model, config.cut_length)

@@ -63,6 +63,25 @@ def test_device_names_are_checked_before_anything_loads():
             LoadOptions(device=bad)
 
 
+def test_every_command_that_loads_a_torch_model_takes_and_checks_device():
+    from kecil.compress.quantize import QuantizeConfig
+    from kecil.eval.run import EvalConfig
+    from kecil.serve.config import ServeConfig
+    from kecil.tune.lora import TuneConfig
+    from kecil.tune.merge import MergeConfig
+
+    made = {
+        LoadOptions: {}, ServeConfig: {}, EvalConfig: dict(models=("m",), tasks=("mmlu",)),
+        QuantizeConfig: dict(model="m", to="q4_k_m", output="o.gguf"), TuneConfig: dict(model="m", data="d", output="o"),
+        MergeConfig: dict(model="m", adapter="a", output="o"),
+    }
+    for config, required in made.items():
+        assert config(**required).device == "auto", config
+        assert config(**required, device="cuda:1").device == "cuda:1", config
+        with pytest.raises(ConfigError, match="unknown device"):
+            config(**required, device="gpu")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_asked_for_without_a_gpu_is_one_clear_error(tiny_hf_model):
     from kecil.infer.hardware import resolve_device
