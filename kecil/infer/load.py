@@ -6,7 +6,7 @@ Backends are a lookup table, not an if-chain: a new engine is one more row in BA
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kecil.errors import BackendError, ConfigError
