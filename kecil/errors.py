@@ -19,6 +19,16 @@ class ConfigError(KecilError, ValueError):
     exit_code = 2
 
 
+class DependencyError(KecilError):
+    """An installed package is missing or too old for what was asked (kecil/infer/requirements.py
+    says which versions each feature needs): the message names the version to install."""
+
+
+class DeviceError(ConfigError):
+    """The device asked for (`--device cuda`, `cuda:1`) is not there: no CUDA GPU, a CPU-only torch,
+    or a GPU index past the last one. The message names what torch sees and what to pass instead."""
+
+
 class ModelNotFoundError(KecilError):
     """The MODEL argument names nothing kecil can open: no such path, an uninstalled built-in
     (`kecil pull` installs it), or a hub id (kecil never downloads from the hub)."""

@@ -7,6 +7,20 @@ import pytest
 from tests.tiny_models import TinyModels
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped, with the reason, on a machine without it (CI)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def kecil_home(tmp_path_factory):
     """A KECIL_HOME for the whole session, so the user's real ~/.cache/kecil is never touched.

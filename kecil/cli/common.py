@@ -8,13 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from kecil.cli.options import config_options
 from kecil.errors import ConfigError
+from kecil.infer.load import LoadOptions
 
 # Options of every command that loads a model (infer/load.py's LoadOptions and load_model).
 Backend = Annotated[Optional[str], typer.Option("--backend", "-b", help="llamacpp or torch (default: llamacpp for GGUF, torch for a Hugging Face folder).")]
 Context = Annotated[Optional[int], typer.Option("--context", "-c", help="Context window in tokens (default: the model's, at most 4096).")]
 Threads = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: physical cores).")]
 Adapter = Annotated[Optional[str], typer.Option("--adapter", help="A LoRA adapter to apply: the -o folder of `kecil tune` (or a GGUF LoRA file with the llamacpp backend).")]
+# --device, from LoadOptions' field: `@on_device` hands the command `load`, {"device": ...}, for load_model(**load).
+on_device = config_options(LoadOptions, into="load", only=("device",), build=False)
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed when input is not a terminal).")]
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kecil.cli.common import Backend, Threads, err, stage_bars
+from kecil.cli.common import Backend, Threads, err, on_device, stage_bars
 from kecil.models.info import SIZE_HELP
 
 # Options are written here rather than made from EvalConfig's and FitConfig's fields: importing
@@ -26,7 +26,9 @@ def _eval_progress(bar):
     return progress
 
 
+@on_device
 def eval_(
+    load: dict,
     models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare: built-in names, .gguf files or Hugging Face folders.")],
     tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated: mmlu, arc_easy, arc_challenge, hellaswag, piqa, boolq, gsm8k, squad, humaneval, mbpp, xcopa_id, xcopa_th, xcopa_vi, xcopa_zh, xcopa_ta, gk_hi, mcq_ms, wikitext-like-perplexity, perplexity (with --text), or a --task-file's name. Tasks in other languages add the tokenizer's fertility in them.")] = "mmlu",
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per task: a fixed random subset (see --seed); for perplexity, the first N chunks.")] = None,
@@ -55,6 +57,7 @@ def eval_(
         models=tuple(models), tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), limit=limit, seed=seed,
         shots=shots, text=Path(text) if text else None, context=context,
         task_files=tuple(Path(f) for f in task_file or ()), backend=backend, threads=threads, system=system, cache=cache,
+        **load,
     )
     console = Console(stderr=True)
     # Items of a generation task take seconds each: rich's default 30 s speed window would often hold

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kecil.cli.common import Adapter, Backend, Context, Threads, err, limits_note, speed
+from kecil.cli.common import Adapter, Backend, Context, Threads, err, limits_note, on_device, speed
 from kecil.cli.options import config_options
 from kecil.errors import KecilError
 from kecil.infer.generation import GenerationConfig
@@ -24,10 +24,12 @@ CHAT_COMMANDS = {
 _EXIT = ("/exit", "/quit", "/bye")
 
 
+@on_device
 @config_options(GenerationConfig, into="generation")
 def generate(
     args: Annotated[list[str], typer.Argument(metavar="[MODEL] PROMPT", help="Optional model (built-in name, .gguf file or Hugging Face folder), then the prompt; '-' reads the prompt from stdin.")],
     generation: GenerationConfig,
+    load: dict,
     backend: Backend = None,
     context: Context = None,
     threads: Threads = None,
@@ -47,7 +49,7 @@ def generate(
         prompt = sys.stdin.read()
     from kecil.infer.load import load_model
 
-    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter) as engine:
+    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter, **load) as engine:
         stream = engine.stream(prompt, generation) if raw else engine.stream_instruction(prompt, generation, system=system)
         for chunk in stream:
             sys.stdout.write(chunk.text)
@@ -57,9 +59,11 @@ def generate(
         err(f"[{engine.name}] {speed(chunk.timings)}, finish: {chunk.finish_reason}")
 
 
+@on_device
 @config_options(GenerationConfig, into="generation", defaults={"max_tokens": 512})
 def chat(
     generation: GenerationConfig,
+    load: dict,
     model: ModelArg = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     backend: Backend = None,
@@ -72,7 +76,7 @@ def chat(
     from kecil.infer.load import load_model
 
     interactive = sys.stdin.isatty()
-    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter) as engine:
+    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter, **load) as engine:
         session = ChatSession(engine, generation, system=system)
         err(f"kecil chat with {engine.ref.name} ({engine.name}, {engine.context_length}-token context). /help lists commands, /exit leaves.")
         if note := limits_note(engine.ref):

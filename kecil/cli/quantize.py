@@ -7,14 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from kecil.cli.common import Threads, stage_bars
+from kecil.cli.common import Threads, on_device, stage_bars
 
 # Options are written here rather than made from QuantizeConfig's fields: importing kecil.compress
 # at start-up would load gguf and numpy, and `kecil --help` must stay instant.
 _STAGES = {"convert": "converting to GGUF", "calibrate": "calibrating", "scale": "searching AWQ scales", "quantize": "quantizing", "report": "measuring"}
 
 
+@on_device
 def quantize(
+    load: dict,
     model: Annotated[str, typer.Argument(help="Built-in name, .gguf file or Hugging Face folder.")],
     to: Annotated[str, typer.Option("--to", help="GGUF: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m or q2_k; torch weight-only: int8 or int4.")],
     output: Annotated[str, typer.Option("--output", "-o", help="The GGUF file to write (a folder for int8/int4).")],
@@ -33,7 +35,7 @@ def quantize(
 
     config = QuantizeConfig(
         model=model, to=to, output=Path(output), calib=Path(calib) if calib else None, report=report, method=method,
-        heldout=Path(heldout) if heldout else None, threads=threads, group_size=group_size,
+        heldout=Path(heldout) if heldout else None, threads=threads, group_size=group_size, **load,
     )
     with stage_bars(_STAGES, width=20, transient=as_json) as progress:
         result = run_quantize(config, progress=progress)

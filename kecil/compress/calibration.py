@@ -140,10 +140,11 @@ def collect_statistics(
                 hooks.append(module.register_forward_pre_hook(hook_for(gguf_name)))
     if not hooks:
         raise InvalidModelError("found no linear layers to calibrate in this model: its architecture is not supported for calibration")
+    device = next(model.parameters()).device  # chunks go where the model is (a GPU with quantize --device)
     try:
         with torch.inference_mode():
             for done, chunk in enumerate(chunks, start=1):
-                decoder(input_ids=torch.tensor([chunk]), use_cache=False)
+                decoder(input_ids=torch.tensor([chunk], device=device), use_cache=False)
                 if progress:
                     progress(done, len(chunks))
     finally:
@@ -153,8 +154,8 @@ def collect_statistics(
     n_tokens = len(chunks) * len(chunks[0])
     stats = {}
     for name in squares:
-        importance = (squares[name] / n_tokens).numpy().astype(np.float32)
-        h = (sums[name] / (n_tokens - len(chunks) * sink_positions)).numpy().astype(np.float32) if hessian else None
+        importance = (squares[name] / n_tokens).cpu().numpy().astype(np.float32)
+        h = (sums[name] / (n_tokens - len(chunks) * sink_positions)).cpu().numpy().astype(np.float32) if hessian else None
         stats[name] = LayerStats(importance, h, n_tokens)
     for name, owner in shared.items():
         stats[name] = stats[owner]

@@ -25,7 +25,7 @@ from kecil.compress.quant_types import QUANT_TYPES, quant_type
 from kecil.compress.report import census, compare, describe
 from kecil.compress.requantize import METHODS, read_source, requantize
 from kecil.errors import ConfigError, InvalidModelError
-from kecil.infer.hardware import physical_cores
+from kecil.infer.hardware import check_device_name, device_field, physical_cores
 from kecil.models.reference import SYSTEM_PROMPT_KEY, ModelRef, resolve
 from kecil.scratch import disk_full, is_disk_full, owned_prefix, sweep_stale
 
@@ -57,12 +57,16 @@ class QuantizeConfig:
     calib_chunks: int = 32  # most 512-token calibration chunks read (the rest of a long file is skipped)
     heldout: Path | None = None  # report perplexity text; None = kecil's bundled held-out text
     threads: int | None = None
+    # Where calibration runs the float model: on a GPU in bfloat16 (float16 where unsupported); the
+    # statistics are summed in float32 either way.
+    device: str = device_field()
     # Statistics from an earlier `calibrate()` of the same model, reused instead of recomputed
     # (quantizing one model to several types calibrates once).
     statistics: Calibration | None = None
     group_size: int = 64  # int8/int4 only: input columns sharing one scale (32, 64 or 128)
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         self.output = Path(self.output)
         if self.to.strip().lower() in WEIGHT_ONLY:
             self.to, self.qtype = self.to.strip().lower(), None
@@ -263,17 +267,20 @@ def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: Quan
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kecil.infer.hardware import half_dtype, resolve_device
     from kecil.infer.torch_backend import quiet_transformers
     from kecil.models.info import inspect_model
 
     quiet_transformers()
     torch.set_num_threads(_torch_threads(threads))
+    device = resolve_device(config.device)
+    placed = {"dtype": half_dtype(device), "device_map": str(device)} if device.type == "cuda" else {"dtype": torch.float32}
     where = {"pretrained_model_name_or_path": str(ref.path)}
     if ref.format == "gguf":
         where = {"pretrained_model_name_or_path": str(ref.path.parent), "gguf_file": ref.path.name}
     try:
         tokenizer = _GgufTokenizer(ref.path) if ref.format == "gguf" else AutoTokenizer.from_pretrained(**where)
-        model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, local_files_only=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(**where, **placed, local_files_only=True).eval()
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InvalidModelError(

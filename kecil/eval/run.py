@@ -22,6 +22,7 @@ from kecil.eval.cache import ResultCache
 from kecil.models.reference import model_fingerprint
 from kecil.eval.confidence import chance_level, wilson_interval
 from kecil.eval.fertility import FertilityConfig, LanguageFertility, fertility
+from kecil.infer.hardware import check_device_name, device_field
 from kecil.infer.measure import SystemFigures
 from kecil.eval.tasks import Task, build_prompt, fewshot_examples, get_task, select_items
 
@@ -54,10 +55,12 @@ class EvalConfig:
     task_files: tuple[Path, ...] = ()  # YAML specs of custom tasks (kecil/eval/custom.py)
     backend: str | None = None
     threads: int | None = None
+    device: str = device_field()  # the torch backend's (and a GGUF's torch copy for scoring)
     system: bool = True  # measure size, RAM, load time and speed
     cache: bool = True  # reuse and store per-item results under KECIL_HOME
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         if not self.models:
             raise ConfigError("name at least one model to evaluate")
         if not self.tasks:
@@ -195,7 +198,7 @@ def torch_scorer(backend, tasks: list[Task], config: EvalConfig, window: int | N
     if free is None or estimate_memory(backend.info, backend.context_length, "torch").total_bytes > free // 2:
         return None
     try:
-        return load_model(backend.ref, backend="torch", context_length=window, threads=config.threads)
+        return load_model(backend.ref, backend="torch", context_length=window, threads=config.threads, device=config.device)
     except KecilError:
         return None
 
@@ -274,7 +277,8 @@ def _evaluate_all(config: EvalConfig, tasks: list[Task], needs_window: int, repo
             ref = resolve(spec)
             model_key = model_fingerprint(ref.path)
             window = needs_window if needs_window > DEFAULT_CONTEXT else None  # else the model's own
-            with load_model(ref, backend=config.backend, context_length=window, threads=config.threads) as backend:
+            with load_model(ref, backend=config.backend, context_length=window, threads=config.threads,
+                            device=config.device) as backend:
                 scorer = torch_scorer(backend, tasks, config, window)
                 try:
                     for task in tasks:

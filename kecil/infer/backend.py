@@ -23,6 +23,8 @@ class Backend(ABC):
     """A loaded model that can generate. Use `kecil.infer.load.load_model` to get one."""
 
     name: ClassVar[str]
+    # Where it can run: "cuda" here means load_model passes --device on (kecil/infer/load.py: device_options).
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, ref: ModelRef, info: ModelInfo, context_length: int):
         self.ref = ref

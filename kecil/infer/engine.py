@@ -135,11 +135,16 @@ def open_engine(
     threads: int,
     parallel: int = 4,
     adapter: Path | None = None,
+    device: str = "auto",
 ) -> Engine:
     """Load `ref` on the engine for `backend` (None = by format) with `parallel` generations at
-    once where the engine batches them; `adapter` is the file or folder that backend reads."""
+    once where the engine batches them; `adapter` is the file or folder that backend reads;
+    `device` goes to an engine that can run on a GPU (load.device_options)."""
+    from kecil.infer.load import device_options
+
     cls = engine_class(engine_name(ref, backend))
-    return cls.open(ref, info, context_length=context_length, threads=threads, parallel=parallel, adapter=adapter)
+    return cls.open(ref, info, context_length=context_length, threads=threads, parallel=parallel, adapter=adapter,
+                    **device_options(cls, device))
 
 
 def drain(engine: Engine, prompt_ids: list[int], config: GenerationConfig,

@@ -53,3 +53,55 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return precision
+
+
+# --device: where a torch model runs. auto = the CUDA GPU when torch sees one, else the CPU.
+DEVICE_HELP = "Where the torch model runs: auto (the CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."
+
+
+def device_field():
+    """The `device` field every config that loads a torch model declares, so --device reads the same everywhere."""
+    from dataclasses import field
+
+    return field(default="auto", metadata={"help": DEVICE_HELP, "metavar": "auto|cpu|cuda|cuda:N"})
+
+
+def check_device_name(device: str) -> None:
+    """Refuse a device name that is none of auto, cpu, cuda, cuda:N, without importing torch (configs call it)."""
+    name = device.strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return
+    raise ConfigError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N (N the GPU's index, from 0)")
+
+
+def resolve_device(device: str = "auto"):
+    """The torch.device for a --device value; a DeviceError when CUDA is asked for and torch sees none."""
+    import torch
+
+    from kecil.errors import DeviceError
+
+    check_device_name(device)
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise DeviceError(f"--device {device}: torch {torch.__version__.split('+')[0]} finds no CUDA GPU ({build}); "
+                          "pass --device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU")
+    index = int(name[5:]) if ":" in name else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"numbered 0 to {torch.cuda.device_count() - 1}")
+    return torch.device("cuda", index)
+
+
+def half_dtype(device):
+    """The half-precision dtype a model computes in on `device` (a CUDA torch.device): bfloat16 where
+    the GPU supports it (Ampere on), else float16. A model on a GPU is never widened to float32:
+    that doubles its memory and halves its speed for no accuracy a pretrained model can use."""
+    import torch
+
+    with torch.cuda.device(device):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kecil.errors import BackendError, ConfigError
 from kecil.infer.backend import Backend
-from kecil.infer.hardware import physical_cores
+from kecil.infer.hardware import check_device_name, device_field, physical_cores
 from kecil.models.info import inspect_model
 from kecil.models.reference import ModelRef, resolve
 
@@ -32,8 +32,10 @@ class LoadOptions:
     backend: str | None = None  # "llamacpp" or "torch"; None = by format (GGUF → llamacpp, HF → torch)
     context_length: int | None = None  # None = the model's trained context, at most DEFAULT_CONTEXT
     threads: int | None = None  # None = number of physical cores
+    device: str = device_field()  # torch backend only: auto, cpu, cuda, cuda:N
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         if self.backend is not None and self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
         if self.context_length is not None and self.context_length < 16:
@@ -64,10 +66,12 @@ def load_model(
     context_length: int | None = None,
     threads: int | None = None,
     adapter: str | Path | None = None,
+    device: str = "auto",
 ) -> Backend:
     """Load MODEL (a built-in name, a GGUF path or a Hugging Face folder; None = the default),
-    with the LoRA `adapter` applied if given (a `kecil tune` output folder, or a GGUF LoRA file)."""
-    options = LoadOptions(backend, context_length, threads)
+    with the LoRA `adapter` applied if given (a `kecil tune` output folder, or a GGUF LoRA file),
+    on `device` where the backend can choose one (torch: auto, cpu, cuda, cuda:N)."""
+    options = LoadOptions(backend, context_length, threads, device)
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
     info = inspect_model(ref)
     requested = options.backend
@@ -75,6 +79,7 @@ def load_model(
         requested = adapter_backend(ref, Path(adapter).expanduser())
     cls = choose_backend(ref, requested)
     extra = {} if adapter is None else {"adapter": adapter_for_backend(Path(adapter).expanduser(), cls.name)}
+    extra |= device_options(cls, options.device)
     n_ctx = options.context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if info.context_length and n_ctx > info.context_length:
         raise ConfigError(
@@ -113,3 +118,15 @@ def adapter_for_backend(adapter: Path, backend: str) -> Path:
             "llama.cpp can load as GGUF): use --backend torch"
         )
     return gguf
+
+
+def device_options(cls, device: str) -> dict:
+    """The keyword that passes `device` to backend or engine class `cls`: {"device": ...} for one that
+    runs on a GPU, nothing for a CPU-only one, which refuses an explicit CUDA request rather than
+    quietly running on the CPU."""
+    if "cuda" in cls.devices:
+        return {"device": device}
+    if device.strip().lower() not in ("auto", "cpu"):
+        raise ConfigError(f"the {cls.name} backend runs on the CPU in kecil; --device {device} needs --backend torch "
+                          "(a Hugging Face folder, or a GGUF file dequantized to float)")
+    return {}

@@ -28,14 +28,15 @@ class SerialEngine(Backend):
 
     extras: ClassVar[frozenset[str]] = frozenset()  # no grammar, logprobs or penalties on torch
     batches: ClassVar[bool] = False
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # the torch backend's
 
     @classmethod
     def open(cls, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, parallel: int = 1,
-             adapter: Path | None = None) -> SerialEngine:
+             adapter: Path | None = None, device: str = "auto") -> SerialEngine:
         from kecil.infer.load import backend_class
 
         lora = {} if adapter is None else {"adapter": adapter}
-        return cls(backend_class("torch")(ref, info, context_length=context_length, threads=threads, **lora))
+        return cls(backend_class("torch")(ref, info, context_length=context_length, threads=threads, device=device, **lora))
 
     def __init__(self, backend: Backend):
         super().__init__(backend.ref, backend.info, backend.context_length)

@@ -6,7 +6,6 @@ fine-tuning, adapters and torch-side quantized weights plug in.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter
@@ -18,8 +17,13 @@ from kecil.infer.streaming import stream_tokens
 from kecil.models.info import ModelInfo
 from kecil.models.reference import ModelRef
 
-def load_transformers(ref: ModelRef):
-    """(model, tokenizer) for `ref` in float32 through transformers; GGUF weights are dequantized.
+def load_transformers(ref: ModelRef, device=None):
+    """(model, tokenizer) for `ref` through transformers; GGUF weights are dequantized.
+
+    On the CPU (`device` None or cpu) the model computes in float32: half-precision matmuls are
+    slow or missing on most CPUs. On a CUDA device (a torch.device from hardware.resolve_device)
+    it is loaded straight onto the GPU in bfloat16 (float16 where the GPU lacks bfloat16), never
+    widened to float32 on the way.
 
     The model comes back as a plain float model: a GGUF source's quantization config is dropped,
     since the weights are now ordinary float tensors and transformers would otherwise refuse to
@@ -28,7 +32,11 @@ def load_transformers(ref: ModelRef):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kecil.infer.hardware import half_dtype
+
     quiet_transformers()
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    placed = dict(dtype=half_dtype(device), device_map=str(device)) if on_gpu else {}
     if ref.format == "gguf":
         # transformers dequantizes GGUF weights to float32: exact weights, float speed.
         where = dict(pretrained_model_name_or_path=str(ref.path.parent), gguf_file=ref.path.name)
@@ -41,12 +49,13 @@ def load_transformers(ref: ModelRef):
         if ref.format == "hf" and (ref.path / "kecil_weight_only.json").is_file():
             from kecil.infer.quantized_linear import load_weight_only
 
-            return load_weight_only(ref.path), tokenizer  # int8/int4 weights from `kecil quantize --to int4`
-        model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, local_files_only=True)
+            model = load_weight_only(ref.path)  # int8/int4 weights from `kecil quantize --to int4`
+            return (model.to(device) if on_gpu else model), tokenizer
+        model = AutoModelForCausalLM.from_pretrained(**where, **{"dtype": dtype, **placed}, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendError(f"transformers could not load {ref.path} ({first_line}); check it with `kecil info {ref.spec}`") from None
-    if model.dtype == torch.bfloat16 or model.dtype == torch.float16:
+    if not on_gpu and (model.dtype == torch.bfloat16 or model.dtype == torch.float16):
         # Half-precision matmuls are slow or missing on most CPUs; compute in float32.
         model = model.float()
     if getattr(model, "hf_quantizer", None) is not None:
@@ -86,18 +95,22 @@ def apply_peft_adapter(model, adapter: Path):
 
 class TorchBackend(Backend):
     name = "torch"
+    devices = ("cpu", "cuda")
 
     @staticmethod
     def unsupported_reason(ref: ModelRef) -> str | None:
         return None  # transformers reads both Hugging Face folders and GGUF files
 
-    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, adapter: Path | None = None):
+    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, adapter: Path | None = None,
+                 device: str = "auto"):
         super().__init__(ref, info, context_length)
         import torch
 
+        from kecil.infer.hardware import resolve_device
+
         torch.set_num_threads(threads)
         self._torch = torch
-        self._model, self._tokenizer = load_transformers(ref)
+        self._model, self._tokenizer = load_transformers(ref, resolve_device(device))
         if adapter is not None:
             self._model = apply_peft_adapter(self._model, adapter)
         self._model.eval()
@@ -133,59 +146,18 @@ class TorchBackend(Backend):
         )
 
     def _decode(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
-        """Yield new token ids, one forward pass over transformers' KV cache each, in this thread.
+        """New token ids, one forward pass over transformers' KV cache each (kecil/infer/torch_decode.py)."""
+        from kecil.infer.torch_decode import decode_tokens
 
-        Not generate(): streaming out of generate() needs a worker thread whose fight for the
-        GIL with the consumer cost ~6% here. The sampling steps are transformers' own logits
-        processors in generate()'s order, so greedy output matches generate() token for token.
-        A forward pass runs only when the consumer asks for the next token, so closing this
-        iterator stops generation at once.
-        """
-        torch = self._torch
-        from transformers import (
-            DynamicCache,
-            LogitsProcessorList,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        steps = LogitsProcessorList()
-        if config.repetition_penalty != 1.0:
-            steps.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
-        if not config.greedy:
-            steps.append(TemperatureLogitsWarper(config.temperature))
-            if config.top_k:
-                steps.append(TopKLogitsWarper(config.top_k))
-            if config.top_p < 1.0:
-                steps.append(TopPLogitsWarper(config.top_p))
-        banned = sorted(self._end_ids) if config.ignore_eos else []
-        seed = config.seed if config.seed is not None else random.getrandbits(32)
-        generator = torch.Generator().manual_seed(seed)
-        seen = torch.tensor([prompt_ids])
-        step_input = seen
-        cache = DynamicCache(config=self._model.config)
-        with torch.inference_mode():
-            while True:
-                out = self._model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                scores = steps(seen, out.logits[:, -1, :].float())
-                if banned:
-                    scores[:, banned] = -float("inf")
-                if config.greedy:
-                    token = scores.argmax(dim=-1, keepdim=True)
-                else:
-                    token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
-                yield int(token)
-                step_input = token
-                if config.repetition_penalty != 1.0:  # only the penalty looks back at the text
-                    seen = torch.cat([seen, token], dim=1)
+        return decode_tokens(self._model, prompt_ids, config, self._end_ids)
 
     def logits(self, ids: Sequence[int], *, start: int = 0):
         """Logits for every position from `start` on; the previous call's KV cache is cropped to
         the prefix it shares with `ids` and only the rest is run through the model."""
         torch = self._torch
         from transformers import DynamicCache
+
+        from kecil.infer.torch_decode import model_device
 
         self.check_logits_request(ids, start)
         ids = [int(t) for t in ids]
@@ -201,13 +173,13 @@ class TorchBackend(Backend):
         self._score_cache, self._scored_ids = None, []
         with torch.inference_mode():
             out = self._model(
-                input_ids=torch.tensor([ids[keep:]]),
+                input_ids=torch.tensor([ids[keep:]], device=model_device(self._model)),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=len(ids) - start,
             )
         self._score_cache, self._scored_ids = cache, ids
-        return out.logits[0].float().numpy()
+        return out.logits[0].float().cpu().numpy()
 
     def close(self) -> None:
         self._score_cache = None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError
+from kecil.infer.hardware import check_device_name, device_field
 from kecil.models.info import parse_bytes
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -38,6 +39,7 @@ class ServeConfig:
         "help": "Context window in tokens per request (default: the model's, at most 4096).", "flag": ("--context", "-c")})
     parallel: int = field(default=4, metadata={"help": "Requests per model decoded together (continuous batching slots).", "flag": ("--parallel", "-p")})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: physical cores).", "flag": ("--threads", "-t")})
+    device: str = device_field()  # Hugging Face models (the torch engine); llama.cpp runs GGUF files on the CPU
     max_queue: int = field(default=64, metadata={"help": "Requests waiting per model before the server answers 429."})
     max_body_bytes: int = field(default=1_000_000, metadata={"help": "Largest request body in bytes, e.g. 1MB.", "flag": "--max-body", "parse": parse_bytes})
     max_tokens_limit: int | None = field(default=None, metadata={"help": "Largest max_tokens a request may ask for (default: the context length)."})
@@ -58,6 +60,7 @@ class ServeConfig:
         "help": "Messages one chat request may carry (a larger conversation is refused with 400)."})
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         for name, value, low in (("parallel", self.parallel, 1), ("max_queue", self.max_queue, 0),

@@ -169,7 +169,8 @@ class ModelPool:
         info = inspect_model(ref)
         adapter = self.adapters[name][1] if name in self.adapters else None
         return open_engine(ref, info, backend=self._backend_for(name), context_length=self.context_for(info),
-                           threads=self.config.threads or physical_cores(), parallel=self.config.parallel, adapter=adapter)
+                           threads=self.config.threads or physical_cores(), parallel=self.config.parallel, adapter=adapter,
+                           device=self.config.device)
 
     def _backend_for(self, name: str) -> str | None:
         """The backend model `name`'s adapter needs (a PEFT folder without its GGUF twin puts even

@@ -1,21 +1,48 @@
-"""The frozen base of a LoRA run: the dtype it is held in (float32 or bfloat16) and QLoRA's quantized weights."""
+"""The frozen base of a LoRA run: the device it trains on, the dtype it is held in (float32 or
+bfloat16) and QLoRA's quantized weights."""
 
 from __future__ import annotations
 
 from kecil.errors import ConfigError
 
 
-def base_precision(requested: str) -> str:
-    """The dtype the frozen base is held in. bfloat16 halves its memory and runs the big matrix
-    products on bf16 hardware; where bf16 is only emulated it is slower than float32, so auto
-    picks it only where the CUDA GPU or the CPU (AVX512-BF16/AMX) computes it natively: on a CPU
-    the same choice as the embedders'."""
+def tune_accelerator(device: str):
+    """The accelerate Accelerator a run trains with, on `device` (--device: auto, cpu, cuda, cuda:N).
+
+    One process normally; under `accelerate launch --multi_gpu` one per GPU (each takes its own,
+    so only auto or cuda make sense there), or per CPU process over gloo when there is no GPU
+    (accelerate only goes multi-CPU when told cpu=True)."""
+    import os
+
+    import torch
+    from accelerate import Accelerator
+
+    from kecil.infer.hardware import resolve_device
+    from kecil.infer.requirements import require
+
+    require("tune")  # a too-old transformers or peft fails here in one line, not at the first step
+    chosen = resolve_device(device)  # a clear DeviceError when CUDA is asked for and absent
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched and chosen.type == "cuda" and ":" in device:
+        raise ConfigError(f"--device {device} under accelerate launch: each process takes its own GPU, so pass --device cuda (or auto)")
+    if chosen.type == "cuda" and not launched:
+        torch.cuda.set_device(chosen)  # accelerate's single process uses the current CUDA device
+    return Accelerator(cpu=chosen.type != "cuda")
+
+
+def base_precision(requested: str, device=None) -> str:
+    """The dtype the frozen base is held in on `device` (a torch.device; None = CUDA when there is
+    one). bfloat16 halves its memory and runs the big matrix products on bf16 hardware; where bf16
+    is only emulated it is slower than float32, so auto picks it only where the CUDA GPU or the CPU
+    (AVX512-BF16/AMX) computes it natively: on a CPU the same choice as the embedders'."""
     import torch
 
     from kecil.infer.hardware import resolve_precision
 
-    if requested == "auto" and torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    on_gpu = torch.cuda.is_available() if device is None else device.type == "cuda"
+    if requested == "auto" and on_gpu:
+        with torch.cuda.device(device):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     return resolve_precision(requested)
 
 
@@ -24,24 +51,20 @@ def to_bfloat16_base(model):
     the loss, and bfloat16's 8-bit mantissa would round a logit of 20 by ±0.06. peft then keeps
     the LoRA matrices in float32 (its autocast_adapter_dtype); the fused forward computes with
     bfloat16 copies of them, so the activations stay bfloat16."""
-    import functools
-
     import torch
+
+    from kecil.tune.fused_lora import Float32Projection
 
     head = model.get_output_embeddings()
     # The float32 head weight is kept as it is (frozen, so it never goes stale) rather than cast up
     # on every step: that cast was a 100 MB copy per step for a 49k-word vocabulary.
-    weight = head.weight.detach()
-    bias = None if head.bias is None else head.bias.detach()
+    projection = Float32Projection(head.weight, head.bias)
     model.to(torch.bfloat16)
-    head.forward = functools.partial(_float32_projection, weight, bias)
+    # A child of the head, so that moving the model (accelerate's prepare, .to(device)) moves the
+    # float32 copy with it; called in place of the head's own forward.
+    head.float32_projection = projection
+    head.forward = projection.forward
     return model
-
-
-def _float32_projection(weight, bias, hidden):
-    import torch.nn.functional as F
-
-    return F.linear(hidden.float(), weight, bias)
 
 
 def quantize_base(model, bits: int, group_size: int):

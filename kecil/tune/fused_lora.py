@@ -33,10 +33,11 @@ import torch
 _LEVELS = 1 << 16  # 16-bit random integers
 
 
-def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
-    """A uint8 mask of `shape`, 1 where an element is kept (probability ~1-p), and that probability."""
+def keep_mask(shape: torch.Size, p: float, device: torch.device | None = None) -> tuple[torch.Tensor, float]:
+    """A uint8 mask of `shape` on `device` (the input's), 1 where an element is kept (probability
+    ~1-p), and that probability."""
     n = shape.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # the full 64 bits
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # the full 64 bits
     draws = words.view(torch.int16)[:n].view(shape)
     kept_levels = round((1.0 - p) * _LEVELS)
     return (draws >= (_LEVELS // 2 - kept_levels)).view(torch.uint8), kept_levels / _LEVELS
@@ -99,7 +100,7 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     p = getattr(self.lora_dropout[name], "p", 0.0)
     keep = None
     if self.training and p > 0:
-        keep, kept_share = keep_mask(x.shape, p)
+        keep, kept_share = keep_mask(x.shape, p, x.device)
         scale /= kept_share
     return _LoraDelta.apply(base_out, x, weight_a, weight_b, keep, scale)
 
@@ -115,3 +116,19 @@ def use_fused_lora(model) -> int:
             module.forward = types.MethodType(_fused_forward, module)
             count += 1
     return count
+
+
+class Float32Projection(torch.nn.Module):
+    """The vocabulary projection of a bfloat16 base in float32 (tune/base_model.py: to_bfloat16_base):
+    a frozen float32 copy of the head's weight and bias, held as non-persistent buffers, so they
+    move with the model (accelerate's prepare, .to(device)) and are never saved with it."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        # .to() shares a float32 weight rather than copying it: the head's own is replaced by its
+        # bfloat16 cast right after, so the float32 storage ends up held here alone.
+        self.register_buffer("weight", weight.detach().to(torch.float32), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden.float(), self.weight, self.bias)

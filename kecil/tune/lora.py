@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kecil.errors import ConfigError
-from kecil.infer.hardware import PRECISIONS
+from kecil.infer.hardware import PRECISIONS, check_device_name, device_field
 from kecil.tune import checkpoint as ckpt
 from kecil.tune.adapter_files import SUMMARY_FILE, write_adapter, write_gguf_adapter
 from kecil.tune.base_model import base_precision, quantize_base, to_bfloat16_base
@@ -128,8 +128,10 @@ class TuneConfig:
     precision: str = field(default="auto", metadata=_help(
         "The frozen base's dtype: float32, bfloat16, or auto (bfloat16 where the CPU/GPU computes it natively). "
         "The adapter weights are always float32."))
+    device: str = device_field()
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         for name in ("epochs", "rank", "batch_size", "grad_accum", "eval_every", "save_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -330,7 +332,8 @@ def _load_base(config: TuneConfig, ref):
     import warnings
 
     import torch
-    from accelerate import Accelerator
+
+    from kecil.tune.base_model import tune_accelerator
 
     # peft asks transformers a deprecated question on every wrap; the warning is not the user's business.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -339,12 +342,11 @@ def _load_base(config: TuneConfig, ref):
     from kecil.infer.torch_backend import load_transformers
     from kecil.tune.packed_attention import use_packed_attention
 
-    # One process normally; under `accelerate launch --multi_gpu` one per GPU, or per CPU process
-    # over gloo when there is no GPU (accelerate only goes multi-CPU when told cpu=True).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = tune_accelerator(config.device)  # one process, or one per GPU under `accelerate launch --multi_gpu`
     torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
-    model, tokenizer = load_transformers(ref)
-    precision = base_precision(config.precision)
+    precision = base_precision(config.precision, accelerator.device)
+    # A bfloat16 base on a GPU is loaded there in bfloat16; a float32 one in float32 on the CPU (prepare moves it).
+    model, tokenizer = load_transformers(ref, accelerator.device if precision == "bfloat16" else None)
     if precision == "bfloat16":
         model = to_bfloat16_base(model)
     if config.base_bits:
@@ -376,7 +378,7 @@ def _fingerprint(config: TuneConfig, ref, dataset, val_dataset, targets, process
     """What a resume must not change: the model, the data's hashes (the replay's too), the settings and the
     plan made of them. How often validation runs is part of it: it decides which step's adapter is kept."""
     settings = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                if k not in ("model", "data", "val_data", "output", "resume", "threads", "save_every", "check_general")}
+                if k not in ("model", "data", "val_data", "output", "resume", "threads", "save_every", "check_general", "device")}
     return {
         "model": str(ref.path), "data": dataset.sha256, "val_data": val_dataset.sha256 if val_dataset else None, **settings,
         "target_modules": targets, "processes": processes, "precision": precision, "replay": replay.sha256 if replay.records else None,

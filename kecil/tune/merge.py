@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError
+from kecil.infer.hardware import check_device_name, device_field
 
 GGUF_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
 
@@ -27,8 +28,11 @@ class MergeConfig:
     output: Path = field(metadata={"help": "Folder for the merged Hugging Face model."})
     export_gguf: str | None = field(default=None, metadata={
         "help": "Also write the merged model as GGUF of this type (f16, q8_0, q4_k_m, ...) into the output folder, as model-TYPE.gguf."})
+    # On a GPU the merge runs (and the merged weights are saved) in bfloat16; on the CPU in float32.
+    device: str = device_field()
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         if self.export_gguf is not None and self.export_gguf.lower() not in GGUF_TYPES:
             raise ConfigError(f"unknown GGUF type {self.export_gguf!r}; choose one of: {', '.join(GGUF_TYPES)}")
 
@@ -54,6 +58,7 @@ Progress = Callable[[str, int, int], None]
 def merge(config: MergeConfig, *, quantizer: Quantizer | None = None, progress: Progress | None = None) -> MergeResult:
     """Merge `config.adapter` into `config.model` and save the result to `config.output`, reporting
     each stage to `progress` (see Progress); `quantizer` gets the same callback."""
+    from kecil.infer.hardware import resolve_device
     from kecil.infer.load import adapter_for_backend
     from kecil.infer.torch_backend import apply_peft_adapter, load_transformers
     from kecil.models.reference import resolve
@@ -68,7 +73,7 @@ def merge(config: MergeConfig, *, quantizer: Quantizer | None = None, progress: 
     ref = resolve(config.model)
     report = progress or (lambda stage, done, total: None)
     report("load", 0, 1)
-    model, tokenizer = load_transformers(ref)
+    model, tokenizer = load_transformers(ref, resolve_device(config.device))
     report("load", 1, 1)
     report("merge", 0, 1)
     model = apply_peft_adapter(model, adapter)

@@ -51,11 +51,23 @@ class _Plan:
 _cache: dict[str, object] = {"position_ids": None, "plan": None}
 
 
-def _plan_for(position_ids: torch.Tensor) -> _Plan:
-    # Every layer of one forward gets the same position_ids tensor: the plan (and any mask) is made once.
+def _plan_for(position_ids: torch.Tensor, batch: int) -> _Plan:
+    # Every layer of one forward gets the same position_ids tensor: the plan (and any mask) is made
+    # once, keyed by that tensor (an expand() of it would be a new tensor in every layer), from the
+    # CPU copy prepare_packed_rows was given where there is one, else read back from the device.
     if _cache["position_ids"] is not position_ids:
-        _cache["position_ids"], _cache["plan"] = position_ids, _Plan(position_ids.cpu())
+        _cache["position_ids"], _cache["plan"] = position_ids, _Plan(position_ids.expand(batch, -1).cpu())
     return _cache["plan"]
+
+
+def prepare_packed_rows(model, host_position_ids: torch.Tensor, position_ids: torch.Tensor) -> None:
+    """Plan the micro-batch whose position ids the model is about to get (`position_ids`, on its
+    device) from their CPU copy, so no layer reads them back from a GPU (a wait per forward pass),
+    and a model on the meta device (tests/same_device.py) trains too. No-op without packed attention."""
+    base = getattr(model, "module", model)  # DDP's wrapper
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft's
+    if getattr(base.config, "_attn_implementation", None) == ATTENTION_NAME:
+        _cache["position_ids"], _cache["plan"] = position_ids, _Plan(host_position_ids)
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -65,8 +77,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
         raise RuntimeError("packed attention is for training on packed rows: call the model with position_ids, no mask, no cache")
     batch, heads, length, dim = query.shape
-    position_ids = position_ids.expand(batch, -1)
-    plan = _plan_for(position_ids)
+    plan = _plan_for(position_ids, batch)
     dtype = query.dtype
     compute = torch.float32 if dtype == torch.bfloat16 and query.device.type == "cpu" else dtype
     if not plan.worth_it:  # a few long examples: one masked pass over each row is cheaper

@@ -28,8 +28,12 @@ def token_loss_sum(model, input_ids, position_ids, predict, targets):
 
     # No attention mask and no cache: the restarting position ids mark the packed examples, for
     # packed_attention.py, or for transformers' own block-diagonal mask where that is not used.
+    from kecil.tune.packed_attention import prepare_packed_rows
+
     device = next(model.parameters()).device
+    host_position_ids = position_ids
     input_ids, position_ids, predict, targets = (t.to(device) for t in (input_ids, position_ids, predict, targets))
+    prepare_packed_rows(model, host_position_ids, position_ids)
     out = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=predict, use_cache=False)
     return F.cross_entropy(out.logits.float(), targets, reduction="sum")
 
