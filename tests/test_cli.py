@@ -101,6 +101,16 @@ def test_info_of_the_default_model():
         assert word in done.stdout, (word, done.stdout)
 
 
+def test_info_in_a_pipe_keeps_each_fact_on_one_line():
+    # rich folded the built-in's path across three lines at 80 columns, so it could not be copied.
+    from kecil.models.builtins import builtin_path
+
+    done = kecil("info", "--no-fertility", env={"COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith("Path ") and line.endswith(str(builtin_path("smollm2-135m")))
+               for line in done.stdout.splitlines()), done.stdout
+
+
 def test_demo_answers_three_questions_with_speed():
     done = kecil("demo")
     assert done.returncode == 0, done.stderr
