@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Annotated, Optional
 
 import typer
 
-from kecil.cli.common import Backend, Threads, err, stage_bars
+from kecil.cli.common import Backend, Threads, err, stage_bars, stage_lines
 from kecil.models.info import SIZE_HELP
 
 # Options are written here rather than made from EvalConfig's and FitConfig's fields: importing
@@ -22,6 +23,17 @@ def _eval_progress(bar):
         if (model, task) not in bars:
             bars[(model, task)] = bar.add_task(f"{model} {task}", total=total)
         bar.update(bars[(model, task)], completed=done, total=total)
+
+    return progress
+
+
+def _eval_lines():
+    """The callback of `_eval_progress` for a log: a line per (model, task) at its start, every
+    10 s and at its end (stage_lines)."""
+    lines = stage_lines({})
+
+    def progress(model: str, task: str, done: int, total: int) -> None:
+        lines(f"{model} {task}", done, total)
 
     return progress
 
@@ -61,9 +73,13 @@ def eval_(
     # too few of them to estimate, and the ETA would read -:--:--. The whole task's pace is the estimate.
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     interrupted = False
-    with Progress(*columns, console=console, transient=True, speed_estimate_period=3600) as bar:
+    if console.is_terminal:
+        bars = Progress(*columns, console=console, transient=True, speed_estimate_period=3600)
+    else:  # a log or CI: a bar draws nothing there, and a run sat silent for minutes; a line per task instead
+        bars = nullcontext()
+    with bars as bar:
         try:
-            report = evaluate(config, progress=_eval_progress(bar))
+            report = evaluate(config, progress=_eval_progress(bar) if bar is not None else _eval_lines())
         except EvalInterrupted as stopped:
             report, interrupted = stopped.report, True
     if interrupted:
