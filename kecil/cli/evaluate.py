@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kecil.cli.common import Backend, Threads, err, stage_bars, stage_lines
+from kecil.cli.common import Backend, Threads, err, stage_bars
 from kecil.models.info import SIZE_HELP
 
 # Options are written here rather than made from EvalConfig's and FitConfig's fields: importing
@@ -30,6 +30,8 @@ def _eval_progress(bar):
 def _eval_lines():
     """The callback of `_eval_progress` for a log: a line per (model, task) at its start, every
     10 s and at its end (stage_lines)."""
+    from kecil.cli.common import stage_lines
+
     lines = stage_lines({})
 
     def progress(model: str, task: str, done: int, total: int) -> None:
