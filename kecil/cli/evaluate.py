@@ -15,18 +15,6 @@ from kecil.models.info import SIZE_HELP
 # kecil.eval at start-up loads numpy (through kecil.infer.scoring), and `kecil --help` must stay instant.
 
 
-def _eval_progress(bar):
-    """A callback for kecil.eval that drives one rich progress bar per (model, task)."""
-    bars: dict[tuple[str, str], int] = {}
-
-    def progress(model: str, task: str, done: int, total: int) -> None:
-        if (model, task) not in bars:
-            bars[(model, task)] = bar.add_task(f"{model} {task}", total=total)
-        bar.update(bars[(model, task)], completed=done, total=total)
-
-    return progress
-
-
 def _eval_lines():
     """The callback of `_eval_progress` for a log: a line per (model, task) at its start, every
     10 s and at its end (stage_lines)."""
@@ -36,6 +24,18 @@ def _eval_lines():
 
     def progress(model: str, task: str, done: int, total: int) -> None:
         lines(f"{model} {task}", done, total)
+
+    return progress
+
+
+def _eval_progress(bar):
+    """A callback for kecil.eval that drives one rich progress bar per (model, task)."""
+    bars: dict[tuple[str, str], int] = {}
+
+    def progress(model: str, task: str, done: int, total: int) -> None:
+        if (model, task) not in bars:
+            bars[(model, task)] = bar.add_task(f"{model} {task}", total=total)
+        bar.update(bars[(model, task)], completed=done, total=total)
 
     return progress
 
