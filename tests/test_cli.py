@@ -75,6 +75,19 @@ def test_models_lists_builtins():
     assert "MMLU" in default["limits"]  # the model's limits, where a user first looks
 
 
+def test_models_reads_in_an_80_column_pipe():
+    # A six-column table folded the limits a word per line and cut the names one has to type.
+    from kecil.models.builtins import builtins
+
+    done = kecil("models", env={"COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, done.stdout
+    for builtin in builtins():
+        assert any(line.startswith(builtin.name + " ") for line in lines), (builtin.name, done.stdout)
+        assert builtin.limits in " ".join(" ".join(lines).split()), builtin.name  # whole, only rewrapped
+
+
 def test_chat_banner_states_the_embedded_models_limits():
     done = kecil("chat", "--max-tokens", "4", stdin="/exit\n")
     assert done.returncode == 0, done.stderr
@@ -86,6 +99,16 @@ def test_info_of_the_default_model():
     assert done.returncode == 0, done.stderr
     for word in ("llama", "Q4_1", "8192", "134.5M"):
         assert word in done.stdout, (word, done.stdout)
+
+
+def test_info_in_a_pipe_keeps_each_fact_on_one_line():
+    # rich folded the built-in's path across three lines at 80 columns, so it could not be copied.
+    from kecil.models.builtins import builtin_path
+
+    done = kecil("info", "--no-fertility", env={"COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith("Path ") and line.endswith(str(builtin_path("smollm2-135m")))
+               for line in done.stdout.splitlines()), done.stdout
 
 
 def test_demo_answers_three_questions_with_speed():

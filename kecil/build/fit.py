@@ -124,6 +124,9 @@ def fit(config: FitConfig, progress: Progress | None = None) -> FitResult:
     if ref.format == "gguf":
         variants.insert(0, source_variant(ref))
     ready = [v for v in variants if v.error is None]
+    # Each stage says it started: one variant's measurement fills its context in a fresh process,
+    # and a log showed nothing for minutes after "quantizing: 8/8".
+    progress("memory", 0, len(ready))
     for done, variant in enumerate(ready, 1):
         try:
             # the peak comes from the weights and the filled KV cache; a few decode steps add nothing
@@ -145,6 +148,7 @@ def fit(config: FitConfig, progress: Progress | None = None) -> FitResult:
                 finished.add((model, task))
                 progress("evaluate", len(finished), total)
 
+        progress("evaluate", 0, total)
         report = evaluate(eval_config, progress=on_item)
         by_path = {str(v.path): v for v in measured}
         for r in report.results:

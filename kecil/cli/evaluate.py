@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +13,19 @@ from kecil.models.info import SIZE_HELP
 
 # Options are written here rather than made from EvalConfig's and FitConfig's fields: importing
 # kecil.eval at start-up loads numpy (through kecil.infer.scoring), and `kecil --help` must stay instant.
+
+
+def _eval_lines():
+    """The callback of `_eval_progress` for a log: a line per (model, task) at its start, every
+    10 s and at its end (stage_lines)."""
+    from kecil.cli.common import stage_lines
+
+    lines = stage_lines({})
+
+    def progress(model: str, task: str, done: int, total: int) -> None:
+        lines(f"{model} {task}", done, total)
+
+    return progress
 
 
 def _eval_progress(bar):
@@ -64,9 +78,13 @@ def eval_(
     # too few of them to estimate, and the ETA would read -:--:--. The whole task's pace is the estimate.
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     interrupted = False
-    with Progress(*columns, console=console, transient=True, speed_estimate_period=3600) as bar:
+    if console.is_terminal:
+        bars = Progress(*columns, console=console, transient=True, speed_estimate_period=3600)
+    else:  # a log or CI: a bar draws nothing there, and a run sat silent for minutes; a line per task instead
+        bars = nullcontext()
+    with bars as bar:
         try:
-            report = evaluate(config, progress=_eval_progress(bar))
+            report = evaluate(config, progress=_eval_progress(bar) if bar is not None else _eval_lines())
         except EvalInterrupted as stopped:
             report, interrupted = stopped.report, True
     if interrupted:

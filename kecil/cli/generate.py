@@ -154,6 +154,11 @@ def info(
     if as_json:
         print(json.dumps({**dict(rows), **({"fertility": [f.as_dict() for f in measured]} if fertility else {})}))
         return
+    if not sys.stdout.isatty():
+        # In a pipe or a file, one unwrapped line per fact: a wrapped path cannot be copied or grepped.
+        width = max(len(key) for key, _ in rows)
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in rows))
+        return
     from rich.console import Console
     from rich.table import Table
 

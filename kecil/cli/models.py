@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import textwrap
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -28,21 +30,28 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
                               "description": b.description, "limits": b.limits, "license": b.license,
                               "packages": list(b.requirements), "pull": None if ok else b.pull_command}))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("model", "installed", "size", "description", "good for, and not", "license")
-    for b, ok in rows:
+    # One block per model, wrapped to the terminal (80 columns in a pipe): a six-column table
+    # folded its long "good for" text into a column a word wide and cut the names one types.
+    width = max(40, shutil.get_terminal_size((80, 24)).columns)
+    for index, (b, ok) in enumerate(rows):
         name = b.name + (" (default)" if b.name == DEFAULT_MODEL else "")
-        table.add_row(name, "yes" if ok else "no", format_bytes(b.size), b.description, b.limits or "", b.license)
-    Console().print(table)
+        state = "installed" if ok else "not installed"
+        if index:
+            print()
+        print(f"{name}  {state}  {format_bytes(b.size)}  {b.license}")
+        for text in (b.description, b.limits):
+            if text:
+                print(textwrap.fill(text, width=width - 1, initial_indent="  ", subsequent_indent="  ",
+                                    break_long_words=False, break_on_hyphens=False))
     missing = [b for b, ok in rows if not ok]
+    print()
     if missing:
-        # Below the table, whole, so a narrow terminal cannot cut them and they paste as they are.
-        width = max(len(b.pull_command) for b in missing)
+        # Whole, on lines of their own, so they paste as they are.
+        pull_width = max(len(b.pull_command) for b in missing)
         print("Not installed yet; each downloads once, then runs offline:")
-        print("\n".join(f"  {b.pull_command:<{width}}  # {format_bytes(b.size)}" for b in missing))
-    print("Any .gguf file or Hugging Face model folder works too, by its path (a larger one knows and reasons more): kecil info PATH")
+        print("\n".join(f"  {b.pull_command:<{pull_width}}  # {format_bytes(b.size)}" for b in missing))
+    print(textwrap.fill("Any .gguf file or Hugging Face model folder works too, by its path (a larger one knows and "
+                        "reasons more): kecil info PATH", width=width - 1, break_long_words=False))
 
 
 @config_options(PullConfig, into="config")

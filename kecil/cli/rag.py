@@ -37,7 +37,7 @@ def ingest(options: dict[str, Any], chunking: ChunkConfig, kb: KbName, as_json: 
     from kecil.rag.ingest import ingest as run_ingest
 
     config = IngestConfig(**options, kb=kb, chunking=chunking)
-    with Progress(transient=True, disable=as_json) as bar:
+    with Progress(transient=True, disable=as_json, console=_bar_console()) as bar:
         task = bar.add_task("ingesting", total=None)
         report = run_ingest(config, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
@@ -53,6 +53,14 @@ def ingest(options: dict[str, Any], chunking: ChunkConfig, kb: KbName, as_json: 
         print(f"{report.other_types} files of other types were left out")
     for note in report.notes:  # the embedding model chosen for the documents' language, or a mismatch
         err(f"note: {note}")
+
+
+def _bar_console():
+    """Where a transient bar draws: stderr, so a redirected stdout holds only the result (a bar on
+    stdout left a blank first line there when it was not a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _where(citation_or_chunk) -> str:
@@ -110,7 +118,7 @@ def evaluate(
     from kecil.rag.evaluate import evaluate_kb
 
     config = _search(options, rerank)
-    with Progress(transient=True, disable=as_json) as bar:
+    with Progress(transient=True, disable=as_json, console=_bar_console()) as bar:
         task = bar.add_task("questions", total=None)
         result = evaluate_kb(kb, Path(qa), config, progress=lambda n: bar.advance(task, n))
     if as_json:
@@ -125,7 +133,10 @@ def list_kbs(as_json: AsJson = False) -> None:
     from kecil.rag.kb_names import list_kbs as names
     from kecil.rag.store import KnowledgeBase
 
-    for name in names():
+    found = names()
+    if not found and not as_json:
+        err("no knowledge bases yet: `kecil rag ingest FOLDER --kb NAME` makes one")
+    for name in found:
         with KnowledgeBase.open(name) as opened:
             s = opened.stats()
         print(json.dumps(s) if as_json else f"{name}: {s['files']} files, {s['chunks']} chunks, {s['embedder']}")

@@ -103,8 +103,8 @@ _BUILTINS: tuple[Builtin, ...] = (
         # MMLU: bench/eval.py, 200 questions 5-shot (docs/benchmarks.md); answers: bench/rag.py part answers.
         limits=("135M parameters: good for short chat, rewording and pulling facts out of text you give it; "
                 "weak on knowledge and reasoning (MMLU 28% on 200 questions, where guessing scores 25%; "
-                "`kecil ask` shows a passage holding the answer for 66 of 90 document questions, its own words right on 15). For more, run a larger GGUF file or "
-                "Hugging Face folder by its path."),
+                "`kecil ask` shows a passage holding the answer for 66 of 90 document questions, its own words right on 15). For more, "
+                "`kecil pull qwen2.5-coder-1.5b` or run a larger GGUF file or Hugging Face folder by its path."),
     ),
     Builtin(
         name="gemma3-270m",

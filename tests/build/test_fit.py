@@ -122,6 +122,15 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
     assert verdict["recommended"] == best["type"]
     assert verdict["command"] == f"kecil quantize {model} --to {best['type']} -o {Path(model).name}-{best['type']}.gguf"
 
+    # every stage says it started, before its first variant is done (a log sat silent for minutes)
+    from kecil.build.fit import FitConfig, fit
+
+    calls = []
+    fit(FitConfig(model=model, memory=10**11, context=128, types=("q8_0", "q4_0"), limit=1),
+        progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert ("memory", 0, 2) in calls and ("evaluate", 0, 2) in calls
+    assert calls.index(("memory", 0, 2)) < calls.index(("memory", 1, 2)) < calls.index(("evaluate", 0, 2))
+
     done = CliRunner().invoke(app, [*common, "--memory", "1MiB"])
     assert done.exit_code == 0, done.output
     smallest = min(v["peak_rss_bytes"] for v in variants)

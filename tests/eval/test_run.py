@@ -263,6 +263,20 @@ def test_cli_eval_json(home, tiny_hf_model):
     assert len(rows) == 1 and rows[0]["task"] == "cats" and rows[0]["n"] == 4 and rows[0]["metric"] == "acc"
 
 
+def test_cli_eval_shows_progress_in_a_log(home, tiny_hf_model):
+    # With stderr not a terminal (a log, CI) a bar drew nothing: a long run sat silent, then a
+    # blank line. Each task now writes "MODEL TASK: done/total" lines, as quantize's stages do.
+    from tests.cli_helpers import PROGRESS_LINE, kecil
+
+    spec = choice_task(home)
+    done = kecil("eval", str(tiny_hf_model("llama")), "--tasks", "cats", "--task-file", str(spec), "--no-system",
+                 "--limit", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines and all(PROGRESS_LINE.fullmatch(line) for line in lines), done.stderr
+    assert lines[-1].endswith(" cats: 4/4"), done.stderr
+
+
 # --- known answers on the bundled model ----------------------------------------------------
 KNOWN = [
     {"query": "The capital of France is", "choices": ["Paris", "a banana", "the ocean floor"], "answer": 0},

@@ -112,7 +112,7 @@ def test_cli_search_eval_list_stats_remove(squad_kb, tmp_path):
     assert_clean_error(kecil("rag", "search", "x", "--kb", name, "--method", "magic"), "hybrid")
     assert_clean_error(kecil("rag", "search", "x", "--kb", name, "--fusion", "magic"), "convex")
     done = kecil("rag", "eval", "--kb", name, "--qa", str(qa), "--fusion", "rrf")
-    assert done.returncode == 0 and "hybrid rrf, 20 questions" in done.stdout, done.stderr
+    assert done.returncode == 0 and done.stdout.startswith(f"{name} (hybrid rrf, 20 questions)"), done
     bad_qa = tmp_path / "bad.jsonl"
     bad_qa.write_text('{"question": "q"}\n')
     assert_clean_error(kecil("rag", "eval", "--kb", name, "--qa", str(bad_qa)), "line 1")
@@ -125,8 +125,11 @@ def test_cli_ingest_and_remove(tmp_path):
     done = kecil("rag", "ingest", str(tmp_path / "docs"), "--kb", "cli-kb")
     assert done.returncode == 0, done.stderr
     assert "1 files added" in done.stdout and "skipped" in done.stderr and "b.txt" in done.stderr
+    assert done.stdout.startswith("cli-kb: "), done.stdout  # the result only: no bar's blank line before it
     assert "removed" in kecil("rag", "remove", "cli-kb", "--yes").stdout
     assert "cli-kb" not in kecil("rag", "list").stdout
+    empty = kecil("rag", "list", env={"KECIL_HOME": str(tmp_path / "empty-home")})
+    assert empty.returncode == 0 and not empty.stdout and "kecil rag ingest" in empty.stderr, empty
 
 
 def test_bm25_leaves_out_terms_most_chunks_hold(squad_kb, embedder):
