@@ -12,6 +12,7 @@ from kecil.cli.common import Adapter, Backend, Context, Threads, err, limits_not
 from kecil.cli.options import config_options
 from kecil.errors import KecilError
 from kecil.infer.generation import GenerationConfig
+from kecil.infer.load import LoadOptions
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Built-in name, .gguf file or Hugging Face folder (default: the embedded model).")]
 
@@ -24,10 +25,12 @@ CHAT_COMMANDS = {
 _EXIT = ("/exit", "/quit", "/bye")
 
 
+@config_options(LoadOptions, only=("draft",), into="loading", build=False)
 @config_options(GenerationConfig, into="generation")
 def generate(
     args: Annotated[list[str], typer.Argument(metavar="[MODEL] PROMPT", help="Optional model (built-in name, .gguf file or Hugging Face folder), then the prompt; '-' reads the prompt from stdin.")],
     generation: GenerationConfig,
+    loading: dict,
     backend: Backend = None,
     context: Context = None,
     threads: Threads = None,
@@ -47,19 +50,21 @@ def generate(
         prompt = sys.stdin.read()
     from kecil.infer.load import load_model
 
-    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter) as engine:
+    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter, **loading) as engine:
         stream = engine.stream(prompt, generation) if raw else engine.stream_instruction(prompt, generation, system=system)
         for chunk in stream:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
     sys.stdout.write("\n")
     if stats:
-        err(f"[{engine.name}] {speed(chunk.timings)}, finish: {chunk.finish_reason}")
+        err(f"[{engine.name}] {speed(chunk.timings)}, finish: {chunk.finish_reason}{drafted(engine)}")
 
 
+@config_options(LoadOptions, only=("draft",), into="loading", build=False)
 @config_options(GenerationConfig, into="generation", defaults={"max_tokens": 512})
 def chat(
     generation: GenerationConfig,
+    loading: dict,
     model: ModelArg = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     backend: Backend = None,
@@ -72,7 +77,7 @@ def chat(
     from kecil.infer.load import load_model
 
     interactive = sys.stdin.isatty()
-    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter) as engine:
+    with load_model(model, backend=backend, context_length=context, threads=threads, adapter=adapter, **loading) as engine:
         session = ChatSession(engine, generation, system=system)
         err(f"kecil chat with {engine.ref.name} ({engine.name}, {engine.context_length}-token context). /help lists commands, /exit leaves.")
         if note := limits_note(engine.ref):
@@ -115,6 +120,14 @@ def chat(
                 err("\n[interrupted]")
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+def drafted(engine) -> str:
+    """How many drafted tokens the model accepted, for the stats line of a speculative run."""
+    stats = getattr(engine, "speculation", None)
+    if not stats or not stats.get("drafted"):
+        return ""
+    return f", draft: {stats['accepted']}/{stats['drafted']} tokens accepted"
 
 
 def info(

@@ -6,7 +6,7 @@ Backends are a lookup table, not an if-chain: a new engine is one more row in BA
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import BackendError, ConfigError
@@ -32,6 +32,10 @@ class LoadOptions:
     backend: str | None = None  # "llamacpp" or "torch"; None = by format (GGUF → llamacpp, HF → torch)
     context_length: int | None = None  # None = the model's trained context, at most DEFAULT_CONTEXT
     threads: int | None = None  # None = number of physical cores
+    draft: str | None = field(default=None, metadata={"metavar": "MODEL", "help": (
+        "Speculative decoding: a smaller model with the same tokenizer proposes tokens that MODEL checks in one batch "
+        "(same output, faster), or 'prompt-lookup' to propose n-grams from the prompt (answers that quote their sources). "
+        "llamacpp backend only.")})
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
@@ -40,6 +44,8 @@ class LoadOptions:
             raise ConfigError(f"context length must be at least 16 tokens, got {self.context_length}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.draft is not None and not self.draft.strip():
+            raise ConfigError("--draft needs a model (a built-in name or .gguf file) or 'prompt-lookup'")
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -64,10 +70,12 @@ def load_model(
     context_length: int | None = None,
     threads: int | None = None,
     adapter: str | Path | None = None,
+    draft: str | None = None,
 ) -> Backend:
     """Load MODEL (a built-in name, a GGUF path or a Hugging Face folder; None = the default),
-    with the LoRA `adapter` applied if given (a `kecil tune` output folder, or a GGUF LoRA file)."""
-    options = LoadOptions(backend, context_length, threads)
+    with the LoRA `adapter` applied if given (a `kecil tune` output folder, or a GGUF LoRA file) and
+    speculative decoding when `draft` names a draft model or "prompt-lookup" (kecil/infer/speculative.py)."""
+    options = LoadOptions(backend, context_length, threads, draft)
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
     info = inspect_model(ref)
     requested = options.backend
@@ -75,6 +83,11 @@ def load_model(
         requested = adapter_backend(ref, Path(adapter).expanduser())
     cls = choose_backend(ref, requested)
     extra = {} if adapter is None else {"adapter": adapter_for_backend(Path(adapter).expanduser(), cls.name)}
+    if options.draft is not None:
+        if cls.name != "llamacpp":
+            raise ConfigError(f"--draft runs on the llamacpp backend; {ref.name} would run on {cls.name} "
+                              "(drop --draft, or use a GGUF file: `kecil quantize` makes one)")
+        extra["draft"] = options.draft
     n_ctx = options.context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if info.context_length and n_ctx > info.context_length:
         raise ConfigError(
