@@ -168,6 +168,12 @@ def accept(sampler: TokenSampler, rows, draft: Draft, recent: Sequence[int]) -> 
     return out
 
 
+def next_draft_length(n: int, kept: int, drafted: int, spec: SpeculativeConfig) -> int:
+    """Adapt the draft length: longer while whole drafts pass, down to what passed (and one more)
+    after a rejection, since a rejected token's batch row was paid for and wasted."""
+    return min(spec.max_draft, n + 2) if kept == drafted else max(spec.min_draft, kept + 1)
+
+
 def speculate(
     target: Verifier, drafter: Drafter, prompt_ids: Sequence[int], config: GenerationConfig,
     spec: SpeculativeConfig, rng, *, is_end=lambda token: False, stats: dict | None = None,
@@ -192,8 +198,8 @@ def speculate(
         stats["rounds"] += 1
         stats["drafted"] += len(draft.tokens)
         stats["accepted"] += kept
-        if draft.tokens:  # adapt: longer drafts while all pass, shorter after early rejections
-            n_draft = min(spec.max_draft, n_draft + 2) if kept == len(draft.tokens) else max(spec.min_draft, kept + 1)
+        if draft.tokens:
+            n_draft = next_draft_length(n_draft, kept, len(draft.tokens), spec)
         for token in out[:remaining]:
             remaining -= 1
             sampler.generated.append(token)

@@ -110,3 +110,32 @@ def test_sampled_acceptance_keeps_the_models_distribution(drafted):
         counts[out[0]] += 1
     p = sampler.probs(target_logits)
     assert np.abs(counts / draws - p).max() < 0.012, (counts / draws, p)
+
+
+def test_served_engine_speculates_alone_and_batches_together(plain_05b):
+    # One request alone runs speculatively (the drafter's counters move); two at once fall back to
+    # plain batched decoding; every text is the model's own.
+    import threading
+
+    from kecil.infer.generation import collect
+    from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend
+    from kecil.models.info import inspect_model
+    from kecil.models.reference import resolve
+
+    ref = resolve(_qwen("0.5b"))
+    messages = [{"role": "user", "content": QUESTION}]
+    with BatchedLlamaCppBackend(ref, inspect_model(ref), context_length=512, threads=2, parallel=2, draft="prompt-lookup") as engine:
+        assert collect(engine.stream_chat(messages, GREEDY)).text == plain_05b
+        alone = dict(engine.solo.stats)
+        assert alone["accepted"] > 0 and alone["rounds"] < GREEDY.max_tokens
+        texts = [None, None]
+
+        def ask(i: int) -> None:
+            texts[i] = collect(engine.stream_chat(messages, GREEDY)).text
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert texts == [plain_05b, plain_05b]
