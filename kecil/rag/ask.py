@@ -57,6 +57,10 @@ class AskConfig:
     temperature: float = 0.0  # answers from documents should not vary from run to run
     context_length: int | None = None
     backend: str | None = None
+    # Answers quote their sources, so the prompt's own n-grams are good drafts (kecil/infer/speculative.py).
+    draft: str | None = field(default=None, metadata={"metavar": "MODEL", "help": (
+        "Speculative decoding for the answer: 'prompt-lookup' (the sources' n-grams) or a smaller model with the same "
+        "tokenizer; the same answer, sooner. GGUF models only.")})
 
     def __post_init__(self) -> None:
         if not -1 <= self.min_similarity <= 1:
@@ -168,7 +172,8 @@ def stream_ask(
         raise ConfigError("the question is empty")
 
     def answering_model() -> Backend:
-        return model if isinstance(model, Backend) else load_model(model, backend=config.backend, context_length=config.context_length)
+        return model if isinstance(model, Backend) else load_model(model, backend=config.backend, context_length=config.context_length,
+                                                                    draft=config.draft)
 
     # Reranking (when asked for, with no model of its own) uses the answering model: one model in memory.
     rerank = config.search.rerank
