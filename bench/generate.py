@@ -99,7 +99,8 @@ def _speculative(args, threads: int) -> int:
         emit(**common, status="skipped", reason=f"{spec.TARGET} is not installed: kecil pull {spec.TARGET}")
         return 0
     tools = ensure_tools(build=not args.no_build)
-    kinds = list(spec.KECIL_KINDS) + (list(spec.SERVER_KINDS) if tools is not None else [])
+    kecil_kinds = [*spec.KECIL_KINDS, spec.SERVE_KIND]
+    kinds = kecil_kinds + (list(spec.SERVER_KINDS) if tools is not None else [])
     print(f"{BENCH}: speculative decoding, {spec.TARGET} (+ {spec.DRAFT}), {threads} threads", file=sys.stderr, flush=True)
     raw: dict[str, list[dict]] = {kind: [] for kind in kinds}
     prompt_ids = None
@@ -107,7 +108,7 @@ def _speculative(args, threads: int) -> int:
         for round_no in range(1, args.rounds + 1):
             for kind in kinds:
                 print(f"  round {round_no}/{args.rounds}: {kind} ...", file=sys.stderr, flush=True)
-                if kind in spec.KECIL_KINDS:
+                if kind in kecil_kinds:
                     result, _ = _run_worker(f"spec:{kind}", args, threads, extra=["--spec-tokens", str(args.spec_tokens)])
                     prompt_ids = prompt_ids or result["prompt_ids"]
                 else:
@@ -122,7 +123,7 @@ def _speculative(args, threads: int) -> int:
         emit(**common, engine=kind, metric="decode_tokens_per_s", value=round(speeds[kind], 2), runs=len(rounds) * args.runs,
              prompt_tokens=len(prompt_ids), draft_acceptance=None if rate is None else round(rate, 3))
         rows.append([kind, speeds[kind], rate, speeds[kind] / speeds[spec.KECIL_KINDS[0]]])
-    same = len({raw[k][-1]["text"] for k in spec.KECIL_KINDS}) == 1
+    same = len({raw[k][-1]["text"] for k in kecil_kinds}) == 1
     emit(**common, metric="kecil_same_text_with_and_without_draft", value=same)
     for ours, theirs in zip(spec.KECIL_KINDS[1:], spec.SERVER_KINDS[1:]):
         if theirs in speeds:

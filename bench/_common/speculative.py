@@ -32,12 +32,16 @@ SOURCE = (
 )
 QUESTION = (f"Source:\n{SOURCE}\n\nQuestion: What must a climber do and not do on Mount Rinjani? Answer using only the "
             "source, as a numbered list that quotes the source's own words for every rule.")
-KECIL_KINDS = ("kecil 1.5B", "kecil 1.5B + 0.5B draft", "kecil 1.5B + prompt lookup")
-SERVER_KINDS = ("llama-server 1.5B", "llama-server 1.5B + 0.5B draft", "llama-server 1.5B + ngram lookup")
-# llama-server's draft settings made equal to kecil's (SpeculativeConfig): up to 8 drafted
-# tokens, a draft model stops below p = 0.5; its own defaults are 3 tokens and p_min 0.
-SERVER_DRAFT_ARGS = ["--spec-draft-n-max", "8", "--spec-draft-p-min", "0.5"]
-SERVER_NGRAM_ARGS = ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "8"]
+KECIL_KINDS = ("kecil 1.5B", "kecil 1.5B + 0.5B draft", "kecil 1.5B + prompt lookup", "kecil 1.5B + lookup, else 0.5B draft")
+# The batched engine of `kecil serve --draft` with one request running (it speculates when alone).
+SERVE_KIND = "kecil serve engine 1.5B + 0.5B draft, 1 request"
+SERVER_KINDS = ("llama-server 1.5B", "llama-server 1.5B + 0.5B draft", "llama-server 1.5B + ngram lookup",
+                "llama-server 1.5B + ngram lookup, 0.5B draft")
+# llama-server's draft settings made like kecil's (SpeculativeConfig): a draft model proposes up
+# to 4 tokens and stops below p = 0.5 (llama-server's defaults: 3 tokens, p_min 0); n-gram lookup
+# matches 3 tokens (its default, 12, finds little in a short answer) and proposes up to 12.
+SERVER_DRAFT_ARGS = ["--spec-draft-n-max", "4", "--spec-draft-p-min", "0.5"]
+SERVER_NGRAM_ARGS = ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "12"]
 
 
 def model_paths() -> tuple[Path, Path] | None:
@@ -56,18 +60,32 @@ def kecil_worker(kind: str, *, threads: int, new_tokens: int, runs: int) -> dict
     from kecil.infer.load import load_model
 
     target, draft = model_paths()
-    draft_arg = {"kecil 1.5B": None, "kecil 1.5B + 0.5B draft": str(draft), "kecil 1.5B + prompt lookup": "prompt-lookup"}[kind]
+    draft_arg = {"kecil 1.5B": None, "kecil 1.5B + 0.5B draft": str(draft), "kecil 1.5B + prompt lookup": "prompt-lookup",
+                 "kecil 1.5B + lookup, else 0.5B draft": f"prompt-lookup+{draft}", SERVE_KIND: str(draft)}[kind]
     config = GenerationConfig(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    with load_model(str(target), context_length=CONTEXT, threads=threads, draft=draft_arg) as model:
+    if kind == SERVE_KIND:
+        from kecil.infer.llamacpp_batched import BatchedLlamaCppBackend
+        from kecil.models.info import inspect_model
+        from kecil.models.reference import resolve
+
+        ref = resolve(str(target))
+        opened = BatchedLlamaCppBackend(ref, inspect_model(ref), context_length=CONTEXT, threads=threads, parallel=4, draft=draft_arg)
+    else:
+        opened = load_model(str(target), context_length=CONTEXT, threads=threads, draft=draft_arg)
+    with opened as model:
         ids = model.chat_prompt_ids([{"role": "user", "content": QUESTION}])
         _drain(model.stream_ids(ids, GenerationConfig(max_tokens=16, temperature=0)))  # warm-up
         speeds, accepted, drafted, text = [], 0, 0, ""
+        if kind == SERVE_KIND:
+            model.solo.stats.update(accepted=0, drafted=0)  # counters run on: count the measured runs only
         for _ in range(runs):
             last, pieces = _drain(model.stream_ids(ids, config))
             speeds.append(last.timings.decode_tokens_per_second)
-            accepted += model.speculation.get("accepted", 0) if draft_arg else 0
-            drafted += model.speculation.get("drafted", 0) if draft_arg else 0
+            stats = model.speculation if draft_arg and kind != SERVE_KIND else {}
+            accepted, drafted = accepted + stats.get("accepted", 0), drafted + stats.get("drafted", 0)
             text = "".join(pieces)
+        if kind == SERVE_KIND:
+            accepted, drafted = model.solo.stats["accepted"], model.solo.stats["drafted"]
     return {"kind": kind, "decode_tokens_per_s": speeds, "accepted": accepted, "drafted": drafted,
             "prompt_ids": ids, "text": text}
 
@@ -89,10 +107,14 @@ def server_round(kind: str, tools: Path, *, prompt_ids: list[int], threads: int,
         port = s.getsockname()[1]
     cmd = [str(tools / "llama-server"), "-m", str(target), "--host", "127.0.0.1", "--port", str(port), "-np", "1",
            "-c", str(CONTEXT), "-t", str(threads), "-tb", str(threads), "-fa", "on", "--no-webui"]
-    if kind.endswith("draft"):
+    if "draft" in kind:
         cmd += ["--model-draft", str(draft), "-td", str(threads), "-tbd", str(threads), *SERVER_DRAFT_ARGS]
-    elif kind.endswith("lookup"):
+    if "lookup" in kind:
         cmd += SERVER_NGRAM_ARGS
+    if "draft" in kind:
+        types = "ngram-simple,draft-simple" if "lookup" in kind else "draft-simple"
+        cmd += ["--spec-type", types] if "lookup" not in kind else []
+        cmd[cmd.index("--spec-type") + 1] = types
     with open(log_dir / f"{kind.replace(' ', '_').replace('+', '')}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -107,13 +129,15 @@ def server_round(kind: str, tools: Path, *, prompt_ids: list[int], threads: int,
                 accepted += timings.get("draft_n_accepted", 0)
                 drafted += timings.get("draft_n", 0)
                 text = reply.get("content", "")
+                last_timings = timings
         finally:
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return {"kind": kind, "decode_tokens_per_s": speeds, "accepted": accepted, "drafted": drafted, "text": text}
+    return {"kind": kind, "decode_tokens_per_s": speeds, "accepted": accepted, "drafted": drafted, "text": text,
+            "server_timings": last_timings}
 
 
 def _complete(url: str, prompt_ids: list[int], n: int) -> dict:

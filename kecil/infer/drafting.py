@@ -89,6 +89,7 @@ class PromptLookup:
     (longest n first), as in Saxena's prompt-lookup decoding; no model, almost no time."""
 
     def __init__(self, spec: SpeculativeConfig):
+        self.max_draft = spec.max_lookup
         self._sizes = range(spec.ngram_max, spec.ngram_min - 1, -1)
         self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> where the text after its latest occurrence starts
         self._indexed = 0  # n-grams ending before this position are in _latest
@@ -128,7 +129,7 @@ class DraftModel:
         if ref.format != "gguf":
             raise ConfigError(f"--draft {spec_text}: a draft model runs on llama.cpp, so it must be a GGUF file "
                               "(`kecil quantize` makes one)")
-        self.ref, self._spec = ref, spec
+        self.ref, self._spec, self.max_draft = ref, spec, spec.max_draft
         self._native = BatchContext(ref, context_length=context_length, parallel=1, batch_size=512, threads=threads)
         try:
             lib, model = self._native.lib, self._native.model
@@ -166,6 +167,22 @@ class DraftModel:
         self._native.close()
 
 
+class LookupFirst:
+    """Prompt lookup where the text repeats the prompt, the draft model elsewhere: a looked-up
+    draft costs nothing to make, a draft model's costs a pass of the draft per token."""
+
+    def __init__(self, lookup: PromptLookup, model: DraftModel):
+        self.lookup, self.model = lookup, model
+        self.max_draft = lookup.max_draft  # a model's draft stays within its own limit (propose's n is capped)
+
+    def propose(self, ids: Sequence[int], n: int, sampler: TokenSampler) -> Draft:
+        found = self.lookup.propose(ids, n, sampler)
+        return found if len(found.tokens) >= 2 else self.model.propose(ids, min(n, self.model.max_draft), sampler)
+
+    def close(self) -> None:
+        self.model.close()
+
+
 def vocabulary_sample(lib, vocab) -> tuple[int, list[bytes]]:
     """A vocabulary's size and the text of 256 tokens spread over it (and its special tokens)."""
     n = lib.llama_vocab_n_tokens(vocab)
@@ -189,8 +206,12 @@ def check_same_vocabulary(lib, target_vocab, draft_vocab, *, target: str, draft:
 
 def open_drafter(draft: str, *, target_vocab, target_name: str, context_length: int, threads: int,
                  spec: SpeculativeConfig | None = None):
-    """The drafter `--draft` names: prompt lookup, or a draft model checked against the target's vocabulary."""
+    """The drafter `--draft` names: prompt lookup, a draft model checked against the target's
+    vocabulary, or both as "prompt-lookup+MODEL" (lookup first, the model where it finds nothing)."""
     spec = spec or SpeculativeConfig()
     if draft == PROMPT_LOOKUP:
         return PromptLookup(spec)
-    return DraftModel(draft, target_vocab, target_name=target_name, context_length=context_length, threads=threads, spec=spec)
+    both = draft.startswith(PROMPT_LOOKUP + "+")
+    model = DraftModel(draft[len(PROMPT_LOOKUP) + 1:] if both else draft, target_vocab, target_name=target_name,
+                       context_length=context_length, threads=threads, spec=spec)
+    return LookupFirst(PromptLookup(spec), model) if both else model

@@ -55,7 +55,7 @@ class SoloSpeculation:
         state = sequence.speculation
         if state is None:
             sampler = TokenSampler(sequence.config, np.random.default_rng())
-            state = sequence.speculation = SoloState(sampler, max(1, self.spec.max_draft // 2))
+            state = sequence.speculation = SoloState(sampler, max(1, self.drafter.max_draft // 2))
         state.sampler.generated = sequence.generated
         room = min(state.n_draft, sequence.config.max_tokens - sequence.text.produced - 1,
                    engine.context_length - sequence.n_past - 2)
@@ -74,7 +74,7 @@ class SoloSpeculation:
         engine._lib.llama_memory_seq_rm(engine._ctx.memory, sequence.slot, sequence.n_past, -1)
         sequence.next_token = None
         if draft.tokens:
-            state.n_draft = next_draft_length(state.n_draft, kept, len(draft.tokens), self.spec)
+            state.n_draft = next_draft_length(state.n_draft, kept, len(draft.tokens), self.spec, self.drafter.max_draft)
         self.stats["rounds"] += 1
         self.stats["drafted"] += len(draft.tokens)
         self.stats["accepted"] += kept

@@ -34,7 +34,8 @@ class LoadOptions:
     threads: int | None = None  # None = number of physical cores
     draft: str | None = field(default=None, metadata={"metavar": "MODEL", "help": (
         "Speculative decoding: a smaller model with the same tokenizer proposes tokens that MODEL checks in one batch "
-        "(same output, faster), or 'prompt-lookup' to propose n-grams from the prompt (answers that quote their sources). "
+        "(same output, faster), or 'prompt-lookup' to propose n-grams from the prompt (answers that quote their sources), "
+        "or 'prompt-lookup+MODEL' for both (the lookup where the text repeats the prompt, the model elsewhere). "
         "llamacpp backend only.")})
 
     def __post_init__(self) -> None:

@@ -33,7 +33,10 @@ PENALTY_LAST_N = 64  # as llama-cpp-python: repetition penalties look at the las
 class SpeculativeConfig:
     """How much to draft per round; the draft length adapts between min_draft and max_draft."""
 
-    max_draft: int = field(default=8, metadata={"help": "Most tokens the drafter proposes per round."})
+    # Measured on 2 cores (docs/benchmarks.md): the 1.5B checks 2 to 4 tokens in the time of one
+    # and a half, 9 in three; each token a draft model proposes costs half a 1.5B step, a looked-up one nothing.
+    max_draft: int = field(default=4, metadata={"help": "Most tokens a draft model proposes per round."})
+    max_lookup: int = field(default=12, metadata={"help": "Most tokens prompt lookup proposes per round."})
     min_draft: int = field(default=2, metadata={"help": "Fewest tokens proposed per round (when the drafter has them)."})
     # A draft model stops proposing once its own confidence in the next token falls below this:
     # a token it is unsure of is likely rejected, and drafting it costs a draft step (as llama.cpp's p_min).
@@ -42,8 +45,9 @@ class SpeculativeConfig:
     ngram_min: int = field(default=2, metadata={"help": "Prompt lookup: shortest n-gram matched."})
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_draft <= self.max_draft:
-            raise ConfigError(f"need 1 <= min_draft <= max_draft, got {self.min_draft} and {self.max_draft}")
+        if not 1 <= self.min_draft <= min(self.max_draft, self.max_lookup):
+            raise ConfigError(f"need 1 <= min_draft <= max_draft and max_lookup, got {self.min_draft}, {self.max_draft} "
+                              f"and {self.max_lookup}")
         if not 0 <= self.p_min < 1:
             raise ConfigError(f"p_min must be in [0, 1), got {self.p_min}")
         if not 1 <= self.ngram_min <= self.ngram_max:
@@ -60,6 +64,7 @@ class Draft:
 
 
 class Drafter(Protocol):
+    max_draft: int  # most tokens it proposes per round
     def propose(self, ids: Sequence[int], n: int, sampler: TokenSampler) -> Draft:
         """Up to `n` tokens likely to follow `ids` (the prompt and everything accepted so far)."""
 
@@ -168,10 +173,10 @@ def accept(sampler: TokenSampler, rows, draft: Draft, recent: Sequence[int]) -> 
     return out
 
 
-def next_draft_length(n: int, kept: int, drafted: int, spec: SpeculativeConfig) -> int:
-    """Adapt the draft length: longer while whole drafts pass, down to what passed (and one more)
-    after a rejection, since a rejected token's batch row was paid for and wasted."""
-    return min(spec.max_draft, n + 2) if kept == drafted else max(spec.min_draft, kept + 1)
+def next_draft_length(n: int, kept: int, drafted: int, spec: SpeculativeConfig, limit: int) -> int:
+    """Adapt the draft length (at most `limit`): longer while whole drafts pass, down to what passed
+    (and one more) after a rejection, since a rejected token's batch row was paid for and wasted."""
+    return min(limit, n + 2) if kept == drafted else max(spec.min_draft, kept + 1)
 
 
 def speculate(
@@ -185,7 +190,8 @@ def speculate(
     ids = list(prompt_ids)
     pending = [ids[-1]]  # tokens in `ids` the target has not evaluated yet
     remaining = config.max_tokens
-    n_draft = spec.max_draft // 2 or 1
+    limit = getattr(drafter, "max_draft", spec.max_draft)
+    n_draft = max(1, limit // 2)
     stats = {} if stats is None else stats
     stats.update(rounds=0, drafted=0, accepted=0)
     while remaining > 0:
@@ -199,7 +205,7 @@ def speculate(
         stats["drafted"] += len(draft.tokens)
         stats["accepted"] += kept
         if draft.tokens:
-            n_draft = next_draft_length(n_draft, kept, len(draft.tokens), spec)
+            n_draft = next_draft_length(n_draft, kept, len(draft.tokens), spec, limit)
         for token in out[:remaining]:
             remaining -= 1
             sampler.generated.append(token)
