@@ -39,9 +39,9 @@ SERVER_KINDS = ("llama-server 1.5B", "llama-server 1.5B + 0.5B draft", "llama-se
                 "llama-server 1.5B + ngram lookup, 0.5B draft")
 # llama-server's draft settings made like kecil's (SpeculativeConfig): a draft model proposes up
 # to 4 tokens and stops below p = 0.5 (llama-server's defaults: 3 tokens, p_min 0); n-gram lookup
-# matches 3 tokens (its default, 12, finds little in a short answer) and proposes up to 12.
+# matches 3 tokens (its default, 12, finds little in a short answer) and proposes up to 8.
 SERVER_DRAFT_ARGS = ["--spec-draft-n-max", "4", "--spec-draft-p-min", "0.5"]
-SERVER_NGRAM_ARGS = ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "12"]
+SERVER_NGRAM_ARGS = ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "8"]
 
 
 def model_paths() -> tuple[Path, Path] | None:

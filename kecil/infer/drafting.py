@@ -36,7 +36,7 @@ class LlamaSequence:
         import numpy as np
 
         lib, batch = self._lib, self._batch
-        rows = []
+        rows = np.empty((len(tokens) if all_logits else min(1, len(tokens)), self.n_vocab), dtype=np.float32)
         for begin in range(0, len(tokens), self._batch_size):
             piece = tokens[begin : begin + self._batch_size]
             final = begin + len(piece) == len(tokens)
@@ -55,8 +55,8 @@ class LlamaSequence:
             wanted = range(len(piece)) if all_logits else (range(len(piece) - 1, len(piece)) if final else ())
             for k in wanted:
                 pointer = ctypes.cast(lib.llama_get_logits_ith(self._ctx, k), ctypes.POINTER(ctypes.c_float))
-                rows.append(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
-        return np.stack(rows) if rows else np.empty((0, self.n_vocab), dtype=np.float32)
+                rows[begin + k if all_logits else 0] = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        return rows
 
     def cut(self, n: int) -> None:
         if n < len(self.ids) or n == 0:

@@ -67,7 +67,7 @@ class SoloSpeculation:
         status = engine._lib.llama_decode(engine._ctx.ctx, engine._batch)
         if status != 0:
             raise BackendError(f"llama.cpp failed to decode a batch (status {status})")
-        rows = np.stack([engine._sampling.logits(i) for i in range(len(draft.tokens) + 1)])
+        rows = [engine._sampling.logits(i) for i in range(len(draft.tokens) + 1)]  # views: read before the next decode
         out = accept(state.sampler, rows, draft, [])
         kept = len(out) - 1
         sequence.n_past += 1 + kept  # the model's own last token is fed next step, as any sampled one

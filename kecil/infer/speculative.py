@@ -34,9 +34,10 @@ class SpeculativeConfig:
     """How much to draft per round; the draft length adapts between min_draft and max_draft."""
 
     # Measured on 2 cores (docs/benchmarks.md): the 1.5B checks 2 to 4 tokens in the time of one
-    # and a half, 9 in three; each token a draft model proposes costs half a 1.5B step, a looked-up one nothing.
+    # and a half, 9 in three; each token a draft model proposes costs half a 1.5B step, a looked-up
+    # one nothing (8 did a little better than 12 or 16 on a RAG answer).
     max_draft: int = field(default=4, metadata={"help": "Most tokens a draft model proposes per round."})
-    max_lookup: int = field(default=12, metadata={"help": "Most tokens prompt lookup proposes per round."})
+    max_lookup: int = field(default=8, metadata={"help": "Most tokens prompt lookup proposes per round."})
     min_draft: int = field(default=2, metadata={"help": "Fewest tokens proposed per round (when the drafter has them)."})
     # A draft model stops proposing once its own confidence in the next token falls below this:
     # a token it is unsure of is likely rejected, and drafting it costs a draft step (as llama.cpp's p_min).
