@@ -11,7 +11,9 @@ over 128 greedy tokens), load time and peak RSS for:
   llama-bench       llama.cpp's own benchmark tool, built from the same sources (the anchor)
 
 then this machine's memory-bandwidth limit for decoding, and the ratios that say how close
-kecil gets. Each engine runs in its own process (so peak RSS is its own); speeds are medians
+kecil gets. With Qwen2.5-Coder-1.5B installed (`kecil pull qwen2.5-coder-1.5b`), it then measures
+speculative decoding on a RAG-style answer against llama.cpp's own (bench/_common/speculative.py;
+--speculative only runs just that part). Each engine runs in its own process (so peak RSS is its own); speeds are medians
 of --runs generations after one warm-up, and load time is the median over --load-runs fresh
 processes. Results are JSON lines on stdout, a table on stderr. See docs/benchmarks.md.
 """
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
 
     threads = args.threads or physical_cores()
+    if args.speculative == "only":
+        return _speculative(args, threads)
     gguf = default_gguf()
     engines = args.engines.split(",") if args.engines else list(ALL_ENGINES)
     unknown = set(engines) - set(ALL_ENGINES)
@@ -80,7 +84,53 @@ def main(argv: list[str] | None = None) -> int:
     limit = _bandwidth_limit(gguf, threads, common, args)
     _ratios(results, limit, common, args)
     _table(results, args)
-    return 1 if failed else 0
+    spec_failed = _speculative(args, threads) if args.speculative == "auto" else 0
+    return 1 if failed or spec_failed else 0
+
+
+def _speculative(args, threads: int) -> int:
+    """The speculative-decoding section: kecil's and llama-server's, interleaved round by round."""
+    import tempfile
+
+    from _common import speculative as spec
+
+    common = {"bench": BENCH, "model": spec.TARGET, "threads": threads, "task": "rag-answer", "new_tokens": args.spec_tokens}
+    if spec.model_paths() is None:
+        emit(**common, status="skipped", reason=f"{spec.TARGET} is not installed: kecil pull {spec.TARGET}")
+        return 0
+    tools = ensure_tools(build=not args.no_build)
+    kecil_kinds = [*spec.KECIL_KINDS, spec.SERVE_KIND]
+    kinds = kecil_kinds + (list(spec.SERVER_KINDS) if tools is not None else [])
+    print(f"{BENCH}: speculative decoding, {spec.TARGET} (+ {spec.DRAFT}), {threads} threads", file=sys.stderr, flush=True)
+    raw: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    prompt_ids = None
+    with tempfile.TemporaryDirectory() as log_dir:
+        for round_no in range(1, args.rounds + 1):
+            for kind in kinds:
+                print(f"  round {round_no}/{args.rounds}: {kind} ...", file=sys.stderr, flush=True)
+                if kind in kecil_kinds:
+                    result, _ = _run_worker(f"spec:{kind}", args, threads, extra=["--spec-tokens", str(args.spec_tokens)])
+                    prompt_ids = prompt_ids or result["prompt_ids"]
+                else:
+                    result = spec.server_round(kind, tools, prompt_ids=prompt_ids, threads=threads, new_tokens=args.spec_tokens,
+                                               runs=args.runs, log_dir=Path(log_dir))
+                raw[kind].append(result)
+    speeds = {kind: median([v for r in rounds for v in r["decode_tokens_per_s"]]) for kind, rounds in raw.items()}
+    rows = []
+    for kind, rounds in raw.items():
+        drafted, accepted = sum(r["drafted"] for r in rounds), sum(r["accepted"] for r in rounds)
+        rate = accepted / drafted if drafted else None
+        emit(**common, engine=kind, metric="decode_tokens_per_s", value=round(speeds[kind], 2), runs=len(rounds) * args.runs,
+             prompt_tokens=len(prompt_ids), draft_acceptance=None if rate is None else round(rate, 3))
+        rows.append([kind, speeds[kind], rate, speeds[kind] / speeds[spec.KECIL_KINDS[0]]])
+    same = len({raw[k][-1]["text"] for k in kecil_kinds}) == 1
+    emit(**common, metric="kecil_same_text_with_and_without_draft", value=same)
+    for ours, theirs in zip(spec.KECIL_KINDS[1:], spec.SERVER_KINDS[1:]):
+        if theirs in speeds:
+            emit(**common, metric="ratio", engine=ours, against=theirs, value=round(speeds[ours] / speeds[theirs], 3))
+    table(f"\n{BENCH}: speculative decoding, {args.spec_tokens} greedy tokens after a {len(prompt_ids)}-token RAG prompt, "
+          f"medians over {args.rounds} interleaved rounds", ["configuration", "decode tok/s", "drafts accepted", "x kecil 1.5B"], rows)
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per generation (EOS ignored)")
     p.add_argument("--threads", type=int, help="threads for every engine (default: physical cores)")
     p.add_argument("--no-build", action="store_true", help="skip llama-bench instead of building llama.cpp's tools")
+    p.add_argument("--speculative", choices=("auto", "only", "off"), default="auto",
+                   help="the speculative-decoding section on the 1.5B: after the rest (auto, when the model is installed), alone, or not")
+    p.add_argument("--spec-tokens", type=int, default=128, help="tokens decoded per generation in the speculative section")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one engine in this process
     return p
 
@@ -101,6 +154,11 @@ def _worker(args) -> int:
         from _common.machine import read_bandwidth_gb_per_s
 
         print(json.dumps({"gb_per_s": read_bandwidth_gb_per_s(args.threads, BANDWIDTH_BUFFER_BYTES)}))
+        return 0
+    if args.worker.startswith("spec:"):
+        from _common.speculative import kecil_worker
+
+        print(json.dumps(kecil_worker(args.worker[5:], threads=args.threads, new_tokens=args.spec_tokens, runs=args.runs)))
         return 0
     from _common.engines import measure
 
@@ -112,11 +170,11 @@ def _worker(args) -> int:
     return 0
 
 
-def _run_worker(name: str, args, threads: int) -> tuple[dict, float]:
+def _run_worker(name: str, args, threads: int, extra: list[str] = ()) -> tuple[dict, float]:
     """Run one worker process; returns its result and its peak RSS in MiB."""
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads", str(threads),
-        "--runs", str(args.runs), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+        "--runs", str(args.runs), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), *extra,
     ]  # fmt: skip
     run = run_isolated(cmd, timeout=TIMEOUT_SECONDS)
     if run.returncode != 0:

@@ -8,10 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from kecil.cli.common import Adapter, Backend, Context, Threads, err, limits_note, on_device, speed
+from kecil.cli.common import Adapter, Backend, Context, Threads, err, limits_note, speed
 from kecil.cli.options import config_options
 from kecil.errors import KecilError
 from kecil.infer.generation import GenerationConfig
+from kecil.infer.load import LoadOptions
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Built-in name, .gguf file or Hugging Face folder (default: the embedded model).")]
 
@@ -22,9 +23,11 @@ CHAT_COMMANDS = {
     "/exit": "leave (also /quit, /bye, or Ctrl-D)",
 }
 _EXIT = ("/exit", "/quit", "/bye")
+# --device and --draft, from LoadOptions' fields: the command gets `load`, a dict for load_model(**load).
+with_loading = config_options(LoadOptions, into="load", only=("device", "draft"), build=False)
 
 
-@on_device
+@with_loading
 @config_options(GenerationConfig, into="generation")
 def generate(
     args: Annotated[list[str], typer.Argument(metavar="[MODEL] PROMPT", help="Optional model (built-in name, .gguf file or Hugging Face folder), then the prompt; '-' reads the prompt from stdin.")],
@@ -56,10 +59,10 @@ def generate(
             sys.stdout.flush()
     sys.stdout.write("\n")
     if stats:
-        err(f"[{engine.name}] {speed(chunk.timings)}, finish: {chunk.finish_reason}")
+        err(f"[{engine.name}] {speed(chunk.timings)}, finish: {chunk.finish_reason}{drafted(engine)}")
 
 
-@on_device
+@with_loading
 @config_options(GenerationConfig, into="generation", defaults={"max_tokens": 512})
 def chat(
     generation: GenerationConfig,
@@ -119,6 +122,14 @@ def chat(
                 err("\n[interrupted]")
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+def drafted(engine) -> str:
+    """How many drafted tokens the model accepted, for the stats line of a speculative run."""
+    stats = getattr(engine, "speculation", None)
+    if not stats or not stats.get("drafted"):
+        return ""
+    return f", draft: {stats['accepted']}/{stats['drafted']} tokens accepted"
 
 
 def info(

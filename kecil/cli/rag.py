@@ -166,7 +166,7 @@ def remove(name: KbArg, yes: Yes = False) -> None:
     print(f"removed {remove_kb(name)}")
 
 
-@config_options(AskConfig, build=False, only=("k", "max_tokens"), into="options")
+@config_options(AskConfig, build=False, only=("k", "max_tokens", "draft"), into="options")
 def ask(
     question: Annotated[str, typer.Argument(help="The question; '-' reads it from stdin.")],
     options: dict[str, Any],

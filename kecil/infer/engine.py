@@ -136,15 +136,22 @@ def open_engine(
     parallel: int = 4,
     adapter: Path | None = None,
     device: str = "auto",
+    draft: str | None = None,
 ) -> Engine:
     """Load `ref` on the engine for `backend` (None = by format) with `parallel` generations at
     once where the engine batches them; `adapter` is the file or folder that backend reads;
-    `device` goes to an engine that can run on a GPU (load.device_options)."""
+    `device` goes to an engine that can run on a GPU (load.device_options); `draft` (a draft model
+    or "prompt-lookup") speeds up a request running alone (llama.cpp engine only)."""
     from kecil.infer.load import device_options
 
-    cls = engine_class(engine_name(ref, backend))
+    name = engine_name(ref, backend)
+    cls = engine_class(name)
+    extra = {} if draft is None else {"draft": draft}
+    if draft is not None and not getattr(cls, "drafts", False):
+        raise ConfigError(f"--draft runs on the llama.cpp engine; {ref.name} is served by the {name} engine "
+                          "(drop --draft, or serve a GGUF file: `kecil quantize` makes one)")
     return cls.open(ref, info, context_length=context_length, threads=threads, parallel=parallel, adapter=adapter,
-                    **device_options(cls, device))
+                    **device_options(cls, device), **extra)
 
 
 def drain(engine: Engine, prompt_ids: list[int], config: GenerationConfig,

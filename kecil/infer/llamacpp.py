@@ -11,6 +11,7 @@ from kecil.errors import BackendError
 from kecil.infer.backend import Backend, shared_prefix_length
 from kecil.infer.generation import Chunk, GenerationConfig
 from kecil.infer.llamacpp_runtime import import_llama_cpp
+from kecil.infer.speculative import SpeculativeConfig
 from kecil.infer.streaming import stream_tokens
 from kecil.models.info import ModelInfo
 from kecil.models.reference import ModelRef
@@ -25,8 +26,10 @@ class LlamaCppBackend(Backend):
             return "the llamacpp backend runs GGUF files; use --backend torch for a Hugging Face folder"
         return None
 
-    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, adapter: Path | None = None):
+    def __init__(self, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, adapter: Path | None = None,
+                 draft: str | None = None, speculative: SpeculativeConfig | None = None):
         super().__init__(ref, info, context_length)
+        self._drafter = self._sequence = None
         llama_cpp = import_llama_cpp()
         self._llama_cpp = llama_cpp
         try:
@@ -52,6 +55,14 @@ class LlamaCppBackend(Backend):
         self._vocab = self._llm._model.vocab
         self._score_batch = None  # a llama_batch for logits(), made on first use
         self._scored_ids: list[int] = []  # what logits() left in the KV cache
+        self.speculative = speculative or SpeculativeConfig()
+        self.speculation: dict = {}  # rounds, drafted and accepted tokens of the last speculative generation
+        if draft is not None:
+            from kecil.infer.drafting import LlamaSequence, open_drafter
+
+            self._drafter = open_drafter(draft, target_vocab=self._vocab, target_name=ref.name,
+                                         context_length=context_length, threads=threads, spec=self.speculative)
+            self._sequence = LlamaSequence(llama_cpp, self._llm._ctx.ctx, self._llm.n_vocab())
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
@@ -64,6 +75,8 @@ class LlamaCppBackend(Backend):
 
     def stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
         config = self.fit_to_context(prompt_ids, config)
+        if self._drafter is not None:
+            return self._stream_speculative(prompt_ids, config)
         # llama.cpp seeds its sampler when the sampler is built: a fresh seed per call unless
         # the caller fixed one, so unseeded runs differ and seeded runs repeat exactly.
         self._llm.set_seed(config.seed if config.seed is not None else random.getrandbits(32))
@@ -88,6 +101,23 @@ class LlamaCppBackend(Backend):
             started=started,
         )
 
+    def _stream_speculative(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        import numpy as np
+
+        from kecil.infer.speculative import speculate
+
+        sequence, started = self._sequence, perf_counter()
+        if not config.reuse_prefix or self._llm.n_tokens != 0 or self._scored_ids:
+            sequence.cut(0)  # evaluate the prompt afresh (generate() or logits() may have used the cache)
+        self._llm.reset()
+        self._scored_ids = []
+        sequence.follow(prompt_ids[:-1], logits=False)
+        self.speculation = {}
+        tokens = speculate(sequence, self._drafter, prompt_ids, config, self.speculative,
+                           np.random.default_rng(config.seed), is_end=self.is_end, stats=self.speculation)
+        return stream_tokens(tokens, prompt_tokens=len(prompt_ids), config=config, detokenize=self.detokenize,
+                             is_end=self.is_end, started=started)
+
     def logits(self, ids: Sequence[int], *, start: int = 0):
         """Logits for every position from `start` on, through llama.cpp's batch API on this
         model's own context (the high-level Llama keeps only the last row). The KV cache of the
@@ -106,6 +136,8 @@ class LlamaCppBackend(Backend):
             lib.llama_memory_clear(memory, True)
             keep = 0
         llm.reset()  # generate() must not trust its own record of the cache after this
+        if self._sequence is not None:
+            self._sequence.ids = []  # nor speculation
         self._scored_ids = ids[:keep]
         n_batch = lib.llama_n_batch(ctx)
         if self._score_batch is None:
@@ -134,6 +166,11 @@ class LlamaCppBackend(Backend):
         return out
 
     def close(self) -> None:
+        for name in ("_drafter", "_sequence"):
+            part = getattr(self, name, None)
+            if part is not None:
+                setattr(self, name, None)
+                part.close()
         batch, self._score_batch = getattr(self, "_score_batch", None), None
         if batch is not None:
             self._llama_cpp.llama_batch_free(batch)

@@ -54,6 +54,8 @@ class _Sequence:
     first: float = 0.0  # when the first token was sampled
     last: float = 0.0
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)  # sampled tokens, the end token too
+    speculation: object = None  # a SoloState once the request has run speculatively (llamacpp_solo.py)
     # Scoring instead of generating (Engine.score): log-probabilities of prompt_ids[score_from:].
     scored: Future | None = None
     score_ids: list[int] = field(default_factory=list)  # the whole scored text (prompt_ids less its last token)
@@ -73,6 +75,7 @@ class BatchedLlamaCppBackend(Backend):
     name = "llamacpp"
     extras: ClassVar[frozenset[str]] = frozenset({"grammar", "logprobs", "penalties"})
     batches: ClassVar[bool] = True
+    drafts: ClassVar[bool] = True  # speculative decoding with `draft` (kecil/infer/llamacpp_solo.py)
 
     @staticmethod
     def unsupported_reason(ref: ModelRef) -> str | None:
@@ -82,8 +85,8 @@ class BatchedLlamaCppBackend(Backend):
 
     @classmethod
     def open(cls, ref: ModelRef, info: ModelInfo, *, context_length: int, threads: int, parallel: int = 4,
-             adapter: Path | None = None) -> BatchedLlamaCppBackend:
-        return cls(ref, info, context_length=context_length, threads=threads, parallel=parallel, adapter=adapter)
+             adapter: Path | None = None, draft: str | None = None) -> BatchedLlamaCppBackend:
+        return cls(ref, info, context_length=context_length, threads=threads, parallel=parallel, adapter=adapter, draft=draft)
 
     def __init__(
         self,
@@ -95,6 +98,7 @@ class BatchedLlamaCppBackend(Backend):
         parallel: int = 4,
         batch_size: int = 512,
         adapter: Path | None = None,  # a GGUF LoRA file (`kecil tune` writes one as adapter.gguf)
+        draft: str | None = None,  # a draft model or "prompt-lookup": speculation while one request runs
     ):
         if parallel < 1:
             raise ConfigError(f"parallel must be at least 1, got {parallel}")
@@ -111,6 +115,7 @@ class BatchedLlamaCppBackend(Backend):
         self._sampling = Sampling(self._lib, self._native.internals, self._model, self._ctx)
         self.n_vocab = self._sampling.n_vocab
         self._batch = self._lib.llama_batch_init(self.batch_size, 0, 1)
+        self.solo = None if draft is None else self._open_solo(draft, threads)
         self._pending: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._slots = Slots(parallel)
@@ -120,6 +125,16 @@ class BatchedLlamaCppBackend(Backend):
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"kecil-batch-{ref.name}", daemon=True)
         self._thread.start()
+
+    def _open_solo(self, draft: str, threads: int):
+        from kecil.infer.llamacpp_solo import SoloSpeculation
+
+        try:
+            return SoloSpeculation.open(draft, self._vocab, self.ref.name, self.context_length, threads)
+        except BaseException:
+            self._lib.llama_batch_free(self._batch)
+            self._native.close()
+            raise
 
     # --- the Backend interface -------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
@@ -269,6 +284,9 @@ class BatchedLlamaCppBackend(Backend):
                 self._release(sequence)
         if not self._running:
             return
+        if self.solo is not None and len(self._running) == 1 and not self._pending and self.solo.suits(self._running[0]):
+            self.solo.step(self, self._running[0])
+            return
         self._batch.n_tokens = 0
         # Tokens go in slot order: with a KV stream per sequence, llama.cpp puts sequences in one
         # micro-batch only while their ids run consecutively (llama_batch_allocr::split_equal),
@@ -330,10 +348,15 @@ class BatchedLlamaCppBackend(Backend):
 
     def _sample(self, sequence: _Sequence, now: float) -> None:
         token = self._sampling.sample(sequence.sampler, sequence.grammar, sequence.batch_index)
-        sequence.first = sequence.first or now
-        sequence.last = now
         if sequence.extras.logprobs:
             sequence.pending_logprobs.append(self._sampling.logprob(sequence.batch_index, token, sequence.extras.top_logprobs))
+        self._take(sequence, token, now)
+
+    def _take(self, sequence: _Sequence, token: int, now: float) -> None:
+        """Emit `token`, the next of `sequence`'s answer; finish it or make the token its next input."""
+        sequence.generated.append(token)
+        sequence.first = sequence.first or now
+        sequence.last = now
         text = sequence.text.push(token)
         if text:  # tokens held back for a possible stop sequence keep their logprobs until released
             sequence.emit(Chunk(text, logprobs=tuple(sequence.pending_logprobs)))
@@ -396,5 +419,7 @@ class BatchedLlamaCppBackend(Backend):
             self._stopping = True
             self._cond.notify_all()
         self._thread.join()
+        if self.solo is not None:
+            self.solo.close()
         self._lib.llama_batch_free(self._batch)
         self._native.close()

@@ -6,7 +6,7 @@ Backends are a lookup table, not an if-chain: a new engine is one more row in BA
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import BackendError, ConfigError
@@ -33,6 +33,11 @@ class LoadOptions:
     context_length: int | None = None  # None = the model's trained context, at most DEFAULT_CONTEXT
     threads: int | None = None  # None = number of physical cores
     device: str = device_field()  # torch backend only: auto, cpu, cuda, cuda:N
+    draft: str | None = field(default=None, metadata={"metavar": "MODEL", "help": (
+        "Speculative decoding: a smaller model with the same tokenizer proposes tokens that MODEL checks in one batch "
+        "(same output, faster), or 'prompt-lookup' to propose n-grams from the prompt (answers that quote their sources), "
+        "or 'prompt-lookup+MODEL' for both (the lookup where the text repeats the prompt, the model elsewhere). "
+        "llamacpp backend only.")})
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -42,6 +47,8 @@ class LoadOptions:
             raise ConfigError(f"context length must be at least 16 tokens, got {self.context_length}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.draft is not None and not self.draft.strip():
+            raise ConfigError("--draft needs a model (a built-in name or .gguf file) or 'prompt-lookup'")
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -67,11 +74,13 @@ def load_model(
     threads: int | None = None,
     adapter: str | Path | None = None,
     device: str = "auto",
+    draft: str | None = None,
 ) -> Backend:
     """Load MODEL (a built-in name, a GGUF path or a Hugging Face folder; None = the default),
     with the LoRA `adapter` applied if given (a `kecil tune` output folder, or a GGUF LoRA file),
-    on `device` where the backend can choose one (torch: auto, cpu, cuda, cuda:N)."""
-    options = LoadOptions(backend, context_length, threads, device)
+    on `device` where the backend can choose one (torch: auto, cpu, cuda, cuda:N), with speculative
+    decoding when `draft` names a draft model or "prompt-lookup" (kecil/infer/speculative.py)."""
+    options = LoadOptions(backend, context_length, threads, device=device, draft=draft)
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
     info = inspect_model(ref)
     requested = options.backend
@@ -80,6 +89,11 @@ def load_model(
     cls = choose_backend(ref, requested)
     extra = {} if adapter is None else {"adapter": adapter_for_backend(Path(adapter).expanduser(), cls.name)}
     extra |= device_options(cls, options.device)
+    if options.draft is not None:
+        if cls.name != "llamacpp":
+            raise ConfigError(f"--draft runs on the llamacpp backend; {ref.name} would run on {cls.name} "
+                              "(drop --draft, or use a GGUF file: `kecil quantize` makes one)")
+        extra["draft"] = options.draft
     n_ctx = options.context_length or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if info.context_length and n_ctx > info.context_length:
         raise ConfigError(

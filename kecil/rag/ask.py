@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kecil.errors import ConfigError
+from kecil.infer.speculative import PROMPT_LOOKUP
 from kecil.rag.checks import _CITE, AttributedStream, attribute, check_sentences, content_terms, numbers, supported  # noqa: F401 (the checks were here)
 from kecil.rag.chunking import sentence_windows
 from kecil.rag.loaders import unit_of
@@ -57,6 +58,12 @@ class AskConfig:
     temperature: float = 0.0  # answers from documents should not vary from run to run
     context_length: int | None = None
     backend: str | None = None
+    # Answers quote their sources, so the prompt's own n-grams are good drafts (kecil/infer/speculative.py):
+    # on a RAG answer, 1.4x the decode speed of SmolLM2-135M and Qwen2.5-Coder-0.5B, 2.1x the 1.5B's
+    # (docs/benchmarks.md). The default applies where it can run (GGUF models on llama.cpp).
+    draft: str | None = field(default=PROMPT_LOOKUP, metadata={"metavar": "MODEL", "help": (
+        "Speculative decoding for the answer: 'prompt-lookup' (the sources' n-grams; the default on GGUF models), "
+        "a smaller model with the same tokenizer, or 'none'. The same answer, sooner.")})
 
     def __post_init__(self) -> None:
         if not -1 <= self.min_similarity <= 1:
@@ -150,6 +157,20 @@ def _after_quote(piece: str, text: str) -> str:
     return piece if len(text) > len(piece) else "\n\n" + piece
 
 
+def _draft_for(model: str | None, config: AskConfig) -> str | None:
+    """The --draft to load the answering model with: none when asked for none, and the default
+    (prompt lookup) only on the llamacpp backend, the one that speculates."""
+    if config.draft is None or config.draft.lower() == "none":
+        return None
+    if config.draft == PROMPT_LOOKUP:
+        from kecil.infer.load import DEFAULT_BACKEND
+        from kecil.models.reference import resolve
+
+        if (config.backend or DEFAULT_BACKEND[resolve(model).format]) != "llamacpp":
+            return None
+    return config.draft
+
+
 def stream_ask(
     question: str, kb: str | Retriever, *, model: str | Backend | None = None,
     config: AskConfig | None = None, k: int | None = None,
@@ -168,7 +189,8 @@ def stream_ask(
         raise ConfigError("the question is empty")
 
     def answering_model() -> Backend:
-        return model if isinstance(model, Backend) else load_model(model, backend=config.backend, context_length=config.context_length)
+        return model if isinstance(model, Backend) else load_model(model, backend=config.backend, context_length=config.context_length,
+                                                                    draft=_draft_for(model, config))
 
     # Reranking (when asked for, with no model of its own) uses the answering model: one model in memory.
     rerank = config.search.rerank

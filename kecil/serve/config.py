@@ -54,6 +54,9 @@ class ServeConfig:
     adapters: tuple[tuple[str, Path], ...] = field(default=(), metadata={
         "help": "LoRA adapters served on the first model, each as its own model BASE+NAME: NAME=PATH "
                 "(PATH: a `kecil tune` -o folder or a GGUF LoRA file); repeat for several."})
+    draft: str | None = field(default=None, metadata={"metavar": "MODEL", "help": (
+        "Speculative decoding for the first model while one request runs alone: a smaller GGUF model with the same "
+        "tokenizer, or 'prompt-lookup' (n-grams of the prompt). Same output; faster on a CPU.")})
     max_prompts: int = field(default=64, metadata={
         "help": "Prompts one /v1/completions request may carry (each also counts against --max-queue)."})
     max_messages: int = field(default=2000, metadata={

@@ -168,9 +168,10 @@ class ModelPool:
 
         info = inspect_model(ref)
         adapter = self.adapters[name][1] if name in self.adapters else None
+        draft = {"draft": self.config.draft} if self.config.draft is not None and name == self.default else {}
         return open_engine(ref, info, backend=self._backend_for(name), context_length=self.context_for(info),
                            threads=self.config.threads or physical_cores(), parallel=self.config.parallel, adapter=adapter,
-                           device=self.config.device)
+                           device=self.config.device, **draft)
 
     def _backend_for(self, name: str) -> str | None:
         """The backend model `name`'s adapter needs (a PEFT folder without its GGUF twin puts even
