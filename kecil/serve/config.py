@@ -52,6 +52,8 @@ class ServeConfig:
     adapters: tuple[tuple[str, Path], ...] = field(default=(), metadata={
         "help": "LoRA adapters served on the first model, each as its own model BASE+NAME: NAME=PATH "
                 "(PATH: a `kecil tune` -o folder or a GGUF LoRA file); repeat for several."})
+    routes: tuple[Path, ...] = field(default=(), metadata={
+        "help": "A route file (`kecil route calibrate` writes one), served as the model route:NAME (repeatable).", "flag": "--route"})
     max_prompts: int = field(default=64, metadata={
         "help": "Prompts one /v1/completions request may carry (each also counts against --max-queue)."})
     max_messages: int = field(default=2000, metadata={

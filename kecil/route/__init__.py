@@ -1,0 +1,1 @@
+"""Small model first, escalate when allowed (kecil route)."""
