@@ -70,8 +70,9 @@ BREAKER = CircuitBreaker()  # one per process: every request to an endpoint shar
 
 
 def chat(tier: Tier, messages: list[dict], *, max_tokens: int, temperature: float, deadline: Deadline,
-         breaker: CircuitBreaker = BREAKER) -> str:
+         breaker: CircuitBreaker | None = None) -> str:
     """The endpoint's answer to `messages` (already redacted by the caller), or RemoteFailed."""
+    breaker = breaker or BREAKER  # looked up at call time: the process's one breaker
     breaker.check(tier.url)
     body = json.dumps({"model": tier.remote_model, "messages": messages, "max_tokens": max_tokens,
                        "temperature": temperature, "stream": False}).encode("utf-8")

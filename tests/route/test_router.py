@@ -35,6 +35,12 @@ def small():
 
 
 @pytest.fixture
+def redaction():
+    """kecil.route.redact, which every remote escalation goes through (without it nothing is sent)."""
+    return pytest.importorskip("kecil.route.redact")
+
+
+@pytest.fixture
 def endpoint():
     made = []
 
@@ -61,8 +67,7 @@ def ask(route_plan: RouteFile, engine, **request) -> tuple:
     return routed, audit, time.monotonic() - started
 
 
-def test_an_unsure_answer_goes_to_the_remote_endpoint_redacted_and_comes_back_restored(small, endpoint):
-    pytest.importorskip("kecil.route.redact")
+def test_an_unsure_answer_goes_to_the_remote_endpoint_redacted_and_comes_back_restored(small, endpoint, redaction):
     remote = endpoint("ok")  # echoes what it got: the reply holds the placeholder, the user sees the address
     routed, audit, _ = ask(plan(remote.url), small)
     assert routed.routed_to == "cloud" and routed.escalated
@@ -96,13 +101,13 @@ def test_remote_escalation_is_off_unless_the_route_file_allows_it(small, endpoin
     assert remote.received == [] and not routed.escalated and "allow_remote" in routed.reason
 
 
-def test_a_down_endpoint_gives_the_small_answer_with_the_reason(small):
+def test_a_down_endpoint_gives_the_small_answer_with_the_reason(small, redaction):
     routed, _, seconds = ask(plan(closed_port_url(), retries=1), small)
     assert not routed.escalated and routed.routed_to == "small" and routed.text
     assert "could not reach" in routed.reason and seconds < 30
 
 
-def test_a_slow_endpoint_is_given_up_on_within_the_request_time(small, endpoint):
+def test_a_slow_endpoint_is_given_up_on_within_the_request_time(small, endpoint, redaction):
     remote = endpoint("slow", delay=20.0)
     routed, _, seconds = ask(plan(remote.url, timeout=1.0, retries=1), small, timeout=15.0)
     assert not routed.escalated and "no answer within" in routed.reason
@@ -110,7 +115,7 @@ def test_a_slow_endpoint_is_given_up_on_within_the_request_time(small, endpoint)
     assert seconds < 15.0
 
 
-def test_a_failing_endpoint_is_retried_a_bounded_number_of_times_then_its_circuit_opens(small, endpoint, monkeypatch):
+def test_a_failing_endpoint_is_retried_a_bounded_number_of_times_then_its_circuit_opens(small, endpoint, redaction, monkeypatch):
     import kecil.route.remote as remote_module
 
     monkeypatch.setattr(remote_module, "BREAKER", CircuitBreaker(failures=2, cooldown=60))
