@@ -175,6 +175,10 @@ def ask(
     backend: Backend = None,
     context: Context = None,
     rerank: Rerank = False,
+    route: Annotated[Optional[str], typer.Option("--route", metavar="FILE", help=(
+        "Route the answer (a `kecil route calibrate` file): the small model answers, a larger one when it is unsure; "
+        "a remote tier gets the question and the chunks only redacted, and only if the file allows it."))] = None,
+    escalate: Annotated[str, typer.Option("--escalate", help="With --route: all, local (no remote endpoint) or none.")] = "all",
     as_json: AsJson = False,
 ) -> None:
     """Answer a question from a knowledge base, citing the documents used."""
@@ -183,6 +187,9 @@ def ask(
 
     if question == "-":
         question = sys.stdin.read()
+    if route is not None:
+        _ask_routed(question, kb, route, escalate, options.get("k") or 5, as_json)
+        return
     search = SearchConfig(rerank=RerankConfig() if rerank else None)
     config = AskConfig(**options, search=search, backend=backend, context_length=context)
     # Printed whole, not streamed: the [n] markers are checked against the sources at the end.
@@ -200,6 +207,29 @@ def ask(
         print(f"\n({n} sentence{'s' if n > 1 else ''} of the model's withheld: a number in {'them' if n > 1 else 'it'} is not tied to its words in any source; --json shows {'them' if n > 1 else 'it'})")
     if answer.answered and (note := _answering_limits(model)):
         err(note)
+
+
+def _ask_routed(question: str, kb: str, route_file: str, escalate: str, k: int, as_json: bool) -> None:
+    from kecil.paths import kecil_home
+    from kecil.route.ask import ask_routed, audit_file
+    from kecil.route.routefile import load_route
+    from kecil.route.router import RouteRequest
+
+    plan = load_route(route_file)
+    result = ask_routed(question, kb, plan, k=k, request=RouteRequest(escalate=escalate),
+                        audit=audit_file(kecil_home() / "route" / "audit.jsonl"))
+    routed = result.routed
+    if as_json:
+        print(json.dumps({"text": routed.text, "answered": result.answered, "route": routed.fields(),
+                          "citations": [c.as_dict() for c in result.citations]}, ensure_ascii=False))
+        return
+    print(routed.text)
+    if result.citations:
+        print("\nSources:")
+        for c in result.citations:
+            print(f"  [{c.number}] {_where(c)}")
+    confidence = "" if routed.confidence is None else f", confidence {routed.confidence:.2f}"
+    err(f"answered by {routed.routed_to} ({routed.model}{confidence}): {routed.reason}")
 
 
 def _answering_limits(model: str | None) -> str | None:

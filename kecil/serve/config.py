@@ -57,6 +57,8 @@ class ServeConfig:
     draft: str | None = field(default=None, metadata={"metavar": "MODEL", "help": (
         "Speculative decoding for the first model while one request runs alone: a smaller GGUF model with the same "
         "tokenizer, or 'prompt-lookup' (n-grams of the prompt). Same output; faster on a CPU.")})
+    routes: tuple[Path, ...] = field(default=(), metadata={
+        "help": "A route file (`kecil route calibrate` writes one), served as the model route:NAME (repeatable).", "flag": "--route"})
     max_prompts: int = field(default=64, metadata={
         "help": "Prompts one /v1/completions request may carry (each also counts against --max-queue)."})
     max_messages: int = field(default=2000, metadata={

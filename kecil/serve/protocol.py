@@ -191,6 +191,8 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     kb: str | None = None  # extension: answer from a kecil knowledge base
+    # extension, for route:NAME models: where the question may go past the small model
+    escalate: Literal["all", "local", "none"] | None = None
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
