@@ -18,7 +18,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 from typing import ClassVar
@@ -26,43 +25,13 @@ from typing import ClassVar
 from kecil.errors import BackendError, ConfigError
 from kecil.infer.backend import Backend
 from kecil.infer.engine import GenerationHandle, SamplingExtras, drain
-from kecil.infer.generation import Chunk, GenerationConfig, Timings, TokenLogprob, Usage
+from kecil.infer.generation import Chunk, GenerationConfig, Timings, Usage
 from kecil.infer.llamacpp_context import BatchContext
 from kecil.infer.llamacpp_sampling import Sampling
-from kecil.infer.llamacpp_slots import Slots
+from kecil.infer.llamacpp_slots import BatchSequence, Slots
 from kecil.infer.streaming import TokenText
 from kecil.models.info import ModelInfo
 from kecil.models.reference import ModelRef
-
-@dataclass(eq=False)
-class _Sequence:
-    prompt_ids: list[int]
-    config: GenerationConfig
-    extras: SamplingExtras
-    emit: Callable[[Chunk], None]
-    handle: GenerationHandle
-    submitted: float = field(default_factory=perf_counter)
-    slot: int = -1
-    fed: int = 0  # prompt tokens already in the KV cache
-    n_past: int = 0
-    next_token: int | None = None  # sampled, not yet fed back
-    batch_index: int = -1  # row of this step's logits to sample from, -1 = none this step
-    sampler: object = None
-    grammar: int | None = None  # a llama_sampler pointer, kept out of the chain (see Sampling.sample)
-    text: TokenText | None = None
-    started: float = 0.0  # when prompt processing began
-    first: float = 0.0  # when the first token was sampled
-    last: float = 0.0
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
-    generated: list[int] = field(default_factory=list)  # sampled tokens, the end token too
-    speculation: object = None  # a SoloState once the request has run speculatively (llamacpp_solo.py)
-    # Scoring instead of generating (Engine.score): log-probabilities of prompt_ids[score_from:].
-    scored: Future | None = None
-    score_ids: list[int] = field(default_factory=list)  # the whole scored text (prompt_ids less its last token)
-    score_from: int = 0
-    score_rows: list[tuple[int, int]] = field(default_factory=list)  # (batch row, prompt position) this step
-    scores: list[float] = field(default_factory=list)
-
 
 class BatchedLlamaCppBackend(Backend):
     """A GGUF model behind a continuous-batching decode loop; thread-safe.
@@ -116,8 +85,8 @@ class BatchedLlamaCppBackend(Backend):
         self.n_vocab = self._sampling.n_vocab
         self._batch = self._lib.llama_batch_init(self.batch_size, 0, 1)
         self.solo = None if draft is None else self._open_solo(draft, threads)
-        self._pending: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []
+        self._pending: deque[BatchSequence] = deque()
+        self._running: list[BatchSequence] = []
         self._slots = Slots(parallel)
         # Prompt tokens submitted, and how many of them a slot's cache spared from evaluation.
         self.prompt_tokens = self.prompt_tokens_reused = self.prompt_streams_copied = 0
@@ -171,7 +140,7 @@ class BatchedLlamaCppBackend(Backend):
             raise ConfigError("the prompt is empty: there is nothing to continue")
         config = self.fit_to_context(prompt_ids, config)
         extras = extras or SamplingExtras()
-        sequence = _Sequence(list(prompt_ids), config, extras, emit, GenerationHandle(self._wake))
+        sequence = BatchSequence(list(prompt_ids), config, extras, emit, GenerationHandle(self._wake))
         if extras.grammar:  # compiled on the caller's thread (it reads only the vocabulary), so a
             # grammar llama.cpp refuses is the caller's error at once, not a failed generation later
             sequence.grammar = self._sampling.grammar(extras.grammar, extras.grammar_triggers)
@@ -195,7 +164,7 @@ class BatchedLlamaCppBackend(Backend):
             if chunk.error is not None and not done.done():
                 done.set_exception(BackendError(chunk.error))
 
-        sequence = _Sequence(ids[:-1], GenerationConfig(max_tokens=1), SamplingExtras(), emit,
+        sequence = BatchSequence(ids[:-1], GenerationConfig(max_tokens=1), SamplingExtras(), emit,
                              GenerationHandle(self._wake), scored=done, score_ids=ids, score_from=start)
         self._queue(sequence)
         try:
@@ -203,7 +172,7 @@ class BatchedLlamaCppBackend(Backend):
         finally:
             sequence.handle.cancel()
 
-    def _queue(self, sequence: _Sequence) -> GenerationHandle:
+    def _queue(self, sequence: BatchSequence) -> GenerationHandle:
         with self._cond:
             if self._stopping:
                 raise BackendError(f"{self.ref.name} has been unloaded; send the request again")
@@ -255,7 +224,7 @@ class BatchedLlamaCppBackend(Backend):
                 sequence.text = TokenText(sequence.config, self.detokenize, self.is_end)
             self._running.append(sequence)
 
-    def _reuse_prefix(self, sequence: _Sequence, source: int | None) -> None:
+    def _reuse_prefix(self, sequence: BatchSequence, source: int | None) -> None:
         """Start `sequence` from the prompt prefix its slot (or `source`, copied in) holds."""
         prompt = sequence.prompt_ids
         # The last prompt token is always evaluated (its logits are needed); a scoring sequence
@@ -320,7 +289,7 @@ class BatchedLlamaCppBackend(Backend):
             elif sequence.batch_index >= 0:
                 self._sample(sequence, now)
 
-    def _feed_prompt(self, sequence: _Sequence, take: int) -> None:
+    def _feed_prompt(self, sequence: BatchSequence, take: int) -> None:
         """Put the next `take` prompt tokens of `sequence` in the batch, asking for the logits of
         the last one (a generation samples from it) or of each scored position."""
         last = len(sequence.prompt_ids) - 1
@@ -338,7 +307,7 @@ class BatchedLlamaCppBackend(Backend):
         sequence.fed += take
         self._slots.held[sequence.slot] = sequence.prompt_ids[:sequence.fed]  # a later request may copy it
 
-    def _collect_scores(self, sequence: _Sequence) -> None:
+    def _collect_scores(self, sequence: BatchSequence) -> None:
         for row, j in sequence.score_rows:
             sequence.scores.append(self._sampling.logprob(row, sequence.score_ids[j + 1]).logprob)
         if sequence.fed == len(sequence.prompt_ids):
@@ -346,13 +315,13 @@ class BatchedLlamaCppBackend(Backend):
             if not sequence.scored.done():
                 sequence.scored.set_result(sequence.scores)
 
-    def _sample(self, sequence: _Sequence, now: float) -> None:
+    def _sample(self, sequence: BatchSequence, now: float) -> None:
         token = self._sampling.sample(sequence.sampler, sequence.grammar, sequence.batch_index)
         if sequence.extras.logprobs:
             sequence.pending_logprobs.append(self._sampling.logprob(sequence.batch_index, token, sequence.extras.top_logprobs))
         self._take(sequence, token, now)
 
-    def _take(self, sequence: _Sequence, token: int, now: float) -> None:
+    def _take(self, sequence: BatchSequence, token: int, now: float) -> None:
         """Emit `token`, the next of `sequence`'s answer; finish it or make the token its next input."""
         sequence.generated.append(token)
         sequence.first = sequence.first or now
@@ -366,7 +335,7 @@ class BatchedLlamaCppBackend(Backend):
         else:
             sequence.next_token = token
 
-    def _finish(self, sequence: _Sequence) -> None:
+    def _finish(self, sequence: BatchSequence) -> None:
         tail = sequence.text.flush()
         end = sequence.last or perf_counter()
         first = sequence.first or end
@@ -381,12 +350,12 @@ class BatchedLlamaCppBackend(Backend):
         self._release(sequence)
         sequence.emit(final)
 
-    def _free_grammar(self, sequence: _Sequence) -> None:
+    def _free_grammar(self, sequence: BatchSequence) -> None:
         if sequence.grammar is not None:
             self._sampling.free_grammar(sequence.grammar)
             sequence.grammar = None
 
-    def _fail(self, sequence: _Sequence, error: Exception) -> None:
+    def _fail(self, sequence: BatchSequence, error: Exception) -> None:
         self._free_grammar(sequence)  # a sequence that never ran holds one too
         if sequence in self._running:
             self._release(sequence)
@@ -397,7 +366,7 @@ class BatchedLlamaCppBackend(Backend):
         sequence.emit(Chunk("", finish_reason="error", error=str(message)))
         sequence.handle.done.set()
 
-    def _release(self, sequence: _Sequence) -> None:
+    def _release(self, sequence: BatchSequence) -> None:
         """Free the slot: drop its KV cells and sampler. Called only from the engine thread."""
         self._running.remove(sequence)
         kept = min(sequence.fed, len(sequence.prompt_ids))  # the prompt stays cached, the answer goes

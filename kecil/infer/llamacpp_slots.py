@@ -1,11 +1,18 @@
-"""Which KV stream (slot) each request of the batched llama.cpp engine runs in, and which prompt
-tokens each stream still holds, so that a new request evaluates only what differs."""
+"""Which KV stream (slot) each request of the batched llama.cpp engine runs in, which prompt
+tokens each stream still holds, so that a new request evaluates only what differs, and the
+requests themselves (BatchSequence) as the engine tracks them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from time import perf_counter
 
 from kecil.infer.backend import shared_prefix_length
+from kecil.infer.engine import GenerationHandle, SamplingExtras
+from kecil.infer.generation import Chunk, GenerationConfig, TokenLogprob
+from kecil.infer.streaming import TokenText
 
 # Prompt tokens a copied cache must save before a new request starts from another slot's KV
 # stream: across streams llama.cpp copies the source's whole buffer (every layer, the full
@@ -63,3 +70,35 @@ class Slots:
         lib.llama_memory_seq_rm(memory, slot, keep, -1)
         self.held[slot] = prompt[:keep]
         return keep
+
+
+@dataclass(eq=False)
+class BatchSequence:
+    """One request in the batched engine: its prompt, the slot it holds and where it stands."""
+
+    prompt_ids: list[int]
+    config: GenerationConfig
+    extras: SamplingExtras
+    emit: Callable[[Chunk], None]
+    handle: GenerationHandle
+    submitted: float = field(default_factory=perf_counter)
+    slot: int = -1
+    fed: int = 0  # prompt tokens already in the KV cache
+    n_past: int = 0
+    next_token: int | None = None  # sampled, not yet fed back
+    batch_index: int = -1  # row of this step's logits to sample from, -1 = none this step
+    sampler: object = None
+    grammar: int | None = None  # a llama_sampler pointer, kept out of the chain (see Sampling.sample)
+    text: TokenText | None = None
+    started: float = 0.0  # when prompt processing began
+    first: float = 0.0  # when the first token was sampled
+    last: float = 0.0
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)  # sampled tokens, the end token too
+    speculation: object = None  # a SoloState once the request has run speculatively (llamacpp_solo.py)
+    # Scoring instead of generating (Engine.score): log-probabilities of prompt_ids[score_from:].
+    scored: Future | None = None
+    score_ids: list[int] = field(default_factory=list)  # the whole scored text (prompt_ids less its last token)
+    score_from: int = 0
+    score_rows: list[tuple[int, int]] = field(default_factory=list)  # (batch row, prompt position) this step
+    scores: list[float] = field(default_factory=list)
