@@ -82,3 +82,10 @@ class KnowledgeBaseError(KecilError):
 class RedactionError(KecilError):
     """Private values could not be redacted for certain (a detector failed, a value would remain):
     nothing was sent anywhere. The message never quotes the text."""
+
+
+class Interrupted(KecilError):
+    """The user stopped a long job (Ctrl-C) and what it had done was kept: the message says where
+    and how to continue."""
+
+    exit_code = 130

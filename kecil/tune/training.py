@@ -17,7 +17,9 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 
+from kecil.errors import Interrupted
 from kecil.tune import checkpoint as ckpt
+from kecil.tune.interrupt import stop_after_step
 from kecil.tune.packing import MicroBatch, collate
 from kecil.tune.progress import TuneProgress
 
@@ -107,13 +109,20 @@ def collate_targets(batch: MicroBatch, examples) -> list[int]:
 def train_steps(run, progress: Callable[[TuneProgress], None] | None) -> None:
     """The optimizer loop from run.state to the plan's last step (or an early stop), checkpointing
     and reporting as it goes; `run` is kecil/tune/lora.py's _Run, whose state, history and losses
-    it updates. With a validation set the best adapter is put back into the model at the end."""
-    config, accelerator, total = run.config, run.accelerator, run.plan.total_steps
+    it updates. With a validation set the best adapter is put back into the model at the end.
+    A first Ctrl-C ends the run after the step under way, with a checkpoint of it (interrupt.py)."""
     if run.val_batches and run.state.step == 0:
         run.first_val = run.val_loss = validation_loss(run.model, run.val, run.val_batches, run.pad_id)
         run.state = replace(run.state, first_val_loss=run.val_loss)
         run.history.append({"step": 0, "val_loss": run.val_loss})
         keep_if_best(run, 0, run.val_loss)
+    with stop_after_step() as interrupted:
+        _loop(run, progress, interrupted)
+    restore_best(run)
+
+
+def _loop(run, progress, interrupted) -> None:
+    config, accelerator, total = run.config, run.accelerator, run.plan.total_steps
     started = time.perf_counter()
     earlier_seconds = run.state.seconds  # spent before a resume
     while run.state.step < total and not run.state.stopped_early:
@@ -131,16 +140,18 @@ def train_steps(run, progress: Callable[[TuneProgress], None] | None) -> None:
             entry["val_loss"] = run.val_loss
             keep_if_best(run, step, run.val_loss)
         run.history.append(entry)
-        if step % config.save_every == 0 or step == total or run.state.stopped_early:
+        if step % config.save_every == 0 or step == total or run.state.stopped_early or interrupted.is_set():
             if accelerator.is_main_process:
                 ckpt.save_checkpoint(run.output, run.state, run.inner, run.optimizer, run.scheduler, run.best)
             accelerator.wait_for_everyone()
+        if interrupted.is_set() and step < total:
+            raise Interrupted(f"stopped at step {step} of {total}; a checkpoint of it is in {run.output / 'checkpoints'}: "
+                              "run the same command with --resume to go on from there")
         if progress is not None and accelerator.is_main_process:
             speed = run.tokens / elapsed if elapsed else 0.0
             eta = 0.0 if run.state.stopped_early else elapsed / max(1, step - (run.resumed_from or 0)) * (total - step)
             progress(TuneProgress(step, total, step_loss, run.val_loss, speed, eta))
     run.seconds = time.perf_counter() - started
-    restore_best(run)
 
 
 def keep_if_best(run, step: int, val_loss: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,3 +210,33 @@ def test_defaults_plan_small_data_and_report_the_plan_before_training(tiny_hf_mo
     assert events[0] is plan and events[1:] == ["step"] * result.steps
     assert result.steps == plan.total_steps >= MIN_STEPS and plan.batch_size == 1 and plan.val_examples == 0
     assert result.val_examples == 0 and result.train_examples == plan.examples == 20
+
+
+def _interrupt_after_progress(args, log):
+    """Run `kecil tune ARGS` until its first progress line, Ctrl-C it, return (exit code, stderr)."""
+    with log.open("w") as stderr:
+        run = subprocess.Popen([sys.executable, "-m", "kecil", "tune", *args], stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 300
+        while not re.search(r"\b\d+/\d+\b", log.read_text()):
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        return run.wait(timeout=120), log.read_text()
+
+
+def test_ctrl_c_saves_a_checkpoint_of_the_last_step_and_resume_goes_on(tiny_hf_model, tmp_path):
+    """A first Ctrl-C between --save-every checkpoints used to lose every step since the last one."""
+    data = write_jsonl(tmp_path / "d.jsonl", memorisable_chat(16) * 4)
+    args = [str(tiny_hf_model("llama")), str(data), "--epochs", "40", "--batch-size", "1", "--max-length", "48",
+            "--save-every", "100000", "--threads", "1", "--no-check-general", "--mix-general", "0", "-o", str(tmp_path / "out")]
+    code, message = _interrupt_after_progress(args, tmp_path / "first.txt")
+    assert code == 130, message
+    assert "--resume" in message and "checkpoint" in message and "internal error" not in message
+    checkpoints = tmp_path / "out" / "checkpoints"
+    first = [int(p.name.split("-")[1]) for p in checkpoints.glob("step-*")]
+    assert len(first) == 1 and 0 < first[0] < 100000
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
+    code, message = _interrupt_after_progress([*args, "--resume"], tmp_path / "second.txt")
+    assert code == 130, message
+    later = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
+    assert later[-1] > first[0], (first, later)  # it went on from the saved step
