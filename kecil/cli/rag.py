@@ -198,15 +198,19 @@ def ask(
         print(json.dumps(answer.as_dict(), ensure_ascii=False))
         return
     print(answer.text)
-    if answer.citations:
-        print("\nSources:")
-        for c in answer.citations:
-            print(f"  [{c.number}] {_where(c)}")
+    _print_sources(answer.citations)
     if answer.withheld:
         n = len(answer.withheld)
         print(f"\n({n} sentence{'s' if n > 1 else ''} of the model's withheld: a number in {'them' if n > 1 else 'it'} is not tied to its words in any source; --json shows {'them' if n > 1 else 'it'})")
     if answer.answered and (note := _answering_limits(model)):
         err(note)
+
+
+def _print_sources(citations) -> None:
+    if citations:
+        print("\nSources:")
+        for c in citations:
+            print(f"  [{c.number}] {_where(c)}")
 
 
 def _ask_routed(question: str, kb: str, route_file: str, escalate: str, k: int, as_json: bool) -> None:
@@ -224,10 +228,7 @@ def _ask_routed(question: str, kb: str, route_file: str, escalate: str, k: int, 
                           "citations": [c.as_dict() for c in result.citations]}, ensure_ascii=False))
         return
     print(routed.text)
-    if result.citations:
-        print("\nSources:")
-        for c in result.citations:
-            print(f"  [{c.number}] {_where(c)}")
+    _print_sources(result.citations)
     confidence = "" if routed.confidence is None else f", confidence {routed.confidence:.2f}"
     err(f"answered by {routed.routed_to} ({routed.model}{confidence}): {routed.reason}")
 
