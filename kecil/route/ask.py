@@ -59,7 +59,7 @@ def ask_routed(question: str, kb: str, plan: RouteFile, *, k: int = 5, request: 
 def audit_file(path: Path) -> Callable[[dict], None]:
     """An audit callback appending one JSON line per escalation to `path` (kinds and counts only)."""
     def record(entry: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as every folder kecil makes
         line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **entry}, ensure_ascii=False)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

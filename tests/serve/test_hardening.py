@@ -237,3 +237,14 @@ def test_the_embedding_model_answers_to_its_documented_name(guarded):
     assert len(r.json()["data"][0]["embedding"]) == 384
     assert "all-minilm-l6-v2" in label_values(metrics(guarded), "model")
     assert httpx.get(guarded.url + "/v1/models/all-MiniLM-L6-v2", headers=AUTH).json()["id"] == "all-minilm-l6-v2"
+
+
+def test_the_audit_log_folder_kecil_makes_is_private(tmp_path):
+    """A newcomer found $KECIL_HOME/serve made 0755 though the README says kecil's folders are 0700."""
+    import stat
+
+    from kecil.serve.security import AuditLog
+
+    AuditLog(tmp_path / "serve" / "audit.jsonl")
+    assert stat.S_IMODE((tmp_path / "serve").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "serve" / "audit.jsonl").stat().st_mode) == 0o600
