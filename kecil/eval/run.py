@@ -255,7 +255,6 @@ def model_fertility(backend, languages: tuple[str, ...]) -> list[LanguageFertili
 def evaluate(config: EvalConfig, progress: Progress | None = None) -> EvalReport:
     """Run every task on every model; see the module docstring. Ctrl-C raises EvalInterrupted
     with the results so far."""
-    from kecil.infer.load import DEFAULT_CONTEXT
 
     progress = progress or (lambda *args: None)
     tasks = resolve_tasks(config)

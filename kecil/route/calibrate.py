@@ -120,7 +120,8 @@ def open_local(model: str, *, context: int, threads: int | None, parallel: int):
 def run_model(model: str, items: list[Labelled], *, judge: bool, confidence: ConfidenceConfig, max_tokens: int, context: int,
               threads: int | None, cache: bool, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Each question's answer (with signals when `judge`), its correctness and time, cached."""
-    from kecil.eval.cache import ResultCache, model_fingerprint
+    from kecil.eval.cache import ResultCache
+    from kecil.models.reference import model_fingerprint
     from kecil.eval.generative import is_correct
     from kecil.infer.generation import GenerationConfig
     from kecil.models.reference import resolve

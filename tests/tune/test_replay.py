@@ -4,6 +4,7 @@ prompts, mixed into training so a run on narrow data keeps the model's general a
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -51,6 +52,8 @@ def test_mix_general_mixes_the_stated_share_of_the_base_models_own_answers(tmp_p
     lines = FACTS.read_text().splitlines()[:12]
     data = tmp_path / "facts.jsonl"
     data.write_text("\n".join(lines) + "\n")
+    # The session's KECIL_HOME is shared: an earlier tune test may have cached this model's answers.
+    shutil.rmtree(kecil_home / "tune" / "replay", ignore_errors=True)
     stages = []
 
     def run(name: str):
