@@ -19,7 +19,6 @@ punctuation is not counted. Characters are Unicode code points (NFC), spaces inc
 from __future__ import annotations
 
 import logging
-import os
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from functools import cache
 import regex
 
 from kecil.errors import ConfigError, DataMissingError
+from kecil.infer.thai_words import thai_segmenter
 
 LANGUAGE_NAMES = {
     "en": "English", "id": "Indonesian", "ms": "Malay", "th": "Thai", "vi": "Vietnamese",
@@ -151,20 +151,6 @@ def count_words(text: str, language: str) -> int:
 
 
 @cache
-def _thai_segmenter():
-    # PyThaiNLP would otherwise create ~/pythainlp-data and may try to fetch corpora; newmm's
-    # dictionary ships inside the package (the same setting as kecil/rag/tokenise.py's).
-    os.environ.setdefault("PYTHAINLP_OFFLINE", "1")
-    os.environ.setdefault("PYTHAINLP_READ_ONLY", "1")
-    from pythainlp.tokenize import word_tokenize
-    from pythainlp.util import normalize
-
-    # normalize first: XCOPA's Thai types น้ำ as นํ้า (nikhahit + tone + sara aa) in 10 of the 100
-    # sentences, which newmm, not finding it in its dictionary, breaks into letters (ก๊อ|กน|ํ้า)
-    return lambda text: word_tokenize(normalize(text), engine="newmm", keep_whitespace=False)
-
-
-@cache
 def _chinese_segmenter():
     import jieba
 
@@ -177,6 +163,6 @@ def _chinese_segmenter():
 
 
 _SEGMENTERS: dict[str, Callable[[str], list[str]]] = {
-    "th": lambda text: _thai_segmenter()(text),
+    "th": lambda text: thai_segmenter()(text),
     "zh": lambda text: _chinese_segmenter()(text),
 }

@@ -11,11 +11,11 @@ Bigrams for CJK follow Lucene's CJKAnalyzer; Thai uses PyThaiNLP's newmm maximal
 
 from __future__ import annotations
 
-import os
 import unicodedata
-from functools import lru_cache
 
 import regex
+
+from kecil.infer.thai_words import thai_segmenter
 
 # Scripts written without spaces between words. Han/Kana runs become bigrams; Thai is segmented
 # by dictionary; Lao, Khmer and Myanmar (no segmenter here) fall back to bigrams as well.
@@ -52,21 +52,7 @@ def _bigrams(run: str) -> list[str]:
 
 
 def _thai_words(run: str) -> list[str]:
-    return [w for w in _thai_segmenter()(run) if w.strip()]
-
-
-@lru_cache(maxsize=1)
-def _thai_segmenter():
-    # PyThaiNLP would otherwise create ~/pythainlp-data and may try to download corpora; newmm's
-    # dictionary is bundled, so it needs neither.
-    os.environ.setdefault("PYTHAINLP_OFFLINE", "1")
-    os.environ.setdefault("PYTHAINLP_READ_ONLY", "1")
-    from pythainlp.tokenize import word_tokenize
-
-    def segment(run: str) -> list[str]:
-        return word_tokenize(run, engine="newmm", keep_whitespace=False)
-
-    return segment
+    return [w for w in thai_segmenter()(run) if w.strip()]
 
 
 def fts_document(text: str) -> str:
