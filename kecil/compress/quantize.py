@@ -304,9 +304,9 @@ class _GgufTokenizer:
     which took 8-30 s for SmolLM2's, where llama.cpp loads it in under a second."""
 
     def __init__(self, path: Path):
-        from kecil.infer.llamacpp_runtime import import_llama_cpp
+        from kecil.infer.tokenizer import gguf_vocab
 
-        self._llm = import_llama_cpp().Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self._llm = gguf_vocab(path)
         bos = self._llm.token_bos()
         self.bos_token_id = bos if bos >= 0 else None
 

@@ -9,6 +9,7 @@ from the folder only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from kecil.errors import BackendError
 from kecil.models.reference import ModelRef
@@ -22,13 +23,18 @@ def open_tokenizer(ref: ModelRef) -> Tokenize:
     return _OPENERS[ref.format](ref)
 
 
-def _gguf(ref: ModelRef) -> Tokenize:
+def gguf_vocab(path: Path, spec: str | None = None):
+    """A GGUF file's vocabulary alone, through llama.cpp (a `Llama` with `vocab_only`)."""
     from kecil.infer.llamacpp_runtime import import_llama_cpp
 
     try:
-        vocab = import_llama_cpp().Llama(model_path=str(ref.path), vocab_only=True, verbose=False)
+        return import_llama_cpp().Llama(model_path=str(path), vocab_only=True, verbose=False)
     except (ValueError, RuntimeError) as exc:
-        raise BackendError(f"llama.cpp could not read the vocabulary of {ref.path} ({exc}); check it with `kecil info {ref.spec}`") from None
+        raise BackendError(f"llama.cpp could not read the vocabulary of {path} ({exc}); check it with `kecil info {spec or path}`") from None
+
+
+def _gguf(ref: ModelRef) -> Tokenize:
+    vocab = gguf_vocab(ref.path, ref.spec)
     return lambda text: vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
 
