@@ -81,3 +81,30 @@ def quantize_base(model, bits: int, group_size: int):
         setattr(parent, name, QuantizedLinear.from_linear(linear, bits=bits, group_size=group_size))
     gc.collect()  # the float weights just replaced
     return model
+
+
+def load_base(ref, *, device: str, threads: int | None, precision: str, base_bits: int | None, base_group_size: int,
+              cut_length: int):
+    """(accelerator, frozen base model, tokenizer, precision): the model in the dtype and form it trains in."""
+    import warnings
+
+    import torch
+
+    # peft asks transformers a deprecated question on every wrap; the warning is not the user's business.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    from kecil.infer.load import physical_cores
+    from kecil.infer.torch_backend import load_transformers
+    from kecil.tune.packed_attention import use_packed_attention
+
+    accelerator = tune_accelerator(device)  # one process, or one per GPU under `accelerate launch --multi_gpu`
+    torch.set_num_threads(threads or max(1, physical_cores() // accelerator.num_processes))
+    precision = base_precision(precision, accelerator.device)
+    # A bfloat16 base on a GPU is loaded there in bfloat16; a float32 one in float32 on the CPU (prepare moves it).
+    model, tokenizer = load_transformers(ref, accelerator.device if precision == "bfloat16" else None)
+    if precision == "bfloat16":
+        model = to_bfloat16_base(model)
+    if base_bits:
+        model = quantize_base(model, base_bits, base_group_size)
+    use_packed_attention(model, cut_length)
+    return accelerator, model, tokenizer, precision

@@ -30,7 +30,7 @@ from kecil.errors import ConfigError
 from kecil.infer.hardware import PRECISIONS, check_device_name, device_field
 from kecil.tune import checkpoint as ckpt
 from kecil.tune.adapter_files import SUMMARY_FILE, write_adapter, write_gguf_adapter
-from kecil.tune.base_model import base_precision, quantize_base, to_bfloat16_base
+from kecil.tune.base_model import base_precision, load_base, quantize_base
 from kecil.tune.packing import plan_epochs
 from kecil.tune.inputs import general_replay, plan_run, read_inputs, replay_examples, training_examples
 from kecil.tune.plan import TrainingPlan
@@ -298,7 +298,9 @@ def _set_up(config: TuneConfig, on_stage: Callable[[str, int, int], None] | None
     if not config.resume and (ckpt.checkpoint_dirs(output) or (output / "adapter_config.json").exists()):
         raise ConfigError(f"{output} already holds a tuning run: pass --resume to continue it, or choose another -o folder")
     dataset, val_dataset, ref, style = read_inputs(config)
-    accelerator, model, tokenizer, precision = _load_base(config, ref)
+    accelerator, model, tokenizer, precision = load_base(ref, device=config.device, threads=config.threads, precision=config.precision,
+                                                         base_bits=config.base_bits, base_group_size=config.base_group_size,
+                                                         cut_length=config.cut_length)
     examples, val, cut, dropped = training_examples(config, dataset, val_dataset, style, tokenizer)
     replay = general_replay(config, ref, len(examples), accelerator, on_stage)
     replayed = replay_examples(replay, style, tokenizer, config.cut_length)
@@ -325,34 +327,6 @@ def _set_up(config: TuneConfig, on_stage: Callable[[str, int, int], None] | None
     run.model, run.optimizer = accelerator.prepare(model, optimizer)
     run.inner = accelerator.unwrap_model(run.model)
     return run
-
-
-def _load_base(config: TuneConfig, ref):
-    """(accelerator, frozen base model, tokenizer, precision): the model in the dtype and form it trains in."""
-    import warnings
-
-    import torch
-
-    from kecil.tune.base_model import tune_accelerator
-
-    # peft asks transformers a deprecated question on every wrap; the warning is not the user's business.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-    from kecil.infer.load import physical_cores
-    from kecil.infer.torch_backend import load_transformers
-    from kecil.tune.packed_attention import use_packed_attention
-
-    accelerator = tune_accelerator(config.device)  # one process, or one per GPU under `accelerate launch --multi_gpu`
-    torch.set_num_threads(config.threads or max(1, physical_cores() // accelerator.num_processes))
-    precision = base_precision(config.precision, accelerator.device)
-    # A bfloat16 base on a GPU is loaded there in bfloat16; a float32 one in float32 on the CPU (prepare moves it).
-    model, tokenizer = load_transformers(ref, accelerator.device if precision == "bfloat16" else None)
-    if precision == "bfloat16":
-        model = to_bfloat16_base(model)
-    if config.base_bits:
-        model = quantize_base(model, config.base_bits, config.base_group_size)
-    use_packed_attention(model, config.cut_length)
-    return accelerator, model, tokenizer, precision
 
 
 def _attach_lora(model, config: TuneConfig, targets: list[str], name: str):
