@@ -48,6 +48,26 @@ class Server:
     routes: list = field(default_factory=list)  # the app's routes, for the endpoint label of a request
     routes_served: dict = field(default_factory=dict)  # route name -> (route file, its models' pool names): route:NAME
 
+    def served_models(self) -> list[dict]:
+        """/v1/models' entries: chat models, the embedding model, the knowledge bases and the routes."""
+        pool, config = self.pool, self.config
+
+        def entry(name: str, kind: str, loaded: bool) -> dict:
+            return {"id": name, "object": "model", "created": 0, "owned_by": "kecil", "kind": kind, "loaded": loaded}
+
+        entries = [entry(name, "chat", pool.is_loaded(name)) for name in pool.refs]
+        if config.embedding_model:
+            entries.append(entry(config.embedding_model, "embedding", config.embedding_model in pool._embedders))
+        entries += [entry(PREFIX + kb, "knowledge-base", pool.is_loaded(pool.default)) for kb in knowledge_bases()]
+        entries += [entry(ROUTE_PREFIX + name, "route", pool.is_loaded(names[plan.tiers[0].model]))
+                    for name, (plan, names) in self.routes_served.items()]
+        return entries
+
+    def unknown_model(self, name: str) -> APIError:
+        """The 404 for a model this server does not have, naming every one it does (of every kind)."""
+        served = ", ".join(e["id"] for e in self.served_models() if e["kind"] != "embedding")
+        return APIError(404, f"the model {name!r} is not served here; models: {served}", code="model_not_found", param="model")
+
     def finish(self, call: Call) -> None:
         """Account for a finished request, once: metrics and one audit line (no content)."""
         if call.finished:
@@ -259,18 +279,7 @@ def _probe_routes(app: FastAPI, server: Server) -> None:
 def _model_routes(app: FastAPI, server: Server) -> None:
     """/v1/models: chat models, the embedding model and the knowledge bases, loaded or not."""
     pool, config = server.pool, server.config
-
-    def model_entry(name: str, kind: str, loaded: bool) -> dict:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "kecil", "kind": kind, "loaded": loaded}
-
-    def model_list() -> list[dict]:
-        entries = [model_entry(name, "chat", pool.is_loaded(name)) for name in pool.refs]
-        if config.embedding_model:
-            entries.append(model_entry(config.embedding_model, "embedding", config.embedding_model in pool._embedders))
-        entries += [model_entry(PREFIX + kb, "knowledge-base", pool.is_loaded(pool.default)) for kb in knowledge_bases()]
-        entries += [model_entry(ROUTE_PREFIX + name, "route", pool.is_loaded(names[plan.tiers[0].model]))
-                    for name, (plan, names) in server.routes_served.items()]
-        return entries
+    model_list = server.served_models
 
     @app.get("/v1/models")
     async def list_models():
@@ -283,7 +292,7 @@ def _model_routes(app: FastAPI, server: Server) -> None:
         for entry in model_list():
             if entry["id"] == model_id:
                 return entry
-        raise APIError(404, f"the model {model_id!r} is not served here", code="model_not_found", param="model")
+        raise server.unknown_model(model_id)
 
 
 def _answer_routes(app: FastAPI, server: Server) -> None:

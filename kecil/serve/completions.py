@@ -129,6 +129,8 @@ def prepare_completion(engine, body: CompletionRequest) -> tuple[list[list[int]]
 async def run_generation(server, request: Request, body, call: Call, kind: str):
     """Start every choice of the request and answer as JSON or as an event stream."""
     check_size(server, body, kind)
+    if body.model not in server.pool.refs:
+        raise server.unknown_model(body.model)
     engine = await server.pool.get(body.model)
     count = (1 if kind == "chat" else len(body.prompt)) * body.n
     admit(server, engine, call, count)  # refused before the work of preparing it

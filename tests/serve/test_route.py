@@ -60,6 +60,10 @@ def test_a_request_can_forbid_escalation(served):
 def test_unknown_route_and_bad_escalate_are_clean_errors(served):
     r = httpx.post(served.url + "/v1/chat/completions", json={"model": "route:nope", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 404 and "route:desk" in r.json()["error"]["message"]
+    # A plain model name that is not served: the 404 names every model the client could use instead.
+    r = httpx.post(served.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404 and "route:desk" in r.json()["error"]["message"] and "smollm2-135m" in r.json()["error"]["message"]
+    assert httpx.get(served.url + "/v1/models/gpt-4o").json()["error"]["message"] == r.json()["error"]["message"]
     r = httpx.post(served.url + "/v1/chat/completions", json={"model": "route:desk", "escalate": "maybe",
                                                               "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and "escalate" in r.json()["error"]["message"]
