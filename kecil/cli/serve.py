@@ -35,7 +35,13 @@ def serve(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="kecil serve: %(message)s")
-    run_server(settings, on_start=lambda url: err(f"kecil serve: listening on {url} (Ctrl-C stops)"))
+    from kecil.serve.server import GRACE_SECONDS
+
+    def stopping(what: str) -> None:
+        err("kecil serve: stopped" if what == "stopped" else
+            f"kecil serve: stopping: finishing the requests in flight (at most {GRACE_SECONDS} s)")
+
+    run_server(settings, on_start=lambda url: err(f"kecil serve: listening on {url} (Ctrl-C stops)"), on_stop=stopping)
 
 
 def register(app: typer.Typer) -> None:
