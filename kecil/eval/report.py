@@ -8,11 +8,13 @@ from collections.abc import Iterator
 
 from kecil.eval.fertility import summary
 from kecil.eval.run import EvalReport, TaskResult
+from kecil.scratch import format_bytes
 
 LOWER_IS_BETTER = {"perplexity"}
 SYSTEM_METRICS = (
-    ("size_bytes", "size on disk", lambda v: f"{v / 1e6:,.0f} MB"),
-    ("peak_rss_bytes", "peak RAM", lambda v: f"{v / 1e6:,.0f} MB"),
+    # The units `kecil models` and `kecil info` write sizes in: one file, one number everywhere.
+    ("size_bytes", "size on disk", format_bytes),
+    ("peak_rss_bytes", "peak RAM", format_bytes),
     ("load_seconds", "load time", lambda v: f"{v:.2f} s"),
     ("prompt_tokens_per_second", "prompt speed", lambda v: f"{v:,.1f} tok/s"),
     ("decode_tokens_per_second", "decode speed", lambda v: f"{v:,.1f} tok/s"),

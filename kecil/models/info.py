@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kecil.errors import ConfigError, InvalidModelError
 from kecil.models.hf_dir import HFModelDir, check_hf_dir
 from kecil.models.reference import ModelRef
+from kecil.scratch import format_bytes  # noqa: F401 (kecil.models.info.format_bytes is where callers look)
 
 if TYPE_CHECKING:  # gguf_header imports gguf and numpy; info is imported by light commands too
     from kecil.models.gguf_header import GGUFHeader
@@ -161,14 +162,6 @@ def parse_bytes(text: str) -> int:
     if match is None or unit not in _SIZE_UNITS:
         raise ConfigError(f"cannot read {text!r} as a memory size: write it like 300MB, 4GB or 1.5GiB ({SIZE_HELP})")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-def format_bytes(n: int) -> str:
-    """98362432 -> '93.8 MiB'."""
-    for scale, suffix in ((1024**3, "GiB"), (MiB, "MiB"), (1024, "KiB")):
-        if n >= scale:
-            return f"{n / scale:.1f} {suffix}"
-    return f"{n} B"
 
 
 # --- GGUF ----------------------------------------------------------------------------------

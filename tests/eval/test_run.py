@@ -79,6 +79,11 @@ def test_table_and_html_report(two_model_report, tmp_path):
     console.print(table(two_model_report))
     text = console.export_text()
     assert "cats" in text and "peak RAM" in text and "decode speed" in text
+    # Sizes in the units `kecil models` writes them (93.8 MiB there was "98 MB" here).
+    from kecil.models.info import format_bytes
+
+    sizes = [figures.size_bytes for figures in two_model_report.systems.values()]
+    assert len(sizes) == 2 and all("size on disk" in text and format_bytes(size) in text for size in sizes), text
     path = write_html(two_model_report, tmp_path / "out" / "report.html")
     page = path.read_text()
     assert page.count("data:image/png;base64,") == 2
