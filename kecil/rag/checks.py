@@ -104,7 +104,7 @@ def attribute(text: str, citations: list[Citation], question: str = "") -> str:
     return checked if text[:1].isspace() else checked.lstrip()
 
 
-def check_sentences(text: str, citations: list[Citation], question: str = "") -> tuple[str, list[str]]:
+def check_sentences(text: str, citations: list[Citation], question: str = "", final: bool = True) -> tuple[str, list[str]]:
     """`text` with its [n] markers checked against the sources, and the sentences withheld.
 
     A marker stays only if source n shares at least half as many content terms with its
@@ -114,7 +114,8 @@ def check_sentences(text: str, citations: list[Citation], question: str = "") ->
     small models change the numbers they copy ("18 days" became "The answer is: 3") or take one
     from another line ("The gym allowance is 10,000 SGD", the relocation budget's), and a wrong
     number next to a citation-checked answer reads as if the documents said it. A list's "1." is
-    not a number."""
+    not a number. When `text` is the end of the answer (`final`), a last sentence that leads in to
+    nothing ("The answer to this question is:") is dropped: the model stopped before saying it."""
     if not citations:
         return text, []
     vocab = {c.number: content_terms(c.text + " " + c.section) for c in citations}
@@ -129,6 +130,10 @@ def check_sentences(text: str, citations: list[Citation], question: str = "") ->
             at = match.end()
             continue
         body = regex.sub(r"\s*\[\d+\]", "", sentence).rstrip()
+        if final and body.endswith(":") and not text[match.end():].strip():
+            out.append(text[at : match.start()].rstrip())
+            at = len(text)
+            continue
         found = numbers(body)
         if not supported(body, citations, question, sentences):
             withheld.append(body.strip())
@@ -202,7 +207,7 @@ class AttributedStream:
         return out
 
     def finish(self) -> str:
-        return "" if self.stopped else self._emit(self._pending.rstrip(), "")
+        return "" if self.stopped else self._emit(self._pending.rstrip(), "", final=True)
 
     def _foreign(self, text: str, least: int = 1) -> bool:
         """Whether most of `text`'s letters, and at least `least`, are in another script than the
@@ -216,7 +221,7 @@ class AttributedStream:
             self.off_script = main_script(text, 1) or "other"
         return bool(self.off_script)
 
-    def _emit(self, done: str, rest: str) -> str:
+    def _emit(self, done: str, rest: str, final: bool = False) -> str:
         self._pending = rest
         if not done:
             return ""
@@ -237,7 +242,7 @@ class AttributedStream:
             done = done[: kept[-1].end()] if kept else ""
             if not done.strip():
                 return ""
-        out, withheld = check_sentences(done, self.citations, self.question)
+        out, withheld = check_sentences(done, self.citations, self.question, final)
         self.withheld += withheld
         if not self.text:  # a first sentence dropped whole (a bare marker) leaves its space behind
             out = out.lstrip()

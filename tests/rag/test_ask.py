@@ -104,6 +104,11 @@ def test_a_sentence_with_a_number_in_no_source_is_withheld():
     assert text == " The Broncos won 3 games. [1]\n\nColdplay played. [2]"
     assert withheld == ["The answer is: 18.", "They won 2.5 games."]
     assert attribute("The answer is: 7 [1]", cites) == "" and attribute("In 2017 they lost.\n\nColdplay played.", cites) == "Coldplay played. [2]"
+    # a last sentence that leads in to nothing is dropped (a newcomer saw it shown as the answer);
+    # one that leads in to a list stays
+    assert attribute("Coldplay played [2]. The answer to this question is:", cites) == "Coldplay played. [2]"
+    assert attribute("The answer to this question is: [1]", cites) == ""
+    assert attribute("The Broncos won 3 games. They were:\n1. Coldplay.", cites).startswith("The Broncos won 3 games. [1] They were:")
     # 2016 is the Broncos' year, not Coldplay's: withheld (it stayed, uncited, before)
     assert attribute("Coldplay played for 1,500 fans in 2016 [2].", cites) == ""
     assert attribute("Coldplay played for 1,500 fans [1].", cites) == "Coldplay played for 1,500 fans. [2]"
@@ -131,6 +136,8 @@ def test_streamed_text_is_the_answer_text_with_checked_markers():
         "The Broncos:\n1. Won in 2016 [1].\n2. Lost in 2017.\n3. Coldplay sang.\n4. 3 fans left.",
         "In 2017 the Broncos lost.\n\nColdplay sang [2]. In 2016 they won. 12 fans came.",
         "Write to the Broncos at info@broncos.com within 2.5 days. Coldplay.[2]Sang",
+        "Coldplay sang at halftime [2]. The answer to this question is:",
+        "The Broncos won in 2016. The answer to this question is:\n1. The Broncos won.",
         "",
     ]
     rng = random.Random(0)
