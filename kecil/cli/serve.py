@@ -35,7 +35,8 @@ def serve(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="kecil serve: %(message)s")
-    run_server(settings, on_start=lambda url: err(f"kecil serve: listening on {url} (Ctrl-C stops)"))
+    run_server(settings, on_start=lambda url: err(
+        f"kecil serve: listening on {url} (Ctrl-C stops); the web page is at {url.removesuffix('/v1')}/"))
 
 
 def register(app: typer.Typer) -> None:
