@@ -67,7 +67,7 @@ def write_upload(kb: str, relative: str, data: bytes) -> Path:
 
     target = safe_relative(relative)
     if target.suffix.lower() not in supported_suffixes():
-        raise APIError(415, f"{target.name}: kecil reads {' '.join(supported_suffixes())} files, not "
+        raise APIError(415, f"kecil reads {' '.join(supported_suffixes())} files, not "
                        f"{target.suffix or 'files without a suffix'}", code="unsupported_file_type")
     root = upload_root(kb).resolve()
     path = root / target

@@ -201,6 +201,7 @@ function startEdit(article, index) {
     if (!area.value.trim()) return;
     conversation.messages.splice(index);  // the edited turn and everything after it are replaced
     conversation.messages.push({ role: "user", content: area.value, meta: {} });
+    if (index === 0) conversation.title = area.value.slice(0, 60);  // the title names the first question
     generate();
   });
   cancel.addEventListener("click", render);
