@@ -38,7 +38,8 @@ async function refreshMetrics() {
     const rate = previous && previous.tokens[model] !== undefined
       ? ((tokens[model] || 0) - previous.tokens[model]) / ((now - previous.time) / 1000) : null;
     const tr = el("tr");
-    for (const cell of [model, memory[model] === undefined ? "not loaded" : mib(memory[model]), running[model] ?? 0, queued[model] ?? 0,
+    const held = memory[model] !== undefined ? mib(memory[model]) : /^(rag|route):/.test(model) ? "—" : "not loaded";
+    for (const cell of [model, held, running[model] ?? 0, queued[model] ?? 0,
       tokens[model] ?? 0, rate === null ? "…" : rate.toFixed(1)]) tr.append(el("td", "", String(cell)));
     body.append(tr);
   }
