@@ -1,57 +1,17 @@
-// The page's entry: tabs, the API key, the model picker, and the chat (conversations kept in this
-// browser's localStorage, exported and imported as JSON). Documents and status live in docs.js
-// and status.js.
+// The page's entry: tabs, the model picker, and the chat (conversations kept in this browser's
+// localStorage, exported and imported as JSON). Documents and status live in docs.js and
+// status.js, what they share (the key dialog, streaming an answer) in ui.js.
 
-import { ApiError, call, setApiKey, streamChat } from "./api.js";
+import { call } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { initDocs, refreshKbs } from "./docs.js";
 import { initStatus } from "./status.js";
+import { el, initKeyDialog, isBusy, metaLine, notice, stop, streamInto, withKey } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const STORE = "kecil.conversations";
 const SETTINGS = "kecil.settings";
-const state = { conversations: [], current: null, busy: null, models: [] };
-
-export function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-export function notice(message) {
-  const box = $("notice");
-  box.textContent = message || "";
-  box.hidden = !message;
-}
-
-// --- the API key ----------------------------------------------------------------------------
-let keyWaiters = [];
-/** Ask for the key (the server answered 401); resolves once a key is entered. */
-export function askForKey(error) {
-  const dialog = $("key-dialog");
-  const message = $("key-message");
-  const hadKey = !!sessionStorage.getItem("kecil.apiKey");
-  message.textContent = hadKey
-    ? `The server refused that key: ${error?.message || "wrong API key"}. Check it and enter it again.`
-    : "This server needs an API key. It is kept in this tab only, until you close it.";
-  message.classList.toggle("error", hadKey);
-  if (!dialog.open) dialog.showModal();
-  $("key-input").focus();
-  return new Promise((resolve) => keyWaiters.push(resolve));
-}
-
-/** Run `work()`; on 401 ask for the key and run it again. */
-export async function withKey(work) {
-  for (;;) {
-    try {
-      return await work();
-    } catch (error) {
-      if (!(error instanceof ApiError) || error.status !== 401) throw error;
-      await askForKey(error);
-    }
-  }
-}
+const state = { conversations: [], current: null, models: [] };
 
 // --- models -----------------------------------------------------------------------------------
 async function loadModels() {
@@ -120,12 +80,12 @@ function renderList() {
     const open = el("button", "open", c.title || "New chat");
     open.type = "button";
     open.setAttribute("aria-current", String(c.id === state.current));
-    open.addEventListener("click", () => { if (!state.busy) { state.current = c.id; save(); render(); } });
+    open.addEventListener("click", () => { if (!isBusy()) { state.current = c.id; save(); render(); } });
     const remove = el("button", "delete", "×");
     remove.type = "button";
     remove.setAttribute("aria-label", `Delete the chat ${c.title}`);
     remove.addEventListener("click", () => {
-      if (state.busy || !confirm(`Delete "${c.title}"?`)) return;
+      if (isBusy() || !confirm(`Delete "${c.title}"?`)) return;
       state.conversations = state.conversations.filter((x) => x !== c);
       if (state.current === c.id) state.current = state.conversations[0]?.id ?? null;
       save();
@@ -134,29 +94,6 @@ function renderList() {
     li.append(open, remove);
     list.append(li);
   }
-}
-
-/** The line under a reply: tokens, speed, and who answered (a routed or redacted reply says so). */
-export function metaLine(meta) {
-  const line = el("div", "meta");
-  const parts = [];
-  if (meta.model) parts.push(meta.model);
-  if (meta.usage) parts.push(`${meta.usage.prompt_tokens} prompt + ${meta.usage.completion_tokens} reply tokens`);
-  else if (meta.pieces) parts.push(`about ${meta.pieces} reply tokens`);
-  if (meta.tps) parts.push(`${meta.tps.toFixed(1)} tokens/s`);
-  if (meta.ttft !== undefined) parts.push(`first token ${Math.round(meta.ttft)} ms`);
-  if (meta.stopped) parts.push("stopped");
-  else if (meta.finish === "length") parts.push("cut at max tokens");
-  line.append(parts.join(" · "));
-  if (meta.routed_to) {
-    line.append(" ");
-    line.append(el("span", "badge routed", `routed to ${meta.routed_to}${meta.route?.escalated ? " (escalated)" : ""}`));
-  }
-  if (meta.route?.redacted) {
-    const counts = Object.entries(meta.route.redacted_counts || {}).map(([k, n]) => `${n} ${k}`).join(", ");
-    line.append(el("span", "badge redacted", `redacted before leaving: ${counts || "yes"}`));
-  }
-  return line;
 }
 
 function messageNode(message, index) {
@@ -181,7 +118,7 @@ function messageNode(message, index) {
   } else if (index === conversation.messages.length - 1) {
     const again = el("button", "regenerate", "Regenerate");
     again.type = "button";
-    again.addEventListener("click", () => { if (!state.busy) { conversation.messages.pop(); generate(); } });
+    again.addEventListener("click", () => { if (!isBusy()) { conversation.messages.pop(); generate(); } });
     actions.append(again);
   }
   article.append(actions);
@@ -189,7 +126,7 @@ function messageNode(message, index) {
 }
 
 function startEdit(article, index) {
-  if (state.busy) return;
+  if (isBusy()) return;
   const conversation = current();
   const area = el("textarea", "edit");
   area.value = conversation.messages[index].content;
@@ -224,62 +161,6 @@ function render() {
   box.scrollTop = box.scrollHeight;
 }
 
-// --- generating ---------------------------------------------------------------------------------
-function setBusy(controller) {
-  state.busy = controller;
-  $("send").hidden = !!controller;
-  $("stop").hidden = !controller;
-  $("ask-button").disabled = !!controller;
-  document.body.dataset.busy = controller ? "true" : "false";
-}
-
-/** Stream an answer to `body` into `node`'s `.body`; returns its meta. Used by chat and documents. */
-export async function streamInto(body, message, node, render = (m) => renderMarkdown(m.content)) {
-  const controller = new AbortController();
-  setBusy(controller);
-  const meta = message.meta;
-  const started = performance.now();
-  let first = null;
-  let last = null;
-  let frame = 0;
-  const draw = () => {
-    frame = 0;
-    node.querySelector(".body").replaceChildren(render(message));
-    const log = node.closest(".messages");
-    if (log) log.scrollTop = log.scrollHeight;
-  };
-  try {
-    await withKey(async () => {
-      for await (const event of streamChat(body, controller.signal)) {
-        for (const choice of event.choices || []) {
-          if (choice.delta?.content) {
-            last = performance.now();
-            if (first === null) first = last;
-            message.content += choice.delta.content;
-            meta.pieces = (meta.pieces || 0) + 1;
-            if (!frame) frame = requestAnimationFrame(draw);
-          }
-          if (choice.finish_reason) meta.finish = choice.finish_reason;
-        }
-        for (const field of ["citations", "answered", "withheld", "routed_to", "route"]) {
-          if (event[field] !== undefined) meta[field] = event[field];
-        }
-        if (event.usage) meta.usage = event.usage;
-      }
-    });
-  } catch (error) {
-    if (error.name === "AbortError") meta.stopped = true;
-    else meta.error = error.message;
-  } finally {
-    if (frame) cancelAnimationFrame(frame);
-    if (first !== null) meta.ttft = first - started;
-    const tokens = meta.usage?.completion_tokens ?? meta.pieces;
-    if (first !== null && last > first && tokens > 1) meta.tps = (tokens - 1) / ((last - first) / 1000);
-    setBusy(null);
-  }
-  return meta;
-}
-
 async function generate() {
   const conversation = current();
   const reply = { role: "assistant", content: "", meta: { model: $("model").value } };
@@ -299,10 +180,6 @@ async function generate() {
   await streamInto(body, reply, node);
   save();
   render();
-}
-
-export function stop() {
-  state.busy?.abort();
 }
 
 // --- export and import ---------------------------------------------------------------------------
@@ -350,23 +227,15 @@ function init() {
   if (settings.maxTokens !== undefined) $("max-tokens").value = settings.maxTokens;
   for (const id of ["model", "system", "temperature", "max-tokens"]) $(id).addEventListener("change", saveSettings);
 
-  $("key-form").addEventListener("submit", () => {
-    setApiKey($("key-input").value.trim());
-    $("key-input").value = "";
-    const waiting = keyWaiters;
-    keyWaiters = [];
-    waiting.forEach((resolve) => resolve());
-  });
-  $("key-dialog").addEventListener("cancel", (e) => e.preventDefault());  // nothing works without it
-
+  initKeyDialog();
   for (const tab of document.querySelectorAll("[role=tab]")) tab.addEventListener("click", () => selectTab(tab.getAttribute("aria-controls")));
-  $("new-chat").addEventListener("click", () => { if (!state.busy) newConversation(); });
+  $("new-chat").addEventListener("click", () => { if (!isBusy()) newConversation(); });
   $("export").addEventListener("click", exportConversations);
   $("import").addEventListener("change", (e) => { if (e.target.files[0]) importConversations(e.target.files[0]); e.target.value = ""; });
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("prompt").value;
-    if (!text.trim() || state.busy) return;
+    if (!text.trim() || isBusy()) return;
     if (!current()) newConversation();
     current().messages.push({ role: "user", content: text, meta: {} });
     $("prompt").value = "";
@@ -376,7 +245,7 @@ function init() {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("composer").requestSubmit(); }
   });
   $("stop").addEventListener("click", stop);
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.busy) { e.preventDefault(); stop(); } });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && isBusy()) { e.preventDefault(); stop(); } });
 
   load();
   render();

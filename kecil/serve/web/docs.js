@@ -3,7 +3,7 @@
 
 import { call } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
-import { el, metaLine, notice, streamInto, withKey } from "./app.js";
+import { el, metaLine, notice, streamInto, withKey } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const SKIP = new Set([".git", "node_modules", "__pycache__"]);

@@ -2,7 +2,7 @@
 // from /metrics every 2 s while the tab is open), and the eval reports of `kecil serve --reports DIR`.
 
 import { apiKey, call } from "./api.js";
-import { el, withKey } from "./app.js";
+import { el, withKey } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 let timer = null;
