@@ -23,7 +23,7 @@ KEY = "page-test-key-1234"
 XSS = ('Look: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> '
        'and [a link](javascript:window.__pwned=3) and [tabbed](java\tscript:window.__pwned=4) '
        'and ![pic](http://127.0.0.1:9/x.png) and [fine](https://example.org/doc)')
-HANDBOOK = {
+HANDBOOK = {  # canteen.txt goes in a subfolder
     "history.md": "# History\n\nThe Zorblat Institute was founded in 1987 in Penang by Dr. Amina Rahman.\n\n"
                   "It began as a small library of tide charts.\n",
     "canteen.txt": "The canteen of the Zorblat Institute serves laksa every Thursday.\n\nBreakfast starts at 7 am.\n",
@@ -213,6 +213,43 @@ def test_untrusted_text_in_replies_runs_nothing(server, visit, tmp_path):
     assert page.evaluate("() => window.__pwned") is None
 
 
+ATTACKS = [
+    "[a](JaVaScRiPt:window.__pwned=1)", "[a]( javascript:window.__pwned=1)", "[a](javascript&colon;window.__pwned=1)",
+    "[a](data:text/html,<script>window.__pwned=1</script>)", "[a](vbscript:msgbox)", "[a](file:///etc/passwd)",
+    "<a href=\"javascript:window.__pwned=1\">x</a>", "<svg onload=window.__pwned=1>", "<iframe src=javascript:1>",
+    "![x](javascript:window.__pwned=1)", "```html\n<img src=x onerror=window.__pwned=1>\n```",
+    "**<img src=x onerror=window.__pwned=1>**", "> <script>window.__pwned=1</script>", "- [a](javascript:1)\n- `<b>`",
+    "# <img src=x onerror=window.__pwned=1>", "[1] and [x](https://example.org/ok)",
+]
+
+
+def test_the_markdown_renderer_keeps_text_and_safe_links_only(server, visit):
+    page = visit.open()
+    tags = page.evaluate("""async (attacks) => {
+        const { renderMarkdown } = await import('/web/markdown.js');
+        const seen = { tags: new Set(), hrefs: [] };
+        for (const text of attacks) {
+            const box = document.createElement('div');
+            box.append(renderMarkdown(text));
+            document.body.append(box);
+            for (const node of box.querySelectorAll('*')) {
+                seen.tags.add(node.tagName.toLowerCase());
+                for (const attr of node.attributes) if (/^on/i.test(attr.name)) seen.tags.add('handler:' + attr.name);
+                if (node.href !== undefined) seen.hrefs.push(node.href);
+            }
+            box.remove();
+        }
+        return { tags: [...seen.tags], hrefs: seen.hrefs };
+    }""", ATTACKS)
+    allowed = {"p", "br", "strong", "em", "del", "code", "pre", "span", "a", "div", "button", "blockquote", "ul", "ol", "li",
+               "h3", "h4", "h5", "h6", "hr"}
+    assert set(tags["tags"]) <= allowed, set(tags["tags"]) - allowed
+    # Only http(s) targets are kept ("javascript&colon;..." is no scheme: a relative path on the server, inert).
+    assert all(urlsplit(h).scheme in ("http", "https") for h in tags["hrefs"]) and "https://example.org/ok" in tags["hrefs"]
+    assert all(urlsplit(h).hostname in ("example.org", "127.0.0.1") for h in tags["hrefs"]), tags["hrefs"]
+    assert page.evaluate("() => window.__pwned") is None
+
+
 def upload_by_drop(page, files: dict[str, str]) -> None:
     """Drop `files` on the drop zone, as a person dragging them from a file manager."""
     page.evaluate("""files => {
@@ -222,16 +259,25 @@ def upload_by_drop(page, files: dict[str, str]) -> None:
     }""", files)
 
 
-def test_upload_then_a_cited_answer_opens_its_passage(server, visit):
+def test_upload_then_a_cited_answer_opens_its_passage(server, visit, tmp_path):
     page = visit.open()
     page.click("#tab-docs")
     page.fill("#upload-kb", "web-handbook")
-    upload_by_drop(page, HANDBOOK)
+    folder = tmp_path / "handbook"
+    for name, text in HANDBOOK.items():  # a folder with a subfolder, chosen as a person chooses one
+        path = folder / ("policies" if name == "canteen.txt" else "") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    page.set_input_files("#folder", str(folder))
     expect(page.locator("#upload-state")).to_contain_text("2 added", timeout=60_000)
     skipped = page.locator("#upload-list .skipped").all_inner_texts()
     assert any("photo.xyz" in s and "not .xyz" in s for s in skipped), skipped
     assert any("empty.txt" in s for s in skipped), skipped
+    assert "added handbook/policies/canteen.txt" in page.locator("#upload-list").inner_text()
     expect(page.locator("#kb")).to_have_value("web-handbook")
+    # A file dropped on the page goes into the same knowledge base; what was there stays.
+    upload_by_drop(page, {"leave.md": "Staff of the Zorblat Institute get 25 days of annual leave.\n"})
+    expect(page.locator("#upload-state")).to_contain_text("1 added, 0 updated, 2 unchanged", timeout=60_000)
 
     page.fill("#question", "Who founded the Zorblat Institute?")
     page.press("#question", "Enter")

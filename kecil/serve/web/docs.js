@@ -192,9 +192,12 @@ export function initDocs() {
     drop.classList.remove("over");
     upload(await droppedFiles(e.dataTransfer));
   });
-  $("files").addEventListener("change", (e) => {
-    const files = [...e.target.files].map((file) => ({ path: file.webkitRelativePath || file.name, file }));
-    e.target.value = "";
-    if (files.length) upload(files);
-  });
+  $("choose-folder").addEventListener("click", () => $("folder").click());
+  for (const input of [$("files"), $("folder")]) {
+    input.addEventListener("change", () => {  // a chosen folder's files keep their paths inside it
+      const files = [...input.files].map((file) => ({ path: file.webkitRelativePath || file.name, file }));
+      input.value = "";
+      if (files.length) upload(files);
+    });
+  }
 }
