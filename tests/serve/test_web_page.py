@@ -14,6 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright  # a test dependency (pyproject's [test] extra)
 
+from kecil.route.confidence import FEATURES
 from tests.serve.test_server import Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -38,7 +39,15 @@ def server(tmp_path_factory, kecil_home):
     (reports / "eval.html").write_text("<!doctype html><html><head><style>h1{color:#123}</style></head><body>"
                                        "<h1>kecil eval</h1><p>accuracy 41%</p>"
                                        "<script>document.body.dataset.ran = 'yes'</script></body></html>")
-    s = Server(tmp_path_factory.mktemp("serve"), "--context", "1024", "--parallel", "2", "--reports", str(reports))
+    tmp = tmp_path_factory.mktemp("serve")
+    unsure = {"features": list(FEATURES), "weights": [0.0] * len(FEATURES), "bias": 0.0,
+              "mean": [0.0] * len(FEATURES), "scale": [1.0] * len(FEATURES)}  # confidence 0.5: every answer escalates
+    route = {"format": "kecil-route/1", "name": "desk", "max_tokens": 8, "allow_remote": False, "combiner": unsure,
+             "confidence": {"samples": 1, "sample_tokens": 4, "self_check": False},
+             "tiers": [{"name": "small", "model": "smollm2-135m", "threshold": 0.9},
+                       {"name": "large", "model": "smollm2-135m", "threshold": 0.9}]}
+    (tmp / "desk.route.json").write_text(json.dumps(route))
+    s = Server(tmp, "--context", "1024", "--parallel", "2", "--reports", str(reports), "--route", str(tmp / "desk.route.json"))
     yield s
     s.stop()
 
@@ -119,7 +128,7 @@ def test_page_is_small_strict_and_served_without_a_build(server, visit):
     assert httpx.get(server.url + "/web/../kecil/serve/page.py").status_code == 404
     assert httpx.get(server.url + "/web/nothing.js").status_code == 404
     page = visit.open()
-    expect(page.locator("#model option")).to_have_count(1)
+    expect(page.locator("#model option")).to_have_count(2)  # the model, and the route
     assert page.locator("#model").input_value() == "smollm2-135m"
     # An inline script the page did not ship is refused by the policy.
     page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__inline = 1'; document.body.append(s); }")
@@ -182,6 +191,16 @@ def test_chat_streams_stops_edits_and_keeps_conversations(server, visit):
     page.locator("button.regenerate").click()
     wait_idle(page)
     expect(page.locator(".msg.assistant")).to_have_count(1)
+
+
+def test_a_routed_reply_says_who_answered(server, visit):
+    page = visit.open()
+    page.select_option("#model", "route:desk")
+    send(page, "What is the capital of France?")
+    wait_idle(page)
+    meta = page.locator(".msg.assistant .meta").last
+    expect(meta.locator(".badge.routed")).to_have_text("routed to large (escalated)")
+    assert page.locator(".msg.assistant .body").last.inner_text().strip()
 
 
 def test_untrusted_text_in_replies_runs_nothing(server, visit, tmp_path):
