@@ -10,6 +10,7 @@ origin only; everything else here asks for the key as the OpenAI routes do.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import tempfile
@@ -71,17 +72,25 @@ def write_upload(kb: str, relative: str, data: bytes) -> Path:
                        f"{target.suffix or 'files without a suffix'}", code="unsupported_file_type")
     root = upload_root(kb).resolve()
     path = root / target
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder of the path should be
+        raise APIError(400, f"could not make the folders of {relative[:200]!r} ({exc.strerror or exc})", param="path") from None
     if not path.parent.resolve().is_relative_to(root) or path.is_symlink():  # a link planted inside cannot lead out
         raise APIError(400, f"the file path {relative[:200]!r} leads outside the knowledge base's folder", param="path")
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")  # hidden: an ingest running now skips it
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:  # a folder where the file should go, a full disk: said, and nothing half-written is left
+        raise APIError(507 if exc.errno == errno.ENOSPC else 400,
+                       f"could not write {relative[:200]!r} into the knowledge base's folder ({exc.strerror or exc})",
+                       param="path") from None
     return path
 
 

@@ -319,6 +319,8 @@ def test_upload_then_a_cited_answer_opens_its_passage(server, visit, tmp_path):
         assert r.status_code in (400, 404, 405), (bad, r.status_code, r.text)
     assert not list(Path(server.audit).parents[1].rglob("evil.txt"))
     assert httpx.put(f"{server.url}/kecil/kb/bad%20name/files/a.txt", content=b"x").status_code == 400
+    inside_a_file = httpx.put(f"{server.url}/kecil/kb/web-handbook/files/leave.md/x.txt", content=b"x")  # leave.md is a file
+    assert inside_a_file.status_code == 400 and "leave.md/x.txt" in inside_a_file.json()["error"]["message"]
     big = httpx.put(f"{server.url}/kecil/kb/web-handbook/files/big.txt", content=b"x" * 1_100_000)
     assert big.status_code == 413 and "--max-body" in big.json()["error"]["message"]
 
