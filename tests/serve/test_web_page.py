@@ -187,6 +187,14 @@ def test_chat_streams_stops_edits_and_keeps_conversations(server, visit):
     expect(page.locator("#conversation-list li")).to_have_count(2)
     assert page.locator(".msg.assistant .body").last.inner_text() == first_answer
 
+    # Export as JSON: both conversations, their messages as shown.
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert [len(c["messages"]) for c in exported["conversations"]] == [2, 2]
+    japan = exported["conversations"][1]["messages"]
+    assert japan[0]["content"] == "What is the capital of Japan?" and japan[1]["content"].strip()
+
     # Regenerate the last answer: one reply still, answered again.
     page.locator("button.regenerate").click()
     wait_idle(page)
