@@ -3,7 +3,7 @@
 
 import { call } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
-import { el, metaLine, notice, streamInto, withKey } from "./ui.js";
+import { el, isBusy, metaLine, notice, streamInto, withKey } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const SKIP = new Set([".git", "node_modules", "__pycache__"]);
@@ -76,7 +76,7 @@ async function ask(event) {
   const kb = $("kb").value;
   const question = $("question").value.trim();
   if (!kb) { notice("Add documents to a knowledge base first (on the right), then ask."); return; }
-  if (!question || document.body.dataset.busy === "true") return;
+  if (!question || isBusy()) return;
   notice("");
   const log = $("answers");
   const asked = el("article", "msg user");
