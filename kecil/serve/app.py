@@ -25,7 +25,7 @@ from kecil.serve.rag import PREFIX, knowledge_bases, run_rag, wants_rag
 from kecil.serve.reply import Call
 from kecil.serve.route import PREFIX as ROUTE_PREFIX
 from kecil.serve.route import load_routes, run_route, wants_route
-from kecil.serve.security import OPEN_PATHS, AuditLog, GuardMiddleware
+from kecil.serve.security import AuditLog, GuardMiddleware, is_open
 
 log = logging.getLogger("kecil.serve")
 STATUS_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error",
@@ -103,8 +103,9 @@ class Server:
 
     def done(self, scope, status: int) -> None:
         """Account for a request no route finished (refused, failed, or a listing): every request
-        gets its audit line. Probes are not audited: an orchestrator polls them all day."""
-        if scope["path"] in OPEN_PATHS:
+        gets its audit line. Probes are not audited (an orchestrator polls them all day), nor are the
+        web page's static files."""
+        if is_open(scope["path"]):
             return
         state = scope.get("state", {})
         call = state.get("call")
@@ -251,6 +252,9 @@ def _routes(app: FastAPI, server: Server) -> None:
     _probe_routes(app, server)
     _model_routes(app, server)
     _answer_routes(app, server)
+    from kecil.serve.page import add_page_routes
+
+    add_page_routes(app, server)
 
 
 def _probe_routes(app: FastAPI, server: Server) -> None:

@@ -61,6 +61,8 @@ class ServeConfig:
         "help": "A route file (`kecil route calibrate` writes one), served as the model route:NAME (repeatable).", "flag": "--route"})
     max_prompts: int = field(default=64, metadata={
         "help": "Prompts one /v1/completions request may carry (each also counts against --max-queue)."})
+    reports_dir: Path | None = field(default=None, metadata={
+        "help": "A folder of `kecil eval --html` reports the web page lists and opens.", "flag": "--reports"})
     max_messages: int = field(default=2000, metadata={
         "help": "Messages one chat request may carry (a larger conversation is refused with 400)."})
 

@@ -16,10 +16,17 @@ from pathlib import Path
 from starlette.exceptions import HTTPException
 
 from kecil.serve.config import APIKey
+from kecil.serve.page import is_page_path
 from kecil.serve.protocol import APIError
 
 log = logging.getLogger("kecil.serve")
 OPEN_PATHS = frozenset({"/health", "/ready"})  # probes carry no key (Kubernetes does not send one)
+
+
+def is_open(path: str) -> bool:
+    """Paths served without a key: the probes, and the web page's own files (public, in the
+    package: the page asks for the key and sends it with every call it makes)."""
+    return path in OPEN_PATHS or is_page_path(path)
 
 
 def find_key(presented: str | None, keys: tuple[APIKey, ...]) -> APIKey | None:
@@ -63,7 +70,7 @@ class GuardMiddleware:
     def refusal(self, scope, state: dict) -> APIError | None:
         """Why the request is refused before it is read, or None."""
         headers = dict(scope["headers"])
-        if self.keys and scope["path"] not in OPEN_PATHS:
+        if self.keys and not is_open(scope["path"]):
             repeated = repeated_credentials(scope["headers"])
             if repeated is not None:
                 state["caller"] = "unauthenticated"
