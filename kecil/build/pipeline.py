@@ -36,6 +36,8 @@ class BuildOptions:
     recipe: Path = field(metadata={"help": "The recipe YAML (`kecil build init` writes a commented example).", "metavar": "RECIPE"})
     output: Path | None = field(default=None, metadata={
         "flag": ("--output", "-o"), "help": "The result folder (default: NAME-result beside the recipe); with `init`, the recipe file to write."})
+    build_dir: Path | None = field(default=None, metadata={
+        "help": "Where the stages' outputs are cached (default: the recipe's build_dir, else NAME.build beside the recipe)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan and what is cached, and run nothing."})
 
 

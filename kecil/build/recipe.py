@@ -300,9 +300,11 @@ def _evaluate(reader: _Reader, top: Located) -> EvaluateSettings:
     general = reader.value(s, "general", "evaluate", tuple[str, ...], EvaluateSettings.general)
     for name in general:
         try:
-            get_task(name)
+            kind = get_task(name).kind
         except KecilError as exc:
             raise reader.fail(s, "general", "evaluate", str(exc)) from None
+        if kind == "perplexity":  # lower is better: the gate's "may lose at most" reads scores
+            raise reader.fail(s, "general", "evaluate", f"{name} is a perplexity; the gate compares scores: name a task such as arc_easy")
     limit = reader.value(s, "limit", "evaluate", int, EvaluateSettings.limit)
     if limit is not None and limit < 1:
         raise reader.fail(s, "limit", "evaluate", f"must be at least 1, got {limit}")

@@ -209,9 +209,12 @@ NEEDS = {"tune": (), "merge": ("tune",), "quantize": ("merge",), "knowledge": ()
 
 def run_stage(name: str, recipe: Recipe, work: Path, done: dict[str, Path], progress: Progress) -> dict:
     """Run one stage; its KecilError becomes a BuildError naming the stage, in one line."""
-    from kecil.errors import KecilError
+    from kecil.errors import Interrupted, KecilError
 
     try:
         return STAGES[name](recipe, work, done, progress)
+    except Interrupted:  # Ctrl-C: the stage kept what it had (tune a checkpoint), and the build resumes it
+        raise Interrupted(f"kecil build stopped in the {name} stage, which kept its progress: "
+                          "run the same `kecil build` again to go on from there") from None
     except KecilError as exc:
         raise BuildError(f"the {name} stage failed: {exc} (the stages before it are kept: rerun the build once this is fixed)") from None

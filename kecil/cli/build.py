@@ -31,6 +31,10 @@ def build(options: BuildOptions) -> None:
     from kecil.build.recipe import load_recipe
 
     recipe = load_recipe(options.recipe)
+    if options.build_dir is not None:
+        from dataclasses import replace
+
+        recipe = replace(recipe, build_dir=Path(options.build_dir).expanduser().resolve())
     output = Path(options.output or default_output(recipe)).expanduser().resolve()
     if options.dry_run:
         print("\n".join(describe_plan(recipe, plan(recipe), output)))
