@@ -50,6 +50,43 @@ def _mib(n) -> str:
     return "&ndash;" if not n else f"{n / 2**20:.0f} MiB"
 
 
+def _plot(points: list[tuple[str, float, float]], x_label: str, y_label: str) -> str:
+    """A small SVG scatter of (name, x, y): the result against the base, quality against size or speed."""
+    if len(points) < 2:
+        return ""
+    width, height, pad = 320, 200, 40
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    x0, x1 = min(xs) * 0.9, max(xs) * 1.1 or 1
+    y0, y1 = 0.0, max(1.0, max(ys))
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (pad + (x - x0) / ((x1 - x0) or 1) * (width - 2 * pad), height - pad - (y - y0) / ((y1 - y0) or 1) * (height - 2 * pad))
+
+    marks = "".join(f'<circle cx="{at(x, y)[0]:.0f}" cy="{at(x, y)[1]:.0f}" r="5"/><text x="{at(x, y)[0] + 8:.0f}" '
+                    f'y="{at(x, y)[1] + 4:.0f}">{html.escape(name)} ({100 * y:.0f}%)</text>' for name, x, y in points)
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(y_label)} against {html.escape(x_label)}" '
+            f'style="font-size:11px"><line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#888"/>'
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#888"/>{marks}'
+            f'<text x="{width / 2 - 30:.0f}" y="{height - 10}">{html.escape(x_label)}</text>'
+            f'<text x="4" y="{pad - 12}">{html.escape(y_label)}</text></svg>')
+
+
+def plots(report: dict) -> str:
+    """Quality on the user's tasks (their mean) against size on disk and against decode speed, base and result."""
+    own = [r for r in report["evaluation"] if r["yours"]]
+    systems = report.get("systems") or {}
+    figures = []
+    for axis, key, scale in (("size (MiB)", "size_bytes", 2**-20), ("decode tokens/s", "decode_tokens_per_second", 1.0)):
+        points = []
+        for model in ("base", "result"):
+            scores = [r[model] for r in own if r[model] is not None]
+            figure = (systems.get(model) or {}).get(key)
+            if scores and figure:
+                points.append((model, figure * scale, sum(scores) / len(scores)))
+        figures.append(_plot(points, axis, "your tasks"))
+    return "".join(figures)
+
+
 def render_html(report: dict) -> str:
     e = html.escape
     verdict = report["gate"]
@@ -81,6 +118,7 @@ built {e(report['finished'])} in {report['seconds']:.1f} s.</p>
 <h2>Base and result</h2>
 <table><tr><th>task</th><th>metric</th><th>base</th><th>result</th><th>change (points)</th><th>items</th><th>error</th></tr>{tasks}</table>
 <table><tr><th>model</th><th>size</th><th>peak RAM</th><th>decode tok/s</th><th>prompt tok/s</th></tr>{systems}</table>
+{plots(report)}
 <p>Energy per token: {energy}</p>
 <h2>Stages</h2>
 <table><tr><th>stage</th><th></th><th>time</th><th>peak RAM</th><th>key</th></tr>{stages}</table>

@@ -46,14 +46,21 @@ gate:
 """
 
 
+# Planted in the training data, the task and the documents: it must appear in no file outside the
+# build and result folders (the knowledge base excepted: the user asked for it to ship).
+MARKER = "Zorblax-7731-private"
+
+
 def write_recipe(folder: Path, model: Path, *, seed: int = 0, qtype: str = "f16", min_gain: float = -1, name: str = "recipe.yaml") -> Path:
     """A recipe for the tiny model, with its training data, task and documents beside it."""
-    write_jsonl(folder / "train.jsonl", memorisable_chat(8))
+    planted = {"messages": [{"role": "user", "content": f"What is {MARKER}?"}, {"role": "assistant", "content": f"{MARKER} is red."}]}
+    write_jsonl(folder / "train.jsonl", memorisable_chat(8) + [planted])
     items = [{"query": f"What is the {t}?", "choices": [f"The {t} is {c}." for c in COLOURS[:2]], "answer": 0} for t in THINGS]
+    items.append({"query": f"What is {MARKER}?", "choices": [f"{MARKER} is red.", f"{MARKER} is old."], "answer": 0})
     write_jsonl(folder / "facts.jsonl", items)
     (folder / "facts.yaml").write_text("name: facts\nkind: choice\ndata: facts.jsonl\n")
     (folder / "docs").mkdir(exist_ok=True)
-    (folder / "docs" / "cats.md").write_text("The cat is red. The dog is green. The moon is bright.\n")
+    (folder / "docs" / "cats.md").write_text(f"The cat is red. The dog is green. The moon is bright. {MARKER} is red.\n")
     path = folder / name
     path.write_text(RECIPE.format(model=model, seed=seed, qtype=qtype, min_gain=min_gain))
     return path
@@ -85,6 +92,15 @@ def test_a_build_runs_every_stage_and_writes_a_deployable_folder(first_build):
     assert all(r["base"] is not None and r["result"] is not None for r in report["evaluation"])
     assert "tune" in (result.result_dir / "report.html").read_text()
     assert (result.result_dir / "knowledge" / "tiny.sqlite").stat().st_size > 0
+
+
+def test_no_user_text_is_left_outside_the_build_and_result_folders(first_build, kecil_home):
+    recipe, result = first_build
+    leaks = [p for p in Path(kecil_home).rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]
+    assert not leaks  # kecil's own folders: caches, logs, the knowledge base's ingest
+    for name in ("report.json", "report.html", "README.md", "Modelfile", "serve.sh"):
+        assert MARKER not in (result.result_dir / name).read_text()
+    assert MARKER.encode() in (result.result_dir / "knowledge" / "tiny.sqlite").read_bytes()  # shipped, as asked
 
 
 def test_a_rerun_takes_every_stage_from_the_cache(first_build):
