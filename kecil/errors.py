@@ -89,3 +89,8 @@ class Interrupted(KecilError):
     and how to continue."""
 
     exit_code = 130
+
+
+class BuildError(KecilError):
+    """A `kecil build` stage failed: the message names the stage, carries the stage's own error,
+    and says that the stages before it are kept (rerunning the build resumes there)."""

@@ -6,6 +6,9 @@ import pytest
 
 from tests.tiny_models import TinyModels
 
+# Every test runs under the offline guard: a connection or name lookup that leaves the machine fails it.
+pytest_plugins = ("tests.offline",)
+
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA: skipped, with the reason, on a machine without it (CI)."""

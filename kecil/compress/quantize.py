@@ -64,6 +64,9 @@ class QuantizeConfig:
     # (quantizing one model to several types calibrates once).
     statistics: Calibration | None = None
     group_size: int = 64  # int8/int4 only: input columns sharing one scale (32, 64 or 128)
+    # A system prompt to carry in the GGUF instead of the model's own preset (kecil build's recipe
+    # sets one: a merged Hugging Face folder has none to carry).
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -170,8 +173,9 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None) -> Quanti
                 calibration = _calibrate(ref, source, calib_text, method, config, threads, progress)
             stats = calibration.stats if calibration else None
             metadata = _calibration_metadata(config, calibration)
-            if ref.system_prompt:  # a built-in's preset, or one read from a GGUF kecil wrote
-                metadata[SYSTEM_PROMPT_KEY] = (ref.system_prompt, _string_type())
+            system_prompt = config.system_prompt or ref.system_prompt  # else a built-in's preset, or one read from a GGUF kecil wrote
+            if system_prompt:
+                metadata[SYSTEM_PROMPT_KEY] = (system_prompt, _string_type())
             summary = requantize(
                 source, config.output, config.qtype, stats=stats, method=method if stats else "none", threads=threads,
                 metadata=metadata, progress=_stage(progress, "quantize"), scale_progress=_stage(progress, "scale"),
@@ -181,7 +185,7 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None) -> Quanti
                 output=config.output, type=config.qtype.name, method=method if stats else "none", source=str(ref.path),
                 source_bytes=_size(ref), output_bytes=config.output.stat().st_size, seconds=seconds,
                 calibration_tokens=calibration.tokens if calibration else 0, tensor_types=summary.tensor_types,
-                system_prompt=ref.system_prompt,
+                system_prompt=system_prompt,
             )  # fmt: skip
             if heldout_text is not None:
                 result.report = _report(source, config.output, heldout_text, threads, progress)
