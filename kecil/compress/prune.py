@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kecil.errors import ConfigError, InvalidModelError
@@ -295,6 +295,10 @@ def _plan_width(config, target: int, *, prune_hidden: bool) -> Shape:
         else:
             high = middle
     best = at(low)
+    # Heads come in whole groups, so the shape found can fall well short of the target: give what is
+    # left to the MLP, the finest-grained width.
+    while best.intermediate + ALIGN <= shape.intermediate and _parameters(config, grown := replace(best, intermediate=best.intermediate + ALIGN)) <= target:
+        best = grown
     if _parameters(config, best) > target:
         smallest = _parameters(config, at(0.0))
         raise ConfigError(f"the narrowest uniform model this method makes has {smallest:,} parameters, more than the {target:,} asked: "
