@@ -120,6 +120,8 @@ def distill(config: DistillConfig, progress: Progress | None = None, on_step: Ca
     torch.set_num_threads(config.threads or physical_cores())
     student, tokenizer = _load(student_ref)
     rows = read_rows(config.data, tokenizer, config.seq_len)
+    if config.tokens is not None:  # the teacher runs only on the rows the budget reaches
+        rows = rows[: max(config.batch_size, math.ceil(config.tokens / config.seq_len))]
     cache, teacher_seconds = teacher_cache(teacher_ref, tokenizer, rows, config.top_k, report, _load)
     total = _total_steps(config, len(rows))
     torch.manual_seed(config.seed)

@@ -326,8 +326,14 @@ def _parameters(config, shape: Shape) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        return count_parameters(AutoModelForCausalLM.from_config(_reshaped(config, shape)))
+    key = (config.to_json_string(), shape)
+    if key not in _COUNTS:  # the search asks for the same few shapes many times
+        with torch.device("meta"):
+            _COUNTS[key] = count_parameters(AutoModelForCausalLM.from_config(_reshaped(config, shape)))
+    return _COUNTS[key]
+
+
+_COUNTS: dict[tuple[str, Shape], int] = {}
 
 
 def _reshaped(config, shape: Shape):
