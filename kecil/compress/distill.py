@@ -120,10 +120,10 @@ def distill(config: DistillConfig, progress: Progress | None = None, on_step: Ca
     torch.set_num_threads(config.threads or physical_cores())
     student, tokenizer = _load(student_ref)
     rows = read_rows(config.data, tokenizer, config.seq_len)
-    if config.tokens is not None:  # the teacher runs only on the rows the budget reaches
-        rows = rows[: max(config.batch_size, math.ceil(config.tokens / config.seq_len))]
-    cache, teacher_seconds = teacher_cache(teacher_ref, tokenizer, rows, config.top_k, report, _load)
-    total = _total_steps(config, len(rows))
+    # With a token budget the teacher runs only on the rows the budget reaches (from the first).
+    used = len(rows) if config.tokens is None else min(len(rows), max(config.batch_size, math.ceil(config.tokens / config.seq_len)))
+    cache, teacher_seconds = teacher_cache(teacher_ref, tokenizer, rows, used, config.top_k, report, _load)
+    total = _total_steps(config, used)
     torch.manual_seed(config.seed)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
@@ -135,7 +135,7 @@ def distill(config: DistillConfig, progress: Progress | None = None, on_step: Ca
     if config.resume and checkpoints.is_dir():
         state = _load_checkpoint(checkpoints, student, optimizer, scheduler, fingerprint)
     resumed_from = state["step"]
-    order = _Order(len(rows), config.seed)
+    order = _Order(used, config.seed)
     started, last_save = time.perf_counter() - state["seconds"], state["step"]
     session_started, session_tokens = time.perf_counter(), 0
     while _more(config, total, state):

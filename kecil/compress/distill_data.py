@@ -105,9 +105,10 @@ class TeacherCache:
         return json.loads(meta.read_text())["done"] if meta.is_file() else 0
 
 
-def teacher_cache(teacher_ref, student_tokenizer, rows, top_k: int, report: Callable[[str, int, int], None], load) -> tuple[TeacherCache, float]:
-    """The cache of `teacher_ref`'s top-k logits on `rows`, filled where it is not yet (the
-    teacher loads only then), and the seconds the teacher ran."""
+def teacher_cache(teacher_ref, student_tokenizer, rows, needed: int, top_k: int, report: Callable[[str, int, int], None], load) -> tuple[TeacherCache, float]:
+    """The cache of `teacher_ref`'s top-k logits on `rows`, filled in order up to row `needed`
+    where it is not yet (the teacher loads only then), and the seconds the teacher ran. The cache
+    is keyed by the teacher and all of the data, so a later run with a larger budget continues it."""
     import numpy as np
     import torch
 
@@ -118,17 +119,18 @@ def teacher_cache(teacher_ref, student_tokenizer, rows, top_k: int, report: Call
     cache = TeacherCache(private_dir(kecil_home() / "distill"), key, rows.shape[0], rows.shape[1], top_k)
     cache.directory = private_dir(cache.directory / key)
     done = cache.done
-    if done >= cache.rows:
+    needed = min(needed, cache.rows)
+    if done >= needed:
         return cache, 0.0
     started = time.perf_counter()
     teacher, tokenizer = load(teacher_ref)
     check_same_tokenizer(student_tokenizer, tokenizer, teacher_ref.name)
     teacher.eval()
     values, indices = cache._arrays("r+" if done else "w+")
-    report("teacher", done, cache.rows)
+    report("teacher", done, needed)
     with torch.inference_mode():
-        for start in range(done, cache.rows, TEACHER_BATCH):
-            end = min(cache.rows, start + TEACHER_BATCH)
+        for start in range(done, needed, TEACHER_BATCH):
+            end = min(needed, start + TEACHER_BATCH)
             logits = teacher(input_ids=torch.from_numpy(rows[start:end].astype(np.int64))).logits.float()
             top = torch.topk(logits, top_k, dim=-1)
             values[start:end] = top.values.numpy().astype(np.float16)
@@ -136,7 +138,7 @@ def teacher_cache(teacher_ref, student_tokenizer, rows, top_k: int, report: Call
             values.flush(), indices.flush()
             # The count is written only after the rows it counts are on disk: a kill leaves it behind, never ahead.
             (cache.directory / "meta.json").write_text(json.dumps({"done": end, "rows": cache.rows, "teacher": teacher_ref.spec}))
-            report("teacher", end, cache.rows)
+            report("teacher", end, needed)
     del teacher
     return cache, time.perf_counter() - started
 
