@@ -47,6 +47,7 @@ class DistillConfig:
     top_k: int = field(default=64, metadata=_help("Teacher logits kept per token."))
     temperature: float = field(default=1.0, metadata=_help("Softens both distributions before the KL."))
     ce_weight: float = field(default=0.1, metadata=_help("Weight of the plain next-token cross-entropy beside the KL."))
+    kl_weight: float = field(default=1.0, metadata=_help("Weight of the KL to the teacher; 0 with --ce-weight 1 is plain fine-tuning (a baseline)."))
     lr: float = field(default=1e-4, metadata=_help("Peak learning rate (AdamW, warm-up then cosine decay)."))
     batch_size: int = field(default=4, metadata=_help("Rows per optimizer step."))
     seq_len: int = field(default=256, metadata=_help("Tokens per row."))
@@ -65,8 +66,8 @@ class DistillConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.seq_len < 16:
             raise ConfigError(f"--seq-len must be at least 16 tokens, got {self.seq_len}")
-        if self.ce_weight < 0:
-            raise ConfigError(f"--ce-weight must be 0 or more, got {self.ce_weight}")
+        if self.ce_weight < 0 or self.kl_weight < 0 or self.ce_weight + self.kl_weight == 0:
+            raise ConfigError(f"--ce-weight and --kl-weight must be 0 or more, not both 0 (got {self.ce_weight} and {self.kl_weight})")
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def distill(config: DistillConfig, progress: Progress | None = None, on_step: Ca
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total))
     fingerprint = {"student": config.student, "teacher": config.teacher, "data": cache.key, "tokens": config.tokens,
-                   "minutes": config.minutes, "top_k": config.top_k, "temperature": config.temperature, "ce_weight": config.ce_weight,
+                   "minutes": config.minutes, "top_k": config.top_k, "temperature": config.temperature, "ce_weight": config.ce_weight, "kl_weight": config.kl_weight,
                    "lr": config.lr, "batch_size": config.batch_size, "seq_len": config.seq_len, "seed": config.seed}  # fmt: skip
     state = {"step": 0, "tokens": 0, "seconds": 0.0, "first_loss": None, "last_loss": None, "fingerprint": fingerprint}
     if config.resume and checkpoints.is_dir():
@@ -142,7 +143,7 @@ def distill(config: DistillConfig, progress: Progress | None = None, on_step: Ca
         picked = order.batch(state["step"], config.batch_size)
         ids = torch.from_numpy(rows[picked].astype(np.int64))
         values, indices = cache.read(picked)
-        loss, kl, ce = distill_loss(student(input_ids=ids).logits, ids, values, indices, config.temperature, config.ce_weight)
+        loss, kl, ce = distill_loss(student(input_ids=ids).logits, ids, values, indices, config.temperature, config.ce_weight, config.kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -181,7 +182,7 @@ def _more(config: DistillConfig, total: int | None, state: dict) -> bool:
     return state["step"] < total if total is not None else state["seconds"] < config.minutes * 60
 
 
-def distill_loss(student_logits, ids, values, indices, temperature: float, ce_weight: float):
+def distill_loss(student_logits, ids, values, indices, temperature: float, ce_weight: float, kl_weight: float = 1.0):
     """(loss, kl, ce) for rows `ids` given the teacher's top-k `values` and `indices` per position.
 
     Each position predicts the next token, so the last position of a row has no target. The
@@ -196,7 +197,7 @@ def distill_loss(student_logits, ids, values, indices, temperature: float, ce_we
     student = F.log_softmax(logits / t, dim=-1).gather(-1, indices[:, :-1].long())
     kl = (teacher * (teacher.clamp_min(1e-30).log() - student)).sum(-1).mean() * t * t
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-    return kl + ce_weight * ce, kl.detach(), ce.detach()
+    return kl_weight * kl + ce_weight * ce, kl.detach(), ce.detach()
 
 
 def _load(ref):
