@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if qtype == "q2_k" and wanted and "original" not in wanted:
             continue
         gguf = _quantized(folders[name], work / f"{name}-{qtype}.gguf", qtype, threads)
-        figures = _measure(gguf, heldout, threads)
+        figures = _measure(gguf, heldout, args.measure_threads)
         record = emit(bench=BENCH, variant=name, type=qtype, ratio=args.ratio if name != "original" else 0.0, heal_tokens=args.heal_tokens
                       if "+" in name else 0, perplexity=figures.perplexity, decode_tokens_per_second=figures.decode_tokens_per_second,
                       file_bytes=gguf.stat().st_size, note=notes.get(name, ""))  # fmt: skip
@@ -116,7 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ratio", type=float, default=0.25, help="share of the parameters removed")
     parser.add_argument("--heal-tokens", type=int, default=200_000, help="healing budget in training tokens (both healers)")
     parser.add_argument("--lr", type=float, default=1e-4, help="healing learning rate")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="threads for pruning, healing and quantizing")
+    # One thread measures steadily on a shared machine: two spin-waiting OpenMP threads beside another
+    # job were measured 25x slower at decode (0.8 against 20 tok/s).
+    parser.add_argument("--measure-threads", type=int, default=1, help="threads for perplexity and decode speed")
     parser.add_argument("--variants", default=None, help="comma-separated subset (original is always measured)")
     return parser
 
