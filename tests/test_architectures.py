@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.compress.test_prune import pruned_model_loads_and_runs_in_llama_cpp
 from tests.infer.test_backends import generates_with_usage_and_finish_reason
 from tests.models.formats.test_hf_to_gguf import converts_to_gguf_computing_what_transformers_computes
 from tests.models.test_info import tiny_hf_folder_facts
@@ -23,6 +24,7 @@ TECHNIQUES = [
     ("convert-to-gguf", converts_to_gguf_computing_what_transformers_computes, TINY_ARCHS + EXTRA_ARCHS),  # models/formats
     ("generate-torch", generates_with_usage_and_finish_reason, TINY_ARCHS),  # infer/torch_backend.py
     ("lora", trains_with_its_default_targets, TINY_ARCHS),  # tune/lora.py
+    ("prune", pruned_model_loads_and_runs_in_llama_cpp, TINY_ARCHS),  # compress/prune.py
 ]
 CASES = [pytest.param(check, arch, id=f"{name}-{arch}") for name, check, archs in TECHNIQUES for arch in archs]
 

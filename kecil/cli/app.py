@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from kecil import __version__
-from kecil.cli import build, evaluate, generate, models, quantize, rag, redact, route, serve, tune
+from kecil.cli import build, evaluate, generate, models, prune, quantize, rag, redact, route, serve, tune
 from kecil.cli.common import err
 from kecil.errors import KecilError
 
@@ -26,7 +26,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 # The order here is the order of `kecil --help`.
-for module in (generate, models, serve, tune, rag, route, redact, quantize, evaluate, build):
+for module in (generate, models, serve, tune, rag, route, redact, quantize, prune, evaluate, build):
     module.register(app)
 
 
