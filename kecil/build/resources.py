@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kecil.infer.measure import peak_rss_bytes
+
 SAMPLE_SECONDS = 0.2
 
 
@@ -47,16 +49,6 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def _kernel_peak() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _tree_rss(process) -> int:
@@ -96,7 +88,7 @@ def measured():
         stop.set()
         sampler.join()
         usage.seconds = time.perf_counter() - started
-        kernel = _kernel_peak() if reset else None
+        kernel = peak_rss_bytes() if reset else None  # VmHWM since the reset
         peak[0] = max(peak[0], _tree_rss(me))
         usage.peak_rss_bytes = max(peak[0], kernel or 0) or None
         after = energy_microjoules() if energy is not None else None

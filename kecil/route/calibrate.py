@@ -121,10 +121,9 @@ def run_model(model: str, items: list[Labelled], *, judge: bool, confidence: Con
               threads: int | None, cache: bool, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Each question's answer (with signals when `judge`), its correctness and time, cached."""
     from kecil.eval.cache import ResultCache
-    from kecil.models.reference import model_fingerprint
     from kecil.eval.generative import is_correct
     from kecil.infer.generation import GenerationConfig
-    from kecil.models.reference import resolve
+    from kecil.models.reference import model_fingerprint, resolve
     from kecil.paths import kecil_home
 
     ref = resolve(model)
