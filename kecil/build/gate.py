@@ -41,32 +41,32 @@ def _points(share: float) -> str:
     return f"{100 * share:+.1f} points"
 
 
+def _task_check(scores: dict, task: str, kind: str, limit: float) -> Check:
+    """The gain (on one of the user's tasks: at least `limit`) or the loss (on a general task: at
+    most `limit`) from base to result, in points."""
+    base, result = scores.get(("base", task)), scores.get(("result", task))
+    if base is None or result is None:
+        why = ", so no gain can be shown" if kind == "gain" else ""
+        return Check(f"{kind} on {task}", False, None, limit, f"{task}: not measured on both models{why}")
+    moved = f"{task}: {100 * base:.1f}% -> {100 * result:.1f}%"
+    if kind == "gain":
+        gain = result - base
+        ok = gain >= limit
+        return Check(f"gain on {task}", ok, gain, limit, f"{moved} ({_points(gain)}; needs {_points(limit)}"
+                     + ("" if ok else f", missed by {100 * (limit - gain):.1f} points") + ")")
+    loss = base - result
+    ok = loss <= limit
+    return Check(f"loss on {task}", ok, loss, limit, f"{moved} (may lose at most {100 * limit:.1f} points"
+                 + ("" if ok else f"; lost {100 * (loss - limit):.1f} points too many") + ")")
+
+
 def judge(gate: GateSettings, evaluation: dict, size_bytes: int, budget: int | None) -> Verdict:
     """The gate's checks over the evaluate stage's rows (stages.evaluate_stage) and the final file's size."""
     from kecil.models.info import format_bytes
 
     scores = {(r["model"], r["task"]): r["value"] for r in evaluation["results"]}
-    checks = []
-    for task in evaluation["own_tasks"]:
-        base, result = scores.get(("base", task)), scores.get(("result", task))
-        if base is None or result is None:
-            checks.append(Check(f"gain on {task}", False, None, gate.min_gain, f"{task}: not measured on both models, so no gain can be shown"))
-            continue
-        gain = result - base
-        ok = gain >= gate.min_gain
-        checks.append(Check(f"gain on {task}", ok, gain, gate.min_gain,
-                            f"{task}: {100 * base:.1f}% -> {100 * result:.1f}% ({_points(gain)}; needs {_points(gate.min_gain)}"
-                            + ("" if ok else f", missed by {100 * (gate.min_gain - gain):.1f} points") + ")"))
-    for task in evaluation["general_tasks"]:
-        base, result = scores.get(("base", task)), scores.get(("result", task))
-        if base is None or result is None:
-            checks.append(Check(f"loss on {task}", False, None, gate.max_general_loss, f"{task}: not measured on both models"))
-            continue
-        loss = base - result
-        ok = loss <= gate.max_general_loss
-        checks.append(Check(f"loss on {task}", ok, loss, gate.max_general_loss,
-                            f"{task}: {100 * base:.1f}% -> {100 * result:.1f}% (may lose at most {100 * gate.max_general_loss:.1f} points"
-                            + ("" if ok else f"; lost {100 * (loss - gate.max_general_loss):.1f} points too many") + ")"))
+    checks = [_task_check(scores, task, "gain", gate.min_gain) for task in evaluation["own_tasks"]]
+    checks += [_task_check(scores, task, "loss", gate.max_general_loss) for task in evaluation["general_tasks"]]
     if budget is not None:
         ok = size_bytes <= budget
         checks.append(Check("size", ok, float(size_bytes), float(budget),

@@ -9,7 +9,7 @@ reconstruction error that GPTQ (https://arxiv.org/abs/2210.17323) needs.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,15 +52,21 @@ def read_calibration_text(path: Path | None) -> str:
     return text
 
 
-def _jsonl_text(text: str, path: Path) -> str:
-    parts = []
+def json_records(text: str, path: Path, what: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line of a .jsonl `what` file; a line that
+    is not JSON stops with its number. Shared by calibration text and distillation data."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            yield number, json.loads(line)
         except ValueError:
-            raise ConfigError(f"{path} line {number} is not JSON: a .jsonl calibration file needs one JSON object per line") from None
+            raise ConfigError(f"{path} line {number} is not JSON: a .jsonl {what} needs one JSON object per line") from None
+
+
+def _jsonl_text(text: str, path: Path) -> str:
+    parts = []
+    for _, item in json_records(text, path, "calibration file"):
         if isinstance(item, str):
             parts.append(item)
         elif isinstance(item, dict):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kecil.compress.calibration import json_records
 from kecil.errors import ConfigError
 
 TEACHER_BATCH = 4  # rows per teacher forward pass
@@ -47,16 +48,7 @@ def _documents(path: Path, tokenizer) -> list[str]:
         raise ConfigError(f"cannot read the data file {path} ({error}): pass UTF-8 text or JSONL") from None
     if path.suffix.lower() not in (".jsonl", ".ndjson"):
         return [text]
-    documents = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise ConfigError(f"{path} line {number} is not JSON: a .jsonl data file needs one JSON object per line") from None
-        documents.append(_render(record, tokenizer, path, number))
-    return documents
+    return [_render(record, tokenizer, path, number) for number, record in json_records(text, path, "data file")]
 
 
 def _render(record, tokenizer, path: Path, number: int) -> str:

@@ -23,7 +23,7 @@ from kecil.models.reference import model_fingerprint
 from kecil.eval.confidence import chance_level, wilson_interval
 from kecil.eval.fertility import FertilityConfig, LanguageFertility, fertility
 from kecil.infer.hardware import check_device_name, device_field
-from kecil.infer.measure import SystemFigures
+from kecil.infer.measure import SystemFigures, proc_bytes
 from kecil.eval.tasks import Task, build_prompt, fewshot_examples, get_task, select_items
 
 DEFAULT_SEED = 1234
@@ -175,13 +175,7 @@ def scoring_tokens(backend, tasks: list[Task], config: EvalConfig) -> int:
 
 def available_memory() -> int | None:
     """Bytes the kernel says a new allocation can get (MemAvailable), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def torch_scorer(backend, tasks: list[Task], config: EvalConfig, window: int | None):

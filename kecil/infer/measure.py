@@ -169,18 +169,24 @@ def _report_progress(done: int, total: int) -> None:
     print(json.dumps({"progress": [done, total]}), flush=True)
 
 
+def proc_bytes(path: str, key: str) -> int | None:
+    """A "KEY:   N kB" figure of a /proc file (meminfo, status) in bytes, or None where unreadable."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
     from the parent through fork and exec, so a child of a big process would report the parent's."""
     import resource
 
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = proc_bytes("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 if __name__ == "__main__":

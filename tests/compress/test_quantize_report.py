@@ -96,3 +96,21 @@ def test_q4_k_m_of_the_bundled_q4_1_model_is_reported_larger(tmp_path):
     assert result.fallback_tensors == fallen > 100 and result.fallback_rows == rows == [576]
     assert any(n.startswith("the output is LARGER than its input") and "keep smollm2-135m" in n for n in result.notes)
     assert json.loads(json.dumps(result.to_dict()))["larger_than_source"] is True
+
+
+def test_jsonl_calibration_and_distillation_files_name_the_line_that_is_not_json(tmp_path):
+    """Both readers of .jsonl text (quantize's --calib, distill's --data) stop at a broken line with its number."""
+    from kecil.compress.calibration import read_calibration_text
+    from kecil.compress.distill_data import read_rows
+    from kecil.errors import ConfigError
+
+    good = [json.dumps({"text": f"Paragraph {i} about bread, ovens and the morning shift at the bakery."}) for i in range(6)]
+    path = tmp_path / "calib.jsonl"
+    path.write_text("\n".join(good[:2] + ["", "{not json"] + good[2:]) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"calib.jsonl line 4 is not JSON: a .jsonl calibration file"):
+        read_calibration_text(path)
+    with pytest.raises(ConfigError, match=r"calib.jsonl line 4 is not JSON: a .jsonl data file"):
+        read_rows(path, tokenizer=None, seq_len=8)
+    path.write_text("\n".join(good) + "\n", encoding="utf-8")
+    text = read_calibration_text(path)
+    assert text.count("Paragraph") == 6 and "{" not in text
