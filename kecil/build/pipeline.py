@@ -170,18 +170,21 @@ def build(recipe: Recipe, output: Path | None = None, *, progress: Progress | No
 
 def _report(recipe: Recipe, records: list[StageRecord], evaluation: dict, verdict, size: int, seconds: float) -> dict:
     from kecil.build.report import evaluation_table
-    from kecil.build.resources import energy_microjoules
+    from kecil.infer.measure import energy_unreadable_reason
 
     joules = [r.joules for r in records if r.joules is not None]
-    energy = (f"{sum(joules):.0f} J over the stages run" if joules else
-              "not measured: this machine has no readable CPU energy counters (Linux powercap/RAPL)" if energy_microjoules() is None
+    unreadable = energy_unreadable_reason()
+    energy = (f"{sum(joules):.0f} J over the stages run" if joules else unreadable if unreadable
               else "not measured in this run (every stage was cached)")
     systems = evaluation.get("systems", {})
+    # joules per generated token as the evaluation measured them: None, never 0, where unreadable
+    per_token = {model: (figures or {}).get("joules_per_token") for model, figures in systems.items()}
     return {
         "name": recipe.name, "recipe": str(recipe.path), "base": recipe.base, "build_folder": str(recipe.folder),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "seconds": round(seconds, 2),
         "size_bytes": size, "stages": [asdict(r) for r in records],
         "stage_details": {r.name: r.detail for r in records},
         "evaluation": evaluation_table(evaluation), "evaluation_detail": evaluation, "systems": systems,
-        "gate": verdict.to_dict(), "energy": energy, "result_gguf": None,
+        "gate": verdict.to_dict(), "energy": energy, "joules_per_token": per_token,
+        "energy_readable": unreadable is None, "result_gguf": None,
     }

@@ -140,6 +140,7 @@ def _fit(recipe: Recipe, merged: Path, work: Path, target: Path, progress: Progr
     chosen = result.recommended
     return {"type": chosen.type, "chosen_by": "kecil fit", "memory_budget": q.memory, "peak_rss_bytes": chosen.peak_rss_bytes,
             "candidates": [{"type": v.type, "size_bytes": v.size_bytes, "peak_rss_bytes": v.peak_rss_bytes, "fits": v.fits(q.memory),
+                            "joules_per_token": v.joules_per_token,
                             "quality": v.quality, "error": v.error} for v in result.variants]}
 
 
