@@ -10,6 +10,7 @@ the result and its file size, so a replica is neither starved nor given a guess.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from importlib import resources
@@ -77,7 +78,7 @@ def manifest(name: str, gguf: str, kb: str | None, peak_rss_bytes: int | None, s
         pod["initContainers"] = [{
             "name": "knowledge-base", "image": container["image"], "imagePullPolicy": container["imagePullPolicy"],
             "command": ["sh", "-c", f"mkdir -p -m 700 {DATA}/kb && cp {MODELS}/{kb} {DATA}/kb/"],
-            "securityContext": container["securityContext"],
+            "securityContext": copy.deepcopy(container["securityContext"]),  # a copy: no YAML anchor in the output
             "volumeMounts": [{"name": "model", "mountPath": MODELS, "readOnly": True}, {"name": "data", "mountPath": DATA}],
         }]
     how = ("the evaluation's measured peak RAM of the model" if measured

@@ -99,7 +99,7 @@ def describe_plan(recipe: Recipe, planned: list[PlannedStage], output: Path) -> 
     to_run = False
     for stage in planned:
         to_run = to_run or not stage.cached
-        state = "cached" if stage.cached else ("resumes from its checkpoints" if stage.name == "tune" and stage.slot.work.exists() else "to run")
+        state = "cached" if stage.cached else ("resumes from its checkpoints" if stage.name in ("tune", "prune") and stage.slot.work.exists() else "to run")
         lines.append(f"  {stage.name:<10} {stage.slot.key}  {state}")
     lines.append("  gate       judged on the evaluation")
     lines.append(f"  export     {output}")
