@@ -32,10 +32,12 @@ def memory_values(peak_rss_bytes: int | None, size_bytes: int) -> tuple[int, int
     no measured peak (evaluate.system: false) the request is twice the file plus the overhead, an
     estimate the manifest says is one."""
     measured = bool(peak_rss_bytes)
-    request = (peak_rss_bytes if measured else 2 * size_bytes) + SERVER_OVERHEAD
-    limit = request + size_bytes
-    mib = 2**20
-    return math.ceil(request / mib) * mib, math.ceil(limit / mib) * mib, measured
+
+    def whole_mib(n: int) -> int:
+        return math.ceil(n / 2**20) * 2**20
+
+    request = whole_mib((peak_rss_bytes if measured else 2 * size_bytes) + SERVER_OVERHEAD)
+    return request, request + whole_mib(size_bytes), measured
 
 
 def quantity(n: int) -> str:

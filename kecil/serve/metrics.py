@@ -64,6 +64,6 @@ class EnergyCollector:
         if joules is None:
             return
         family = CounterMetricFamily("kecil_energy_joules", f"Energy used since the server started ({self.meter.sources}); "
-                                     "the whole CPU package and GPU, other processes included.")
+                                     "each counter covers its whole device, other processes included.")
         family.add_metric([], joules)
         yield family

@@ -313,8 +313,9 @@ def test_a_cached_rerun_skips_prune_and_a_changed_ratio_reruns_it_and_what_follo
     recipe, result = pruned_build
     again = build(recipe, result.result_dir)
     assert all(s.cached for s in again.stages)
-    changed = load_recipe(write_recipe(recipe.path.parent, Path(recipe.base), prune=PRUNE.format(ratio=0.2), system=True, name="r2.yaml"))
-    rerun = build(changed, recipe.path.parent / "result-0.2")
+    changed = load_recipe(write_recipe(recipe.path.parent, Path(recipe.base), prune=PRUNE.format(ratio=0.6), system=True, name="r2.yaml"))
+    rerun = build(changed, recipe.path.parent / "result-0.6")
     ran = {s.name: not s.cached for s in rerun.stages}
     assert ran == {"tune": False, "merge": False, "prune": True, "quantize": True, "knowledge": False, "evaluate": True}
-    assert rerun.stages[2].detail["params_after"] > result.stages[2].detail["params_after"]  # less removed
+    # more removed (the tiny model's widths move in steps of 32, so 0.3 and 0.5 would give one shape)
+    assert rerun.stages[2].detail["params_after"] < result.stages[2].detail["params_after"]
