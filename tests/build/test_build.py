@@ -319,3 +319,25 @@ def test_a_cached_rerun_skips_prune_and_a_changed_ratio_reruns_it_and_what_follo
     assert ran == {"tune": False, "merge": False, "prune": True, "quantize": True, "knowledge": False, "evaluate": True}
     # more removed (the tiny model's widths move in steps of 32, so 0.3 and 0.5 would give one shape)
     assert rerun.stages[2].detail["params_after"] < result.stages[2].detail["params_after"]
+
+
+def test_a_build_killed_after_pruning_heals_without_pruning_again(pruned_build):
+    recipe, _ = pruned_build
+    # another ratio beside the same recipe: tune and merge are cached, the prune stage is new
+    path = write_recipe(recipe.path.parent, Path(recipe.base), prune=PRUNE.format(ratio=0.45).replace("128", "4096"), name="r3.yaml")
+    killed = load_recipe(path)
+    slot = next(s.slot for s in plan(killed) if s.name == "prune")
+    command = [sys.executable, "-m", "kecil", "build", str(path), "-o", str(recipe.path.parent / "result-kill")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (slot.work / "pruned.json").is_file(), process)  # pruned, healing under way
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not slot.done and (slot.work / "pruned" / "config.json").is_file()
+
+    seen = set()
+    result = build(killed, recipe.path.parent / "result-kill", progress=lambda stage, done, total: seen.add(stage))
+    assert "heal" in seen and not {"prune-load", "prune-calibrate", "prune"} & seen  # healed the kept pruned model
+    prune = next(s for s in result.stages if s.name == "prune")
+    assert not prune.cached and prune.detail["heal"]["tokens"] >= 4096
+    assert slot.done and not slot.work.exists() and not (slot.folder / "teacher").exists()
