@@ -55,11 +55,11 @@ class Variant:
     path: Path
     size_bytes: int = 0
     peak_rss_bytes: int | None = None
-    joules_per_token: float | None = None  # decoding at the full context; None where no energy counter is readable
     quality: dict[str, float | None] = field(default_factory=dict)  # task -> value
     metrics: dict[str, str] = field(default_factory=dict)  # task -> metric name
     error: str | None = None
     source: bool = False  # the model as given, not a quantization of it
+    joules_per_token: float | None = None  # decoding at the full context; None where no energy counter is readable
 
     def fits(self, memory: int) -> bool:
         return self.peak_rss_bytes is not None and self.peak_rss_bytes <= memory
