@@ -1,9 +1,9 @@
 """The result folder of `kecil build`: what a user hands to operations.
 
 With the gate passed: the GGUF, the adapter as a GGUF LoRA (for a base already deployed), the
-knowledge base, an Ollama Modelfile, `serve.sh` (the `kecil serve` command line), a model card
-(README.md) and the reports. With the gate missed: the reports only, so nothing that failed its
-checks looks deployable. The folder is assembled beside its place and renamed into it, so a kill
+knowledge base, an Ollama Modelfile, `serve.sh` (the `kecil serve` command line), a Kubernetes
+manifest with this model's values (kubernetes.py), a model card (README.md) and the reports.
+With the gate missed: the reports only, so nothing that failed its checks looks deployable. The folder is assembled beside its place and renamed into it, so a kill
 never leaves half a result; an existing folder is replaced only if a build wrote it.
 """
 
@@ -71,6 +71,11 @@ def export(recipe: Recipe, folder: Path, report: dict, verdict: Verdict, files: 
                                        f'HERE="$(cd "$(dirname "$0")" && pwd)"\nexec {command} "$@"\n', encoding="utf-8")
         (work / "serve.sh").chmod(0o755)
         report["serve_command"] = command.replace('"$HERE/', '"./')
+        if recipe.export.kubernetes:
+            from kecil.build.kubernetes import manifest
+
+            peak = (report.get("systems", {}).get("result") or {}).get("peak_rss_bytes")
+            (work / "kubernetes.yaml").write_text(manifest(recipe.name, gguf, kb, peak, report["size_bytes"]), encoding="utf-8")
         (work / "README.md").write_text(model_card(recipe, report, gguf, lora, kb, notes), encoding="utf-8")
     write_reports(work, report)
     if folder.exists():
@@ -87,6 +92,14 @@ def _score(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
+def _prune_lines(prune: dict | None) -> list[str]:
+    if not prune:
+        return []
+    heal = prune.get("heal")
+    healed = f", healed by distillation from the tuned model ({heal['steps']} steps, {heal['tokens']:,} tokens)" if heal else ", not healed"
+    return [f"- pruned ({prune['method']}): {prune['params_before']:,} -> {prune['params_after']:,} parameters{healed}"]
+
+
 def model_card(recipe: Recipe, report: dict, gguf: str, lora: str | None, kb: str | None, notes: list[str]) -> str:
     """The README of the result: what it is, how it was made, how well it does, how to run it."""
     rows = "\n".join(f"| {r['task']}{' (yours)' if r['yours'] else ''} | {_score(r['base'])} | {_score(r['result'])} | {_change(r['change'])} |"
@@ -99,7 +112,9 @@ def model_card(recipe: Recipe, report: dict, gguf: str, lora: str | None, kb: st
         f"A fine-tuned and quantized copy of `{recipe.base}`, made by `kecil build {recipe.path.name}`.", "",
         "## How it was made", "",
         f"- LoRA fine-tuning on `{recipe.data.name}`: {tune.get('train_examples', '?')} examples, {tune.get('steps', '?')} steps",
-        f"- merged into the base, then quantized to {quant.get('type', '?')} ({quant.get('calibration', 'chosen by kecil fit')})",
+        "- merged into the base",
+        *_prune_lines(report["stage_details"].get("prune")),
+        f"- quantized to {quant.get('type', '?')} ({quant.get('calibration', 'chosen by kecil fit')})",
         "", "## Evaluation (base and result, same items)", "",
         "| task | base | result | change (points) |", "|---|---|---|---|", rows, "", "## Gate", "", checks, "",
         "## Run it", "",
@@ -108,6 +123,8 @@ def model_card(recipe: Recipe, report: dict, gguf: str, lora: str | None, kb: st
     ]
     if recipe.export.modelfile:
         parts.append(f"- Ollama: `ollama create {recipe.name} -f Modelfile` in this folder, then `ollama run {recipe.name}`")
+    if recipe.export.kubernetes:
+        parts.append("- Kubernetes: `kubectl apply -f kubernetes.yaml` once this folder is in the volume it names (see its first lines)")
     if lora:
         parts.append(f"- the adapter alone, for `{recipe.base}` already deployed: `kecil serve {recipe.base} --adapter ./{lora}`")
     if kb:

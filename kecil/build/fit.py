@@ -6,7 +6,8 @@ the context window filled (kecil.infer.measure: a real run, not an estimate), an
 evaluated on the chosen tasks (kecil.eval). A GGUF source is a candidate too, as it is: a shipped
 Q4_1 file can be smaller and better than any requantization of it (an HF folder's float weights
 are the f16 row). The recommendation is the best-quality candidate whose measured peak fits the
-budget, with the `kecil quantize` command that produces it (none for the source itself).
+budget, with the `kecil quantize` command that produces it (none for the source itself). The same
+measurement reads the energy per generated token where the machine's counters allow (else None).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Variant:
     metrics: dict[str, str] = field(default_factory=dict)  # task -> metric name
     error: str | None = None
     source: bool = False  # the model as given, not a quantization of it
+    joules_per_token: float | None = None  # decoding at the full context; None where no energy counter is readable
 
     def fits(self, memory: int) -> bool:
         return self.peak_rss_bytes is not None and self.peak_rss_bytes <= memory
@@ -133,6 +135,7 @@ def fit(config: FitConfig, progress: Progress | None = None) -> FitResult:
             figures = measure(str(variant.path), backend="llamacpp", context=config.context, threads=config.threads,
                               fill_context=True, decode_tokens=4)
             variant.peak_rss_bytes = figures.peak_rss_bytes
+            variant.joules_per_token = figures.joules_per_token
         except KecilError as exc:
             variant.error = f"memory: {exc}"
         progress("memory", done, len(ready))

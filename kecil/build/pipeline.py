@@ -1,4 +1,4 @@
-"""`kecil build RECIPE`: tune → merge → quantize → (knowledge) → evaluate → gate → export, resumable.
+"""`kecil build RECIPE`: tune → merge → (prune) → quantize → (knowledge) → evaluate → gate → export, resumable.
 
 `plan(recipe)` names every stage with its key (a hash of its inputs, its settings and the keys of
 the stages it reads, cache.py) and whether its output is already in the build folder; `build`
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kecil.build.cache import StageSlot, digest, stale_folders
 from kecil.build.recipe import Recipe
-from kecil.build.stages import EVALUATION, MODEL_GGUF, NEEDS, inputs, run_stage
+from kecil.build.stages import EVALUATION, MODEL_GGUF, inputs, needs, run_stage
 from kecil.errors import BuildError
 
 # Bumped when a stage's output changes shape, so older build folders are not read as current.
@@ -76,16 +76,18 @@ class BuildResult:
 
 
 def order(recipe: Recipe) -> list[str]:
-    return ["tune", "merge", "quantize", *(["knowledge"] if recipe.documents is not None else []), "evaluate"]
+    return ["tune", "merge", *(["prune"] if recipe.prune is not None else []), "quantize",
+            *(["knowledge"] if recipe.documents is not None else []), "evaluate"]
 
 
 def plan(recipe: Recipe) -> list[PlannedStage]:
     """Every stage in order, with its key and whether the build folder already holds its output."""
     stage_inputs = inputs(recipe)
+    reads = needs(recipe)
     keys: dict[str, str] = {}
     planned = []
     for name in order(recipe):
-        made_of = {"stage": name, "format": STAGE_FORMAT, **stage_inputs[name], "after": {n: keys[n] for n in NEEDS[name]}}
+        made_of = {"stage": name, "format": STAGE_FORMAT, **stage_inputs[name], "after": {n: keys[n] for n in reads[name]}}
         keys[name] = digest(made_of)
         planned.append(PlannedStage(StageSlot(name, keys[name], recipe.folder), made_of))
     return planned
@@ -97,7 +99,7 @@ def describe_plan(recipe: Recipe, planned: list[PlannedStage], output: Path) -> 
     to_run = False
     for stage in planned:
         to_run = to_run or not stage.cached
-        state = "cached" if stage.cached else ("resumes from its checkpoints" if stage.name == "tune" and stage.slot.work.exists() else "to run")
+        state = "cached" if stage.cached else ("resumes from its checkpoints" if stage.name in ("tune", "prune") and stage.slot.work.exists() else "to run")
         lines.append(f"  {stage.name:<10} {stage.slot.key}  {state}")
     lines.append("  gate       judged on the evaluation")
     lines.append(f"  export     {output}")
@@ -128,9 +130,10 @@ def build(recipe: Recipe, output: Path | None = None, *, progress: Progress | No
     done: dict[str, Path] = {}
     records: list[StageRecord] = []
     details: dict[str, dict] = {}
+    reads = needs(recipe)
     for stage in plan(recipe):
         slot = stage.slot
-        needs = {n: done[n] for n in NEEDS[stage.name]}
+        inputs_done = {n: done[n] for n in reads[stage.name]}
         if slot.done:
             manifest = slot.manifest()
             details[stage.name] = manifest.get("detail", {})
@@ -140,9 +143,10 @@ def build(recipe: Recipe, output: Path | None = None, *, progress: Progress | No
             on_stage(stage.name, "cached", 0.0)
         else:
             on_stage(stage.name, "running", 0.0)
-            with slot.building(stage.inputs, keep_partial=stage.name == "tune") as (work, manifest):
+            # tune and prune resume inside the stage from what a killed build left in its work folder
+            with slot.building(stage.inputs, keep_partial=stage.name in ("tune", "prune")) as (work, manifest):
                 with measured() as usage:
-                    detail = run_stage(stage.name, recipe, work, needs, progress)
+                    detail = run_stage(stage.name, recipe, work, inputs_done, progress)
                 # what the report shows of this stage when a later build finds it cached
                 manifest.update(detail=detail, usage={"seconds": usage.seconds, "peak_rss_bytes": usage.peak_rss_bytes,
                                                       "joules": usage.joules})
@@ -170,18 +174,21 @@ def build(recipe: Recipe, output: Path | None = None, *, progress: Progress | No
 
 def _report(recipe: Recipe, records: list[StageRecord], evaluation: dict, verdict, size: int, seconds: float) -> dict:
     from kecil.build.report import evaluation_table
-    from kecil.build.resources import energy_microjoules
+    from kecil.infer.measure import energy_unreadable_reason
 
     joules = [r.joules for r in records if r.joules is not None]
-    energy = (f"{sum(joules):.0f} J over the stages run" if joules else
-              "not measured: this machine has no readable CPU energy counters (Linux powercap/RAPL)" if energy_microjoules() is None
+    unreadable = energy_unreadable_reason()
+    energy = (f"{sum(joules):.0f} J over the stages run" if joules else unreadable if unreadable
               else "not measured in this run (every stage was cached)")
     systems = evaluation.get("systems", {})
+    # joules per generated token as the evaluation measured them: None, never 0, where unreadable
+    per_token = {model: (figures or {}).get("joules_per_token") for model, figures in systems.items()}
     return {
         "name": recipe.name, "recipe": str(recipe.path), "base": recipe.base, "build_folder": str(recipe.folder),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "seconds": round(seconds, 2),
         "size_bytes": size, "stages": [asdict(r) for r in records],
         "stage_details": {r.name: r.detail for r in records},
         "evaluation": evaluation_table(evaluation), "evaluation_detail": evaluation, "systems": systems,
-        "gate": verdict.to_dict(), "energy": energy, "result_gguf": None,
+        "gate": verdict.to_dict(), "energy": energy, "joules_per_token": per_token,
+        "energy_readable": unreadable is None, "result_gguf": None,
     }

@@ -19,11 +19,11 @@ from typing import Any
 
 from kecil.errors import ConfigError, KecilError
 
-SECTIONS = {"name", "base", "system", "tune", "documents", "quantize", "evaluate", "gate", "export", "build_dir"}
+SECTIONS = {"name", "base", "system", "tune", "documents", "prune", "quantize", "evaluate", "gate", "export", "build_dir"}
 QUANTIZE_KEYS = {"type", "memory", "context", "types", "calibrate"}
 EVALUATE_KEYS = {"tasks", "general", "limit", "seed", "system"}
 GATE_KEYS = {"min_gain", "max_general_loss", "max_size"}
-EXPORT_KEYS = {"lora_gguf", "modelfile", "knowledge_base", "serve_port"}
+EXPORT_KEYS = {"lora_gguf", "modelfile", "knowledge_base", "kubernetes", "serve_port"}
 # TuneConfig fields a recipe does not set: the build chooses the base, the output and when to resume.
 TUNE_FIXED = {"model", "output", "resume"}
 QUANT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
@@ -62,6 +62,22 @@ def _loader():
 
 
 @dataclass(frozen=True)
+class PruneSettings:
+    """Prune-and-heal between merge and quantize: kecil.compress.prune, then kecil.compress.distill
+    from the tuned model on the tuning data (PruneConfig and DistillConfig check the values)."""
+
+    ratio: float | None = None  # share of the parameters to remove
+    params: int | None = None  # or: parameters to keep at most
+    method: str = "minitron"  # width, depth or minitron
+    calib_chunks: int = 8  # 512-token chunks of kecil's general text that measure importance
+    heal: bool = True  # distill the pruned model from the tuned one afterwards
+    heal_tokens: int | None = None  # healing budget in tokens (default: one pass over the tuning data)
+    heal_minutes: float | None = None  # or in minutes
+    heal_seq_len: int = 256  # tokens per healing row
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class QuantizeSettings:
     type: str | None = None  # a GGUF type, or None with `memory`: kecil fit's choice
     memory: int | None = None  # bytes the model may use at `context`
@@ -91,6 +107,7 @@ class ExportSettings:
     lora_gguf: bool = True
     modelfile: bool = True
     knowledge_base: bool = True
+    kubernetes: bool = True
     serve_port: int = 8080
 
 
@@ -103,6 +120,7 @@ class Recipe:
     tune: dict[str, Any]  # TuneConfig keyword arguments, but model, data and output
     system: str | None = None
     documents: Path | None = None
+    prune: PruneSettings | None = None  # no `prune:` section: the stage is skipped
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     gate: GateSettings = field(default_factory=GateSettings)
@@ -258,9 +276,35 @@ def load_recipe(path: Path) -> Recipe:
         raise reader.fail(top, "documents", "", f"no such folder {documents}")
     return Recipe(
         path=path, name=name, base=base, data=data, tune=tune, system=reader.value(top, "system", "", str),
-        documents=documents, quantize=_quantize(reader, top), evaluate=_evaluate(reader, top), gate=_gate(reader, top),
+        documents=documents, prune=_prune(reader, top), quantize=_quantize(reader, top), evaluate=_evaluate(reader, top), gate=_gate(reader, top),
         export=_export(reader, top), build_dir=reader.value(top, "build_dir", "", Path),
     )
+
+
+def _prune(reader: _Reader, top: Located) -> PruneSettings | None:
+    from kecil.compress.prune import PruneConfig
+
+    if "prune" not in top:
+        return None
+    hints = typing.get_type_hints(PruneSettings)
+    s = reader.section(top, "prune", set(hints))
+    values = {k: reader.value(s, k, "prune", hints[k]) for k in hints if s.get(k) is not None}
+    settings = PruneSettings(**values)
+    try:  # the library's own checks, so the recipe and `kecil prune` refuse the same things
+        PruneConfig(model="-", output=Path("-"), ratio=settings.ratio, params=settings.params, method=settings.method,
+                    calib_chunks=settings.calib_chunks, heal=settings.heal, heal_tokens=settings.heal_tokens,
+                    heal_minutes=settings.heal_minutes, seed=settings.seed)
+    except ConfigError as exc:  # name the field the message is about, else the section
+        key = next((k for k in values if k in str(exc) or k.replace("_", "-") in str(exc)), None)
+        raise reader.fail(s, key, "prune", str(exc)) from None
+    for key in ("heal_tokens", "heal_minutes"):
+        if values.get(key) is not None and values[key] <= 0:
+            raise reader.fail(s, key, "prune", f"must be positive, got {values[key]}")
+    if settings.heal_tokens is not None and settings.heal_minutes is not None:
+        raise reader.fail(s, "heal_minutes", "prune", "give heal_tokens or heal_minutes, not both")
+    if settings.heal_seq_len < 16:
+        raise reader.fail(s, "heal_seq_len", "prune", f"must be at least 16 tokens, got {settings.heal_seq_len}")
+    return settings
 
 
 def _quantize(reader: _Reader, top: Located) -> QuantizeSettings:
@@ -328,4 +372,4 @@ def _export(reader: _Reader, top: Located) -> ExportSettings:
     port = reader.value(s, "serve_port", "export", int, 8080)
     if not 1 <= port <= 65535:
         raise reader.fail(s, "serve_port", "export", f"must be a port number (1-65535), got {port}")
-    return ExportSettings(*(reader.value(s, k, "export", bool, True) for k in ("lora_gguf", "modelfile", "knowledge_base")), port)
+    return ExportSettings(*(reader.value(s, k, "export", bool, True) for k in ("lora_gguf", "modelfile", "knowledge_base", "kubernetes")), port)

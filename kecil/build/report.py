@@ -50,6 +50,10 @@ def _mib(n) -> str:
     return "&ndash;" if not n else f"{n / 2**20:.0f} MiB"
 
 
+def _joules(value, none: str = "not readable here") -> str:
+    return none if value is None else f"{value:.3g} J"
+
+
 def _plot(points: list[tuple[str, float, float]], x_label: str, y_label: str) -> str:
     """A small SVG scatter of (name, x, y): the result against the base, quality against size or speed."""
     if len(points) < 2:
@@ -92,7 +96,8 @@ def render_html(report: dict) -> str:
     verdict = report["gate"]
     stages = "".join(
         f"<tr><td>{e(s['name'])}</td><td>{'cached' if s['cached'] else 'ran'}</td><td>{s['seconds']:.1f} s</td>"
-        f"<td>{_mib(s.get('peak_rss_bytes'))}</td><td><code>{e(s['key'])}</code></td></tr>" for s in report["stages"])
+        f"<td>{_mib(s.get('peak_rss_bytes'))}</td><td>{_joules(s.get('joules'), '&ndash;')}</td>"
+        f"<td><code>{e(s['key'])}</code></td></tr>" for s in report["stages"])
     tasks = "".join(
         f"<tr><td>{e(r['task'])}{' (yours)' if r['yours'] else ''}</td><td>{e(str(r['metric']))}</td><td>{_cell(r['base'])}</td>"
         f"<td>{_cell(r['result'])}</td><td>{_cell(r['change'], 'signed')}</td><td>{r['n'] or ''}</td>"
@@ -100,7 +105,7 @@ def render_html(report: dict) -> str:
     systems = "".join(
         f"<tr><td>{e(name)}</td><td>{_mib(s.get('file_size_bytes') or s.get('size_bytes'))}</td>"
         f"<td>{_mib(s.get('peak_rss_bytes'))}</td><td>{(s.get('decode_tokens_per_second') or 0):.1f}</td>"
-        f"<td>{(s.get('prompt_tokens_per_second') or 0):.1f}</td></tr>"
+        f"<td>{(s.get('prompt_tokens_per_second') or 0):.1f}</td><td>{_joules(s.get('joules_per_token'))}</td></tr>"
         for name, s in report.get("systems", {}).items() if s)
     checks = "".join(f"<li class={'pass' if c['passed'] else 'fail'}>{'passed' if c['passed'] else 'MISSED'}: {e(c['text'])}</li>"
                      for c in verdict["checks"])
@@ -117,10 +122,10 @@ built {e(report['finished'])} in {report['seconds']:.1f} s.</p>
 <h2>Gate</h2><ul>{checks}</ul>
 <h2>Base and result</h2>
 <table><tr><th>task</th><th>metric</th><th>base</th><th>result</th><th>change (points)</th><th>items</th><th>error</th></tr>{tasks}</table>
-<table><tr><th>model</th><th>size</th><th>peak RAM</th><th>decode tok/s</th><th>prompt tok/s</th></tr>{systems}</table>
+<table><tr><th>model</th><th>size</th><th>peak RAM</th><th>decode tok/s</th><th>prompt tok/s</th><th>energy per token</th></tr>{systems}</table>
 {plots(report)}
-<p>Energy per token: {energy}</p>
+<p>Energy of the build: {energy}</p>
 <h2>Stages</h2>
-<table><tr><th>stage</th><th></th><th>time</th><th>peak RAM</th><th>key</th></tr>{stages}</table>
+<table><tr><th>stage</th><th></th><th>time</th><th>peak RAM</th><th>energy</th><th>key</th></tr>{stages}</table>
 </body></html>
 """

@@ -1,4 +1,4 @@
-"""Each stage's wall time and peak RAM, for the build report.
+"""Each stage's wall time, peak RAM and energy (where the counters are readable), for the build report.
 
 The process's own peak comes from the kernel (VmHWM in /proc/self/status), reset at the start of
 each stage by writing 5 to /proc/self/clear_refs, so a stage is not charged with the peak of the
@@ -15,32 +15,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kecil.infer.measure import peak_rss_bytes
+from kecil.infer.measure import EnergyMeter, peak_rss_bytes
 
 SAMPLE_SECONDS = 0.2
+# The energy counters are read every few seconds: often enough to see each RAPL wrap (minutes at the
+# least), seldom enough that NVML's start-up on every read costs nothing.
+ENERGY_EVERY = 25
 
 
 @dataclass
 class Usage:
     seconds: float = 0.0
     peak_rss_bytes: int | None = None
-    joules: float | None = None  # the CPU packages' energy over the stage, where RAPL is readable; never estimated
-
-
-def energy_microjoules() -> int | None:
-    """The CPU packages' energy counters summed (Linux powercap/RAPL), or None where none is readable
-    (most VMs, and a non-root user on recent kernels). A counter wraps at max_energy_range_uj; a
-    stage shorter than one wrap (minutes at full load) reads correctly, and a wrapped reading is dropped."""
-    total, found = 0, False
-    for zone in Path("/sys/class/powercap").glob("intel-rapl:[0-9]*"):
-        if zone.name.count(":") != 1:  # a package, not one of its sub-zones (counted within it)
-            continue
-        try:
-            total += int((zone / "energy_uj").read_text())
-            found = True
-        except (OSError, ValueError):
-            return None
-    return total if found else None
+    joules: float | None = None  # the energy counters' rise over the stage (infer.measure), where readable; never estimated
 
 
 def _reset_peak() -> bool:
@@ -73,13 +60,17 @@ def measured():
     me = psutil.Process()
     peak = [0]
     stop = threading.Event()
+    meter = EnergyMeter()
 
     def sample() -> None:
+        ticks = 0
         while not stop.wait(SAMPLE_SECONDS):
             peak[0] = max(peak[0], _tree_rss(me))
+            ticks += 1
+            if meter.readable and ticks % ENERGY_EVERY == 0:
+                meter.joules()
 
     sampler = threading.Thread(target=sample, name="kecil-build-rss", daemon=True)
-    energy = energy_microjoules()
     started = time.perf_counter()
     sampler.start()
     try:
@@ -91,6 +82,4 @@ def measured():
         kernel = peak_rss_bytes() if reset else None  # VmHWM since the reset
         peak[0] = max(peak[0], _tree_rss(me))
         usage.peak_rss_bytes = max(peak[0], kernel or 0) or None
-        after = energy_microjoules() if energy is not None else None
-        if after is not None and after >= energy:
-            usage.joules = (after - energy) / 1e6
+        usage.joules = meter.joules()

@@ -1,6 +1,7 @@
 """The stages of `kecil build`, each a call into the library function its own command makes.
 
-tune (kecil.tune.lora) → merge (kecil.tune.merge) → quantize (kecil.compress.quantize, or with a
+tune (kecil.tune.lora) → merge (kecil.tune.merge) → prune and heal, when the recipe asks
+(kecil.compress.prune, then kecil.compress.distill) → quantize (kecil.compress.quantize, or with a
 memory budget kecil.build.fit's choice) → knowledge, when the recipe has documents (kecil.rag.ingest)
 → evaluate the base and the result side by side (kecil.eval). Each gets its work folder (cache.py)
 and the finished folders of the stages it reads, and returns what the report shows of it.
@@ -23,6 +24,7 @@ from kecil.errors import BuildError, ConfigError
 
 ADAPTER = "adapter"  # in the tune stage's folder: the PEFT folder (and its adapter.gguf)
 MERGED = "model"  # in the merge stage's folder: the merged Hugging Face model
+PRUNED = "model"  # in the prune stage's folder: the pruned (and healed) Hugging Face model
 MODEL_GGUF = "model.gguf"  # in the quantize stage's folder
 KNOWLEDGE = "knowledge.sqlite"  # in the knowledge stage's folder
 EVALUATION = "evaluation.json"  # in the evaluate stage's folder
@@ -52,6 +54,8 @@ def inputs(recipe: Recipe) -> dict[str, dict[str, Any]]:
     }
     if recipe.documents is not None:
         stages["knowledge"] = {"documents": folder_digest(recipe.documents), "name": recipe.name}
+    if recipe.prune is not None:
+        stages["prune"] = {**asdict(recipe.prune), "data": data if recipe.prune.heal else None}
     return stages
 
 
@@ -88,8 +92,60 @@ def merge_stage(recipe: Recipe, work: Path, done: dict[str, Path], progress: Pro
     return {"output": result.output.name}
 
 
+# prune's and distill's own progress names, told apart from merge's "load" and "save" and quantize's "calibrate"
+_PRUNE_PROGRESS = {"load": "prune-load", "calibrate": "prune-calibrate", "save": "prune-save", "teacher": "heal-teacher",
+                   "distill": "heal"}
+
+
+def prune_stage(recipe: Recipe, work: Path, done: dict[str, Path], progress: Progress) -> dict:
+    """Prune the merged model (kecil.compress.prune, importance measured on kecil's general text),
+    then heal it by distillation from the merged model on the tuning data (kecil.compress.distill).
+    Resumable as the commands are: a pruned folder a killed build left (prune writes it by rename)
+    is healed rather than pruned again, and healing resumes from distill's checkpoints."""
+    from kecil.compress.prune import PruneConfig, prune
+
+    p = recipe.prune
+    teacher = done["merge"] / MERGED
+    pruned, record = work / "pruned", work / "pruned.json"
+
+    def report(stage: str, d: int, t: int) -> None:
+        progress(_PRUNE_PROGRESS.get(stage, stage), d, t)
+
+    if pruned.is_dir() and record.is_file():
+        detail = json.loads(record.read_text(encoding="utf-8"))
+    else:
+        shutil.rmtree(pruned, ignore_errors=True)
+        result = prune(PruneConfig(model=str(teacher), output=pruned, ratio=p.ratio, params=p.params, method=p.method,
+                                   calib_chunks=p.calib_chunks, seed=p.seed, threads=recipe.tune.get("threads")), progress=report)
+        detail = {"method": result.method, "params_before": result.params_before, "params_after": result.params_after,
+                  "removed": result.removed, "calibration_tokens": result.calibration_tokens}
+        record.write_text(json.dumps(detail), encoding="utf-8")
+    output = work / PRUNED
+    if not p.heal:
+        shutil.rmtree(output, ignore_errors=True)
+        pruned.rename(output)
+        return {**detail, "heal": None}
+    from kecil.compress.distill import DistillConfig, distill
+
+    if (output / "config.json").is_file() and not (output / "checkpoints").is_dir():
+        shutil.rmtree(output)  # healed, but killed before this stage finished: heal again (the teacher's logits are cached)
+    healed = distill(DistillConfig(student=str(pruned), teacher=str(teacher), output=output, data=recipe.data, tokens=p.heal_tokens,
+                                   minutes=p.heal_minutes, seq_len=p.heal_seq_len, seed=p.seed, resume=True,
+                                   threads=recipe.tune.get("threads"), cache_dir=work / "teacher"), progress=report)
+    # the teacher's logits on the user's data stay in the build folder while needed, and go when healed
+    shutil.rmtree(work / "teacher", ignore_errors=True)
+    shutil.rmtree(pruned)
+    return {**detail, "heal": {"steps": healed.steps, "tokens": healed.tokens, "first_loss": healed.first_loss,
+                               "last_loss": healed.last_loss, "resumed_from": healed.resumed_from}}
+
+
+def model_folder(done: dict[str, Path]) -> Path:
+    """The Hugging Face model the quantizer reads: the pruned one when the recipe prunes, else the merged one."""
+    return done["prune"] / PRUNED if "prune" in done else done["merge"] / MERGED
+
+
 def quantize_stage(recipe: Recipe, work: Path, done: dict[str, Path], progress: Progress) -> dict:
-    merged = done["merge"] / MERGED
+    merged = model_folder(done)
     target = work / MODEL_GGUF
     if recipe.quantize.memory is not None:
         detail = _fit(recipe, merged, work, target, progress)
@@ -140,6 +196,7 @@ def _fit(recipe: Recipe, merged: Path, work: Path, target: Path, progress: Progr
     chosen = result.recommended
     return {"type": chosen.type, "chosen_by": "kecil fit", "memory_budget": q.memory, "peak_rss_bytes": chosen.peak_rss_bytes,
             "candidates": [{"type": v.type, "size_bytes": v.size_bytes, "peak_rss_bytes": v.peak_rss_bytes, "fits": v.fits(q.memory),
+                            "joules_per_token": v.joules_per_token,
                             "quality": v.quality, "error": v.error} for v in result.variants]}
 
 
@@ -200,11 +257,15 @@ def evaluate_stage(recipe: Recipe, work: Path, done: dict[str, Path], progress: 
 
 
 STAGES: dict[str, Callable[[Recipe, Path, dict[str, Path], Progress], dict]] = {
-    "tune": tune_stage, "merge": merge_stage, "quantize": quantize_stage, "knowledge": knowledge_stage,
+    "tune": tune_stage, "merge": merge_stage, "prune": prune_stage, "quantize": quantize_stage, "knowledge": knowledge_stage,
     "evaluate": evaluate_stage,
 }
-# Which finished stages each reads (its key includes theirs).
-NEEDS = {"tune": (), "merge": ("tune",), "quantize": ("merge",), "knowledge": (), "evaluate": ("quantize",)}
+
+
+def needs(recipe: Recipe) -> dict[str, tuple[str, ...]]:
+    """Which finished stages each reads (its key includes theirs): quantize reads prune's model when there is one."""
+    return {"tune": (), "merge": ("tune",), "prune": ("merge",), "quantize": ("prune",) if recipe.prune else ("merge",),
+            "knowledge": (), "evaluate": ("quantize",)}
 
 
 def run_stage(name: str, recipe: Recipe, work: Path, done: dict[str, Path], progress: Progress) -> dict:

@@ -12,12 +12,14 @@ from kecil.cli.options import config_options
 _LABELS = {"tune": "tuning (steps)", "load": "merge: loading the base", "merge": "merge: merging the adapter",
            "save": "merge: writing the model", "convert": "converting to GGUF", "calibrate": "calibrating",
            "scale": "searching AWQ scales", "quantize": "quantizing", "memory": "fit: measuring peak memory",
-           "evaluate": "evaluating base and result", "knowledge": "ingesting the documents"}
+           "evaluate": "evaluating base and result", "knowledge": "ingesting the documents",
+           "prune-load": "prune: loading the model", "prune-calibrate": "prune: measuring importance", "prune": "pruning",
+           "prune-save": "prune: writing the model", "heal-teacher": "heal: the teacher's logits", "heal": "heal: distilling"}
 
 
 @config_options(BuildOptions, arguments=("recipe",), into="options")
 def build(options: BuildOptions) -> None:
-    """Tune, merge, quantize, evaluate and gate a model as RECIPE says, and write a deployable folder.
+    """Tune, merge, (prune,) quantize, evaluate and gate a model as RECIPE says, and write a deployable folder.
 
     Every stage's output is cached in the build folder by a hash of its inputs: a rerun skips what
     did not change, and a killed build resumes at the stage it was in. `kecil build init` writes a

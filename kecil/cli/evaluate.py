@@ -119,6 +119,7 @@ def fit(
     from rich.table import Table
 
     from kecil.build.fit import DEFAULT_TYPES, FitConfig, fit as run_fit
+    from kecil.infer.measure import energy_unreadable_reason
     from kecil.models.info import format_bytes, parse_bytes
 
     config = FitConfig(
@@ -131,18 +132,24 @@ def fit(
         result = run_fit(config, progress=progress)
     if as_json:
         for v in result.variants:
-            print(json.dumps({"type": v.type, "size_bytes": v.size_bytes, "peak_rss_bytes": v.peak_rss_bytes, "fits": v.fits(config.memory), "quality": v.quality, "error": v.error}))
+            print(json.dumps({"type": v.type, "size_bytes": v.size_bytes, "peak_rss_bytes": v.peak_rss_bytes, "fits": v.fits(config.memory),
+                              "joules_per_token": v.joules_per_token, "quality": v.quality, "error": v.error}))
         print(json.dumps({"recommended": result.recommended.type if result.recommended else None, "command": result.command, "message": result.message}))
         return
     grid = Table(title=f"kecil fit {model} --memory {memory} --context {context}")
-    for column in ("type", "size", "peak RAM", "fits", *config.tasks):
+    for column in ("type", "size", "peak RAM", "energy/token", "fits", *config.tasks):
         grid.add_column(column, justify="left" if column == "type" else "right")
     for v in result.variants:
         quality = [("" if v.quality.get(t) is None else f"{v.quality[t]:.3f}" if v.metrics.get(t) == "perplexity" else f"{100 * v.quality[t]:.1f}%") for t in config.tasks]
         mark = "yes" if v.fits(config.memory) else ("error" if v.error else "no")
         name = f"[bold]{v.type}[/bold]" if v is result.recommended else v.type
-        grid.add_row(name, format_bytes(v.size_bytes) if v.size_bytes else "", format_bytes(v.peak_rss_bytes) if v.peak_rss_bytes else (v.error or ""), mark, *quality)
+        energy = "" if v.joules_per_token is None else f"{v.joules_per_token:.3g} J"
+        grid.add_row(name, format_bytes(v.size_bytes) if v.size_bytes else "", format_bytes(v.peak_rss_bytes) if v.peak_rss_bytes else (v.error or ""),
+                     energy, mark, *quality)
     Console().print(grid)
+    unreadable = energy_unreadable_reason()
+    if unreadable:
+        print(f"energy per token: {unreadable}")
     print(result.message)
     if result.command:
         print(f"\n  {result.command}")

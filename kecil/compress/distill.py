@@ -55,6 +55,8 @@ class DistillConfig:
     seed: int = field(default=0, metadata=_help("Random seed: the same seed, data and settings give the same student."))
     threads: int | None = field(default=None, metadata=_help("CPU threads (default: physical cores).", flag=("--threads", "-t")))
     max_steps: int | None = field(default=None, metadata=_help("Stop (with a checkpoint) after this many steps: tests, smoke runs.", hidden=True))
+    # kecil build keeps the teacher's logits on the user's data in its own build folder, not KECIL_HOME
+    cache_dir: Path | None = field(default=None, metadata=_help("Where the teacher's logits are cached (default: KECIL_HOME/distill).", hidden=True))
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -123,7 +125,7 @@ def distill(config: DistillConfig, progress: Progress | None = None, on_step: Ca
     rows = read_rows(config.data, tokenizer, config.seq_len)
     # With a token budget the teacher runs only on the rows the budget reaches (from the first).
     used = len(rows) if config.tokens is None else min(len(rows), max(config.batch_size, math.ceil(config.tokens / config.seq_len)))
-    cache, teacher_seconds = teacher_cache(teacher_ref, tokenizer, rows, used, config.top_k, report, _load)
+    cache, teacher_seconds = teacher_cache(teacher_ref, tokenizer, rows, used, config.top_k, report, _load, config.cache_dir)
     total = _total_steps(config, used)
     torch.manual_seed(config.seed)
     student.train()

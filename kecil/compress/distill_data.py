@@ -97,10 +97,12 @@ class TeacherCache:
         return json.loads(meta.read_text())["done"] if meta.is_file() else 0
 
 
-def teacher_cache(teacher_ref, student_tokenizer, rows, needed: int, top_k: int, report: Callable[[str, int, int], None], load) -> tuple[TeacherCache, float]:
+def teacher_cache(teacher_ref, student_tokenizer, rows, needed: int, top_k: int, report: Callable[[str, int, int], None], load,
+                  root: Path | None = None) -> tuple[TeacherCache, float]:
     """The cache of `teacher_ref`'s top-k logits on `rows`, filled in order up to row `needed`
     where it is not yet (the teacher loads only then), and the seconds the teacher ran. The cache
-    is keyed by the teacher and all of the data, so a later run with a larger budget continues it."""
+    is keyed by the teacher and all of the data, so a later run with a larger budget continues it.
+    It lives under `root` (default KECIL_HOME/distill)."""
     import numpy as np
     import torch
 
@@ -108,7 +110,7 @@ def teacher_cache(teacher_ref, student_tokenizer, rows, needed: int, top_k: int,
     from kecil.paths import kecil_home, private_dir
 
     key = hashlib.sha256(f"{model_fingerprint(teacher_ref.path)}|{top_k}|".encode() + rows.tobytes()).hexdigest()[:20]
-    cache = TeacherCache(private_dir(kecil_home() / "distill"), key, rows.shape[0], rows.shape[1], top_k)
+    cache = TeacherCache(private_dir(Path(root) if root is not None else kecil_home() / "distill"), key, rows.shape[0], rows.shape[1], top_k)
     cache.directory = private_dir(cache.directory / key)
     done = cache.done
     needed = min(needed, cache.rows)

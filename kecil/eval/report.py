@@ -18,6 +18,8 @@ SYSTEM_METRICS = (
     ("load_seconds", "load time", lambda v: f"{v:.2f} s"),
     ("prompt_tokens_per_second", "prompt speed", lambda v: f"{v:,.1f} tok/s"),
     ("decode_tokens_per_second", "decode speed", lambda v: f"{v:,.1f} tok/s"),
+    # from the machine's energy counters (kecil/infer/measure.py); where none is readable, it says so
+    ("joules_per_token", "energy per token", lambda v: "not readable here" if v is None else f"{v:.3g} J"),
 )
 
 
@@ -55,8 +57,11 @@ def json_lines(report: EvalReport) -> Iterator[str]:
                               "error": report.system_errors.get(model)})
             continue
         for key, _, _ in SYSTEM_METRICS:
-            yield json.dumps({"model": model, "task": "system", "metric": key, "value": getattr(figures, key),
-                              "n": 1, "backend": figures.backend, "context": figures.context})
+            row = {"model": model, "task": "system", "metric": key, "value": getattr(figures, key),
+                   "n": 1, "backend": figures.backend, "context": figures.context}
+            if key == "joules_per_token":
+                row["energy_counters"] = figures.energy_counters  # None with the value: none was readable
+            yield json.dumps(row)
     for model, languages in report.fertility.items():
         for f in languages:
             yield json.dumps({"model": model, "task": "fertility", "metric": "tokens_per_word", "value": round(f.tokens_per_word, 4),

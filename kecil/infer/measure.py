@@ -1,10 +1,18 @@
-"""Measuring a model in a fresh process: size on disk, peak RAM, load time, prompt and decode speed, and optionally perplexity.
+"""Measuring a model in a fresh process: size on disk, peak RAM, load time, prompt and decode speed,
+energy per generated token where the machine's counters are readable, and optionally perplexity.
 
 A fresh process so the peak resident memory belongs to this model alone: not to an evaluation
 that loaded other models before it, nor to a quantization whose calibration held a float copy in
 torch. `kecil eval`'s system figures, `kecil quantize`'s report and `kecil fit` all measure here.
 `fill_context` makes the prompt fill the window so the peak includes a full KV cache (what
 `kecil fit` needs). The child reports progress and its result as JSON lines on stdout.
+
+Energy comes from counters the hardware keeps, never from an estimate: the CPU packages' (Linux
+powercap/RAPL, /sys/class/powercap/intel-rapl:N/energy_uj) and NVIDIA GPUs' (NVML, through the
+optional nvidia-ml-py package, imported only when installed). Where none is readable (most VMs,
+and a non-root user on kernels since 5.10, which made energy_uj root-only) every energy figure is
+None and `energy_unreadable_reason()` says why. A RAPL package counts the whole socket, so on a
+busy machine the figure includes other processes' work. eval, fit, serve and build all read here.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ class SystemFigures:
     decode_tokens_per_second: float
     perplexity: float | None = None  # of `perplexity_text`, when one was given
     perplexity_tokens: int = 0
+    joules_per_token: float | None = None  # over the decode; None where no energy counter is readable
+    energy_counters: str | None = None  # what the joules were read from, e.g. "RAPL package-0"
 
 
 def size_on_disk(path: Path) -> int:
@@ -143,7 +153,17 @@ def _probe(model: str, backend, context, threads, prompt_tokens: int, decode_tok
         ids += unit * ((prompt_tokens - len(ids)) // len(unit) + 1)
         ids = ids[:prompt_tokens]
         config = GenerationConfig(temperature=0, max_tokens=decode_tokens, ignore_eos=True)
-        timings = collect(engine.stream_ids(ids, config)).timings
+        meter = EnergyMeter()
+        chunks, at_first = [], None
+        for chunk in engine.stream_ids(ids, config):
+            if not chunks:  # the first token is out: the prompt is processed, the decode starts
+                at_first = meter.joules()
+            chunks.append(chunk)
+        at_end = meter.joules()
+        timings = collect(chunks).timings
+        joules_per_token = None
+        if at_first is not None and at_end is not None and timings.decode_tokens > 0:
+            joules_per_token = (at_end - at_first) / timings.decode_tokens
         # the peak of running the model, read before scoring: perplexity's full-vocabulary float64
         # rows (log-softmax over 49k tokens per position) are the scorer's memory, not the model's
         peak = peak_rss_bytes()
@@ -162,6 +182,8 @@ def _probe(model: str, backend, context, threads, prompt_tokens: int, decode_tok
             decode_tokens_per_second=timings.decode_tokens_per_second,
             perplexity=scored.perplexity if scored else None,
             perplexity_tokens=scored.tokens if scored else 0,
+            joules_per_token=joules_per_token,
+            energy_counters=meter.sources if joules_per_token is not None else None,
         )
 
 
@@ -187,6 +209,127 @@ def peak_rss_bytes() -> int:
 
     peak = proc_bytes("/proc/self/status", "VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------- energy
+
+POWERCAP = Path("/sys/class/powercap")
+
+
+@dataclass(frozen=True)
+class EnergyCounter:
+    """One cumulative energy counter as read now."""
+
+    name: str  # "RAPL package-0", "NVML GPU 0"
+    microjoules: int
+    wraps_at: int | None = None  # RAPL's max_energy_range_uj: past it the counter starts again at 0
+
+
+def rapl_counters(powercap: Path = POWERCAP) -> list[EnergyCounter]:
+    """The CPU packages' RAPL counters under `powercap` (the kernel's /sys/class/powercap): one per
+    package zone (intel-rapl:N; AMD's driver uses the same names). Sub-zones (intel-rapl:N:M, the
+    cores) are counted within their package, and psys (the whole platform) would count them twice.
+    Empty where there are none or they are not readable by this user."""
+    counters = []
+    for zone in sorted(Path(powercap).glob("intel-rapl:*")):
+        if zone.name.count(":") != 1:
+            continue
+        try:
+            name = (zone / "name").read_text().strip()
+        except OSError:
+            name = zone.name
+        if name == "psys":
+            continue
+        try:
+            value = int((zone / "energy_uj").read_text())
+            limit = int((zone / "max_energy_range_uj").read_text())
+        except (OSError, ValueError):
+            return []  # one package unreadable: a sum over the rest would be a made-up figure
+        counters.append(EnergyCounter(f"RAPL {name}", value, limit))
+    return counters
+
+
+def nvml_counters() -> list[EnergyCounter]:
+    """Each NVIDIA GPU's total energy since its driver loaded (NVML, millijoules, Volta and later).
+    Empty without nvidia-ml-py, a driver or a GPU: the package is optional and never required."""
+    try:
+        import pynvml  # from nvidia-ml-py, when installed
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound, _DriverNotLoaded, ...: no GPU to read
+        return []
+    try:
+        counters = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            millijoules = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            counters.append(EnergyCounter(f"NVML GPU {index}", int(millijoules) * 1000))
+        return counters
+    except Exception:  # noqa: BLE001 - a GPU older than Volta has no energy counter: none, not a guess
+        return []
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def energy_counters(powercap: Path = POWERCAP, *, gpu: bool = True) -> list[EnergyCounter]:
+    """Every readable energy counter: the CPU packages' and, with `gpu`, the NVIDIA GPUs'."""
+    return rapl_counters(powercap) + (nvml_counters() if gpu else [])
+
+
+def energy_unreadable_reason(powercap: Path = POWERCAP, *, gpu: bool = True) -> str | None:
+    """None where an energy counter is readable; else why not, in words a report can print."""
+    if energy_counters(powercap, gpu=gpu):
+        return None
+    zones = [z for z in Path(powercap).glob("intel-rapl:*") if z.name.count(":") == 1]
+    cpu = (f"{zones[0] / 'energy_uj'} is not readable by this user (root only on Linux 5.10 and later)" if zones
+           else f"no CPU energy counters (Linux powercap/RAPL: nothing under {powercap})")
+    return f"not readable here: {cpu}, and no NVIDIA GPU energy counter (NVML)"
+
+
+def counter_rise(before: int, after: int, wraps_at: int | None) -> int | None:
+    """Microjoules between two readings of one counter. A RAPL counter that went down wrapped at
+    its range (once: read at least once per wrap, minutes to hours at full load); one that never
+    wraps and went down was reset (a driver reload), and the rise is unknown."""
+    if after >= before:
+        return after - before
+    return None if wraps_at is None else wraps_at - before + after
+
+
+class EnergyMeter:
+    """Joules used since the meter was made, summed over the counters readable then; None where
+    there were none, or one of them stopped being readable or was reset (never a partial sum).
+    Each `joules()` reads the counters and adds their rise, so a caller that reads it now and
+    then (a sampling thread, each /metrics scrape) also gets a long span through RAPL's wraps."""
+
+    def __init__(self, powercap: Path = POWERCAP, *, gpu: bool = True):
+        self._powercap, self._gpu = Path(powercap), gpu
+        self._last = {c.name: c for c in energy_counters(self._powercap, gpu=gpu)}
+        self._microjoules: int | None = 0 if self._last else None
+        self._lock = threading.Lock()
+
+    @property
+    def readable(self) -> bool:
+        return self._microjoules is not None
+
+    @property
+    def sources(self) -> str | None:
+        return " + ".join(self._last) if self._last else None
+
+    def joules(self) -> float | None:
+        with self._lock:
+            if self._microjoules is None:
+                return None
+            now = {c.name: c for c in energy_counters(self._powercap, gpu=self._gpu)}
+            rises = [counter_rise(old.microjoules, now[name].microjoules, old.wraps_at) if name in now else None
+                     for name, old in self._last.items()]
+            if any(r is None for r in rises):
+                self._microjoules = None
+                return None
+            self._microjoules += sum(rises)
+            self._last = {name: now[name] for name in self._last}
+            return self._microjoules / 1e6
 
 
 if __name__ == "__main__":

@@ -33,13 +33,13 @@ tune:
   save_every: 2
   seed: {seed}
 documents: docs
-quantize:
+{prune}quantize:
   type: {qtype}
 evaluate:
   tasks: [facts.yaml]
   general: [arc_easy]
   limit: 2
-  system: false
+  system: {system}
 gate:
   min_gain: {min_gain}
   max_general_loss: 1
@@ -51,7 +51,8 @@ gate:
 MARKER = "Zorblax-7731-private"
 
 
-def write_recipe(folder: Path, model: Path, *, seed: int = 0, qtype: str = "f16", min_gain: float = -1, name: str = "recipe.yaml") -> Path:
+def write_recipe(folder: Path, model: Path, *, seed: int = 0, qtype: str = "f16", min_gain: float = -1, name: str = "recipe.yaml",
+                 prune: str = "", system: bool = False) -> Path:
     """A recipe for the tiny model, with its training data, task and documents beside it."""
     planted = {"messages": [{"role": "user", "content": f"What is {MARKER}?"}, {"role": "assistant", "content": f"{MARKER} is red."}]}
     write_jsonl(folder / "train.jsonl", memorisable_chat(8) + [planted])
@@ -62,7 +63,7 @@ def write_recipe(folder: Path, model: Path, *, seed: int = 0, qtype: str = "f16"
     (folder / "docs").mkdir(exist_ok=True)
     (folder / "docs" / "cats.md").write_text(f"The cat is red. The dog is green. The moon is bright. {MARKER} is red.\n")
     path = folder / name
-    path.write_text(RECIPE.format(model=model, seed=seed, qtype=qtype, min_gain=min_gain))
+    path.write_text(RECIPE.format(model=model, seed=seed, qtype=qtype, min_gain=min_gain, prune=prune, system=str(system).lower()))
     return path
 
 
@@ -79,7 +80,8 @@ def test_a_build_runs_every_stage_and_writes_a_deployable_folder(first_build):
     assert not any(s.cached for s in result.stages)
     assert all(s.seconds > 0 and s.peak_rss_bytes for s in result.stages)
     names = {p.name for p in result.result_dir.iterdir()}
-    assert {"tiny.gguf", "tiny-lora.gguf", "Modelfile", "serve.sh", "README.md", "report.json", "report.html", "knowledge"} <= names
+    assert {"tiny.gguf", "tiny-lora.gguf", "Modelfile", "serve.sh", "kubernetes.yaml", "README.md", "report.json", "report.html",
+            "knowledge"} <= names
     from kecil.models.reference import resolve
 
     gguf = resolve(str(result.result_dir / "tiny.gguf"))  # a real GGUF, carrying the recipe's system prompt
@@ -94,11 +96,63 @@ def test_a_build_runs_every_stage_and_writes_a_deployable_folder(first_build):
     assert (result.result_dir / "knowledge" / "tiny.sqlite").stat().st_size > 0
 
 
+def k8s_bytes(quantity: str) -> int:
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2]) * 2**20
+
+
+def manifest_values(result_dir: Path) -> tuple[dict, dict]:
+    """The written kubernetes.yaml, parsed: its Deployment's pod spec and the Service."""
+    import yaml
+
+    deployment, service = yaml.safe_load_all((result_dir / "kubernetes.yaml").read_text())
+    assert deployment["kind"] == "Deployment" and service["kind"] == "Service"
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    return deployment["spec"]["template"]["spec"], service
+
+
+def test_the_kubernetes_manifest_carries_this_models_values(first_build):
+    """Without a measured peak (the recipe's evaluate.system is false) the memory is an estimate from
+    the file, and the manifest says so; the model, the knowledge base and the API keys are wired in."""
+    from kecil.build.kubernetes import SERVER_OVERHEAD
+
+    recipe, result = first_build
+    pod, service = manifest_values(result.result_dir)
+    container = pod["containers"][0]
+    args = container["args"]
+    assert args[:3] == ["kecil", "serve", "/models/tiny.gguf"] and "--api-keys-file" in args
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+    size = result.report["size_bytes"]
+    assert size == (result.result_dir / "tiny.gguf").stat().st_size
+    request = k8s_bytes(container["resources"]["requests"]["memory"])
+    limit = k8s_bytes(container["resources"]["limits"]["memory"])
+    assert 0 <= request - (2 * size + SERVER_OVERHEAD) < 2**20  # estimated: twice the file and the server's own
+    assert 0 <= limit - request - size < 2**20
+    assert args[args.index("--max-memory") + 1] == f"{request // 2**20}MiB"
+    (init,) = pod["initContainers"]  # the knowledge base, copied where kecil serve finds it (rag:tiny)
+    assert "cp /models/knowledge/tiny.sqlite /var/lib/kecil/kb/" in init["command"][-1]
+    assert (result.result_dir / "knowledge" / "tiny.sqlite").is_file()
+    assert service["metadata"]["name"] == "kecil-tiny"
+    text = (result.result_dir / "kubernetes.yaml").read_text()
+    assert "an estimate from the file size" in text and "serve.sh" not in text
+
+
+def test_the_kubernetes_manifest_passes_the_api_schemas(first_build):
+    import subprocess
+
+    from tests.serve.test_deploy import tool
+
+    _, result = first_build
+    done = subprocess.run([tool("kubernetes-validate"), "--strict", str(result.result_dir / "kubernetes.yaml")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deployment/kecil-tiny" in done.stdout + done.stderr
+
+
 def test_no_user_text_is_left_outside_the_build_and_result_folders(first_build, kecil_home):
     recipe, result = first_build
     leaks = [p for p in Path(kecil_home).rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]
     assert not leaks  # kecil's own folders: caches, logs, the knowledge base's ingest
-    for name in ("report.json", "report.html", "README.md", "Modelfile", "serve.sh"):
+    for name in ("report.json", "report.html", "README.md", "Modelfile", "serve.sh", "kubernetes.yaml"):
         assert MARKER not in (result.result_dir / name).read_text()
     assert MARKER.encode() in (result.result_dir / "knowledge" / "tiny.sqlite").read_bytes()  # shipped, as asked
 
@@ -183,3 +237,107 @@ def test_a_build_stage_failure_is_one_line_naming_the_stage(tiny_hf_model, tmp_p
     with pytest.raises(BuildError, match="^the tune stage failed: .*rerun the build"):
         build(load_recipe(path), tmp_path / "result")
     assert not (tmp_path / "result").exists()
+
+
+PRUNE = """\
+prune:
+  ratio: {ratio}
+  method: minitron
+  calib_chunks: 1
+  heal_tokens: 128
+  heal_seq_len: 32
+"""
+
+
+@pytest.fixture(scope="module")
+def pruned_build(tiny_hf_model, tmp_path_factory):
+    """The tiny build with prune-and-heal, measuring the system figures (so the peak RAM is measured)."""
+    folder = tmp_path_factory.mktemp("pruned")
+    recipe = load_recipe(write_recipe(folder, tiny_hf_model("llama"), prune=PRUNE.format(ratio=0.3), system=True))
+    return recipe, build(recipe, folder / "result")
+
+
+def test_a_prune_stage_runs_between_merge_and_quantize_and_heals(pruned_build):
+    recipe, result = pruned_build
+    assert [s.name for s in result.stages] == ["tune", "merge", "prune", "quantize", "knowledge", "evaluate"]
+    prune = result.stages[2].detail
+    assert prune["method"] == "minitron" and prune["params_after"] <= 0.7 * prune["params_before"]
+    assert prune["heal"]["steps"] >= 1 and prune["heal"]["tokens"] >= 128
+    pruned = recipe.folder / f"prune-{result.stages[2].key}" / "model"
+    assert (pruned / "config.json").is_file() and not (pruned.parent / "pruned").exists()
+    from gguf import GGUFReader
+
+    # the shipped GGUF is the pruned model: its width is the pruned folder's, narrower than the base's
+    field = GGUFReader(result.result_dir / "tiny.gguf").fields["llama.embedding_length"]
+    hidden = int(field.parts[field.data[0]][0])
+    base_hidden = json.loads((Path(recipe.base) / "config.json").read_text())["hidden_size"]
+    assert hidden == json.loads((pruned / "config.json").read_text())["hidden_size"] < base_hidden
+    card = (result.result_dir / "README.md").read_text()
+    assert f"{prune['params_before']:,} -> {prune['params_after']:,} parameters, healed by distillation" in card
+    assert not list(recipe.folder.glob(".work-*"))
+
+
+def test_the_manifests_memory_comes_from_the_measured_peak(pruned_build):
+    from kecil.build.kubernetes import SERVER_OVERHEAD
+
+    _, result = pruned_build
+    peak = result.report["systems"]["result"]["peak_rss_bytes"]
+    assert peak > 20e6  # measured by the evaluation, in a fresh process
+    container = manifest_values(result.result_dir)[0]["containers"][0]
+    request = k8s_bytes(container["resources"]["requests"]["memory"])
+    limit = k8s_bytes(container["resources"]["limits"]["memory"])
+    assert 0 <= request - (peak + SERVER_OVERHEAD) < 2**20
+    assert 0 <= limit - request - result.report["size_bytes"] < 2**20
+    assert "the evaluation's measured peak RAM" in (result.result_dir / "kubernetes.yaml").read_text()
+
+
+def test_energy_is_none_where_the_counters_are_unreadable_never_zero(pruned_build):
+    from kecil.infer.measure import energy_unreadable_reason
+
+    _, result = pruned_build
+    report = json.loads((result.result_dir / "report.json").read_text())
+    per_token = report["joules_per_token"]
+    assert set(per_token) == {"base", "result"}
+    reason = energy_unreadable_reason()
+    if reason is None:  # a machine with readable counters
+        assert all(v > 0 for v in per_token.values()) and report["energy_readable"]
+    else:  # this development machine
+        assert per_token == {"base": None, "result": None} and report["energy_readable"] is False
+        assert report["energy"] == reason and reason.startswith("not readable here")
+        assert all(s["joules"] is None for s in report["stages"])
+        page = (result.result_dir / "report.html").read_text()
+        assert "not readable here" in page and "0 J" not in page
+
+
+def test_a_cached_rerun_skips_prune_and_a_changed_ratio_reruns_it_and_what_follows(pruned_build):
+    recipe, result = pruned_build
+    again = build(recipe, result.result_dir)
+    assert all(s.cached for s in again.stages)
+    changed = load_recipe(write_recipe(recipe.path.parent, Path(recipe.base), prune=PRUNE.format(ratio=0.6), system=True, name="r2.yaml"))
+    rerun = build(changed, recipe.path.parent / "result-0.6")
+    ran = {s.name: not s.cached for s in rerun.stages}
+    assert ran == {"tune": False, "merge": False, "prune": True, "quantize": True, "knowledge": False, "evaluate": True}
+    # more removed (the tiny model's widths move in steps of 32, so 0.3 and 0.5 would give one shape)
+    assert rerun.stages[2].detail["params_after"] < result.stages[2].detail["params_after"]
+
+
+def test_a_build_killed_after_pruning_heals_without_pruning_again(pruned_build):
+    recipe, _ = pruned_build
+    # another ratio beside the same recipe: tune and merge are cached, the prune stage is new
+    path = write_recipe(recipe.path.parent, Path(recipe.base), prune=PRUNE.format(ratio=0.45).replace("128", "4096"), name="r3.yaml")
+    killed = load_recipe(path)
+    slot = next(s.slot for s in plan(killed) if s.name == "prune")
+    command = [sys.executable, "-m", "kecil", "build", str(path), "-o", str(recipe.path.parent / "result-kill")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (slot.work / "pruned.json").is_file(), process)  # pruned, healing under way
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not slot.done and (slot.work / "pruned" / "config.json").is_file()
+
+    seen = set()
+    result = build(killed, recipe.path.parent / "result-kill", progress=lambda stage, done, total: seen.add(stage))
+    assert "heal" in seen and not {"prune-load", "prune-calibrate", "prune"} & seen  # healed the kept pruned model
+    prune = next(s for s in result.stages if s.name == "prune")
+    assert not prune.cached and prune.detail["heal"]["tokens"] >= 4096
+    assert slot.done and not slot.work.exists() and not (slot.folder / "teacher").exists()

@@ -106,6 +106,9 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
 
     from kecil.cli import app
 
+    from kecil.infer.measure import energy_unreadable_reason
+
+    unreadable = energy_unreadable_reason()
     model = str(tiny_hf_model("llama"))
     common = ["fit", model, "--context", "128", "--types", "q8_0,q4_0", "--limit", "1"]
     done = CliRunner().invoke(app, [*common, "--memory", "100GB", "--json"])
@@ -116,6 +119,8 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
     for v in variants:
         assert v["error"] is None and v["fits"] and v["size_bytes"] > 0 and 20e6 < v["peak_rss_bytes"] < 2e9
         assert v["quality"]["wikitext-like-perplexity"] > 1
+        # measured from the energy counters where readable, else None: never a 0 that means "not measured"
+        assert (v["joules_per_token"] is None) if unreadable else v["joules_per_token"] > 0
     q8, q4 = variants
     assert q8["size_bytes"] > q4["size_bytes"]
     best = min(variants, key=lambda v: v["quality"]["wikitext-like-perplexity"])  # perplexity only: lowest wins
@@ -136,6 +141,7 @@ def test_fit_end_to_end_on_a_tiny_model(tiny_hf_model, tmp_path):
     smallest = min(v["peak_rss_bytes"] for v in variants)
     short = re.search(r"nothing fits in 1\.0 MiB at a 128-token context: the smallest, (q8_0|q4_0), peaks at ([\d.]+) MiB, ([\d.]+) MiB more", done.stdout)
     assert short, done.stdout
+    assert ("energy per token: not readable here" in done.stdout) == (unreadable is not None)
     assert abs(float(short.group(2)) * 2**20 - smallest) < 0.2 * smallest  # re-measured: about the same peak
     assert abs(float(short.group(3)) - (float(short.group(2)) - 1)) < 0.11
     assert "kecil quantize" not in done.stdout

@@ -63,9 +63,25 @@ def test_a_good_recipe_loads_with_defaults_and_paths_beside_it(folder):
     (GOOD + "evaluate2: [\n", ("line", "not valid YAML")),
     (GOOD.replace("base: smollm2-135m\n", ""), ("line 1", "base", "missing")),
     (GOOD + "tune:\n  data: train.jsonl\n", ("line 7", "given twice")),
+    (GOOD + "prune:\n  ratio: 1.5\n", ("line 8", "prune.ratio", "between 0 and 1")),
+    (GOOD + "prune:\n  ratio: 0.2\n  method: sideways\n", ("line 9", "prune.method", "minitron")),
+    (GOOD + "prune:\n  method: width\n", ("line 8", "prune:", "exactly one of --ratio")),
+    (GOOD + "prune:\n  ratio: 0.2\n  heal_tokens: lots\n", ("line 9", "prune.heal_tokens", "whole number")),
+    (GOOD + "prune:\n  ratio: 0.2\n  heal_tokens: 100\n  heal_minutes: 2\n", ("line 10", "prune.heal_minutes", "not both")),
+    (GOOD + "prune:\n  ratio: 0.2\n  heal_seq_len: 4\n", ("line 9", "prune.heal_seq_len", "at least 16")),
+    (GOOD + "prune:\n  ratio: 0.2\n  shrink: 2\n", ("line 9", "prune.shrink", "unknown setting")),
 ])
 def test_a_bad_recipe_names_the_field_and_its_line(folder, change, words):
     _refused(folder, change, *words)
+
+
+def test_a_prune_section_is_read_with_its_defaults(folder):
+    from kecil.build.recipe import PruneSettings
+
+    (folder / "r.yaml").write_text(GOOD + "prune:\n  ratio: 0.25\n  heal_tokens: 5000\n")
+    assert load_recipe(folder / "r.yaml").prune == PruneSettings(ratio=0.25, heal_tokens=5000, method="minitron", heal=True)
+    (folder / "r.yaml").write_text(GOOD)
+    assert load_recipe(folder / "r.yaml").prune is None  # no section: no stage
 
 
 def test_the_command_prints_the_recipe_error_as_one_line(folder):
@@ -80,6 +96,10 @@ def test_init_writes_an_example_recipe_that_loads(folder):
     assert target.read_text() == example_text()
     recipe = load_recipe(target)  # its train.jsonl and task.yaml are the fixture's
     assert recipe.base == "smollm2-135m" and recipe.gate.min_gain == 0.10
+    assert recipe.prune is None and "\n# prune: " in example_text() and "\n#   ratio: 0.25 " in example_text()  # shown, commented out
+    uncommented = example_text().replace("# prune:", "prune:").replace("#   ratio:", "  ratio:").replace("#   method:", "  method:")
+    target.write_text(uncommented.replace("#   heal_tokens:", "  heal_tokens:"))
+    assert load_recipe(target).prune.ratio == 0.25  # and works when uncommented
     assert_clean_error(kecil("build", "init", "-o", str(target)), "already exists")
 
 

@@ -19,6 +19,7 @@ from kecil.eval.report import json_lines, table
 from kecil.eval.run import EvalConfig, evaluate, run_task
 from kecil.eval.cache import ResultCache
 from kecil.infer.backend import Backend
+from kecil.infer.measure import energy_unreadable_reason
 from kecil.infer.load import load_model
 from tests.tiny_models import training_lines
 
@@ -60,6 +61,11 @@ def test_models_side_by_side_with_system_figures(two_model_report):
     for figures in report.systems.values():
         assert figures.size_bytes > 0 and figures.peak_rss_bytes > 50e6 and figures.load_seconds > 0
         assert figures.prompt_tokens_per_second > 0 and figures.decode_tokens_per_second > 0
+        # energy from the machine's counters, or None: never a 0 standing in for "not measured"
+        if energy_unreadable_reason() is None:
+            assert figures.joules_per_token > 0 and figures.energy_counters
+        else:
+            assert figures.joules_per_token is None and figures.energy_counters is None
 
 
 def test_json_lines_have_the_promised_fields(two_model_report):
@@ -69,7 +75,9 @@ def test_json_lines_have_the_promised_fields(two_model_report):
     for row in quality:
         assert {"model", "task", "metric", "value", "n"} <= set(row)
     system = {(r["model"], r["metric"]) for r in rows if r["task"] == "system"}
-    assert len(system) == 2 * 5
+    assert len(system) == 2 * 6
+    energy = [r for r in rows if r["metric"] == "joules_per_token"]
+    assert all((r["value"] is None) == (energy_unreadable_reason() is not None) for r in energy)
 
 
 def test_table_and_html_report(two_model_report, tmp_path):
@@ -78,7 +86,8 @@ def test_table_and_html_report(two_model_report, tmp_path):
     console = Console(record=True, width=200)
     console.print(table(two_model_report))
     text = console.export_text()
-    assert "cats" in text and "peak RAM" in text and "decode speed" in text
+    assert "cats" in text and "peak RAM" in text and "decode speed" in text and "energy per token" in text
+    assert ("not readable here" in text) == (energy_unreadable_reason() is not None)
     # Sizes in the units `kecil models` writes them (93.8 MiB there was "98 MB" here).
     from kecil.models.info import format_bytes
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kecil.errors import ConfigError, ModelNotFoundError
-from kecil.infer.measure import measure
+from kecil.infer.measure import energy_unreadable_reason, measure
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,10 @@ def test_figures_and_perplexity_with_progress(tiny_gguf):
     assert figures.backend == "llamacpp" and figures.context == 256 and figures.size_bytes == tiny_gguf.stat().st_size
     assert figures.prompt_tokens == 32 and figures.decode_tokens > 0 and figures.peak_rss_bytes > 20e6
     assert figures.perplexity > 1 and figures.perplexity_tokens > 0
+    if energy_unreadable_reason() is None:
+        assert figures.joules_per_token > 0 and figures.energy_counters
+    else:  # this development machine: no readable counter, so no figure rather than a 0
+        assert figures.joules_per_token is None and figures.energy_counters is None
     assert seen and [d for d, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1]
     plain = measure(str(tiny_gguf), context=128, threads=1, prompt_tokens=16, decode_tokens=4)
     assert plain.perplexity is None and plain.perplexity_tokens == 0

@@ -281,6 +281,10 @@ def test_metrics_count_requests_and_tokens(server):
     assert server.metric("kecil_completion_tokens_total", model=MODEL) > before
     for name in ("kecil_requests_total", "kecil_time_to_first_token_seconds_bucket", "kecil_queue_depth", "kecil_request_duration_seconds_bucket"):
         assert name in text
+    from kecil.infer.measure import energy_unreadable_reason
+
+    # joules where the energy counters are readable; on a machine without them, no series rather than a 0
+    assert ("kecil_energy_joules_total" in text) == (energy_unreadable_reason() is None)
 
 
 # --- security, limits and the model pool: servers of their own -------------------------------
