@@ -407,6 +407,7 @@ def test_status_shows_models_and_opens_reports_without_their_scripts(server, vis
     page.locator("#reports button", has_text="eval.html").click()
     frame = page.frame_locator("#report-view")
     expect(frame.locator("h1")).to_have_text("kecil eval")
+    shot(page, "status-report.png")
     assert frame.locator("body").get_attribute("data-ran") is None
 
 
@@ -457,8 +458,10 @@ def test_every_tab_fits_a_phone_and_a_desktop_in_light_and_dark(server, browser,
         assert page.evaluate("() => matchMedia('(prefers-color-scheme: dark)').matches") == (scheme == "dark")
         for tab in TABS:
             page.click("#" + tab)
-            if tab == "tab-status":
+            if tab == "tab-status":  # every column of the models' table shows, with no scrolling inside its box
                 expect(page.locator("#metrics-table tbody tr").first).to_be_visible()
+                box = "document.getElementById('metrics-table').parentElement"
+                assert page.evaluate(f"() => {box}.scrollWidth - {box}.clientWidth") <= 0, (size, scheme)
             # Nothing wider than the window: the page never scrolls sideways (code and tables scroll in their box).
             wide = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert wide <= 0, (size, tab, wide)
