@@ -238,7 +238,8 @@ def test_a_reply_from_a_remote_tier_says_where_it_went_and_what_was_redacted(ser
     out = b"".join(server.remote.received[sent_before:]).decode()
     assert "capital of France" in out and EMAIL not in out and "siti.rahman" not in out
     expect(page.locator(".msg.assistant .body").last).to_contain_text(EMAIL)
-    # Nothing private in the question: it leaves as written, and the page says so.
+    # Nothing private in the question (a new chat: a chat sends its whole history): it leaves as written.
+    page.click("#new-chat")
     send(page, "What is two plus two?")
     wait_idle(page)
     meta = page.locator(".msg.assistant .meta").last
