@@ -234,7 +234,6 @@ function tabKeys(event) {
 }
 
 // --- wiring ---------------------------------------------------------------------------------------
-
 function init() {
   const settings = loadSettings();
   if (settings.system !== undefined) $("system").value = settings.system;

@@ -147,7 +147,8 @@ export async function upload(files) {
       sent++;
     } catch (error) {
       if (error.code === "upload_limit" || error.status === 507) {  // the server's limit or its disk: the rest would fail too
-        refused.textContent = `${path} and the ${files.length - i - 1} file(s) after it were not uploaded: ${error.message}`;
+        const rest = files.length - i - 1;
+        refused.textContent = `${path}${rest ? ` and the ${rest} file(s) after it were` : " was"} not uploaded: ${error.message}`;
         refused.hidden = false;
         break;
       }
