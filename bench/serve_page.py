@@ -93,7 +93,8 @@ async def through_pages(browsers, url: str, users: int, seconds: float, max_toke
             page = await context.new_page()
             await page.goto(url + "/")
             await page.wait_for_selector("body[data-ready=true]")
-            await page.wait_for_function("document.querySelector('#model').options.length > 0")
+            # A selector, not a JS expression: polling an expression string needs eval, which the page's CSP refuses.
+            await page.wait_for_selector("#model option", state="attached")
             await page.evaluate(f"() => {{ document.getElementById('temperature').value = '0.7'; "
                                 f"document.getElementById('max-tokens').value = '{max_tokens}'; }}")
             pages.append(page)

@@ -52,6 +52,7 @@ class Routed:
     reason: str  # why it stopped where it did
     redacted: bool = False  # whether redaction changed what was sent
     redacted_counts: dict[str, int] = field(default_factory=dict)
+    sent_to: str | None = None  # the remote tier the (redacted) messages went to; None: nothing left this machine
     tiers: list[dict] = field(default_factory=list)  # each tier tried: name, confidence, seconds, outcome
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -59,7 +60,8 @@ class Routed:
     def fields(self) -> dict:
         """What a reply carries about its routing (the serve extension field `route`)."""
         return {"routed_to": self.routed_to, "model": self.model, "confidence": self.confidence, "escalated": self.escalated,
-                "reason": self.reason, "redacted": self.redacted, "redacted_counts": self.redacted_counts, "tiers": self.tiers}
+                "reason": self.reason, "redacted": self.redacted, "redacted_counts": self.redacted_counts, "sent_to": self.sent_to,
+                "tiers": self.tiers}
 
 
 def route(plan: RouteFile, messages: list[dict], *, open_model: Callable[[str], Engine],
@@ -146,7 +148,7 @@ def _remote(plan: RouteFile, tier: Tier, messages, routed: Routed, request: Rout
     except Exception as exc:  # fail closed: whatever went wrong, nothing leaves the machine
         _audit(audit, plan, tier, {}, "not sent: redaction failed")
         raise RemoteFailed(f"redaction failed ({type(exc).__name__}: {exc}), so nothing was sent") from None
-    routed.redacted, routed.redacted_counts = bool(counts), counts
+    routed.redacted, routed.redacted_counts, routed.sent_to = bool(counts), counts, tier.name
     _audit(audit, plan, tier, counts, "remote")
     reply = chat(tier, redacted, max_tokens=max_tokens, temperature=request.temperature, deadline=deadline)
     from kecil.route.redact import restore

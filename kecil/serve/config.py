@@ -65,6 +65,14 @@ class ServeConfig:
         "help": "A folder of `kecil eval --html` reports the web page lists and opens.", "flag": "--reports"})
     max_messages: int = field(default=2000, metadata={
         "help": "Messages one chat request may carry (a larger conversation is refused with 400)."})
+    max_upload_bytes: int = field(default=1_000_000_000, metadata={
+        "help": "Bytes of files the web page may upload into one knowledge base, all its files together, e.g. 5GB "
+                "(past it an upload is refused with 413).", "flag": "--max-upload", "parse": parse_bytes})
+    max_upload_files: int = field(default=10_000, metadata={
+        "help": "Files the web page may upload into one knowledge base (past it an upload is refused with 413)."})
+    min_free_disk: int = field(default=500_000_000, metadata={
+        "help": "Free disk space an upload from the web page must leave, e.g. 2GB (below it the upload is refused with 507).",
+        "parse": parse_bytes})
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -72,7 +80,8 @@ class ServeConfig:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         for name, value, low in (("parallel", self.parallel, 1), ("max_queue", self.max_queue, 0),
                                  ("max_body_bytes", self.max_body_bytes, 1024), ("max_prompts", self.max_prompts, 1),
-                                 ("max_messages", self.max_messages, 1)):
+                                 ("max_messages", self.max_messages, 1), ("max_upload_bytes", self.max_upload_bytes, 1),
+                                 ("max_upload_files", self.max_upload_files, 1), ("min_free_disk", self.min_free_disk, 0)):
             if value < low:
                 raise ConfigError(f"{name} must be at least {low}, got {value}")
         if self.request_timeout <= 0:

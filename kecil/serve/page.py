@@ -13,6 +13,7 @@ import asyncio
 import errno
 import itertools
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -35,6 +36,7 @@ REPORT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; s
 PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 MAX_PATH_PARTS = 8  # folders an uploaded file may sit in (a dropped folder keeps its layout)
 MAX_JOBS = 20  # finished ingests remembered for the page to read
+_WRITING = threading.Lock()
 
 
 def is_page_path(path: str) -> bool:
@@ -62,8 +64,47 @@ def safe_relative(path: str) -> Path:
     return Path(*parts)
 
 
-def write_upload(kb: str, relative: str, data: bytes) -> Path:
-    """Write one uploaded file under `kb`'s folder, atomically (a temp file renamed into place)."""
+def folder_usage(root: Path) -> tuple[int, int]:
+    """(files, bytes) in an upload folder, a write in flight's hidden temp file included."""
+    files = size = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            try:
+                size += os.lstat(os.path.join(folder, name)).st_size
+                files += 1
+            except FileNotFoundError:  # renamed or removed while we looked
+                pass
+    return files, size
+
+
+def check_room(kb: str, root: Path, path: Path, size: int, config) -> None:
+    """Refuse a file that would take `kb`'s upload folder past --max-upload or --max-upload-files,
+    or the disk below --min-free-disk; replacing a file counts only the difference."""
+    from kecil.scratch import format_bytes
+
+    files, used = folder_usage(root)
+    replaced = path.lstat().st_size if path.is_file() else None
+    if replaced is None and files + 1 > config.max_upload_files:
+        raise APIError(413, f"the knowledge base {kb!r} already holds {files} uploaded files, the server's limit "
+                       f"(--max-upload-files {config.max_upload_files}): put more files in another knowledge base, or "
+                       f"restart the server with a larger --max-upload-files", code="upload_limit")
+    total = used - (replaced or 0) + size
+    if total > config.max_upload_bytes:
+        raise APIError(413, f"{path.name!r} ({format_bytes(size)}) would bring the files uploaded into {kb!r} to "
+                       f"{format_bytes(total)}, over the server's limit of {format_bytes(config.max_upload_bytes)} "
+                       f"per knowledge base (--max-upload {config.max_upload_bytes}): put it in another knowledge base, "
+                       f"or restart the server with a larger --max-upload, e.g. --max-upload 5GB", code="upload_limit")
+    free = shutil.disk_usage(root).free
+    if free < size + config.min_free_disk:
+        raise APIError(507, f"the disk holding the knowledge bases has {format_bytes(free)} free; {path.name!r} needs "
+                       f"{format_bytes(size)} and the server keeps {format_bytes(config.min_free_disk)} free "
+                       f"(--min-free-disk): free some space on that disk, or restart the server with a smaller "
+                       f"--min-free-disk", type="server_error", code="insufficient_storage")
+
+
+def write_upload(kb: str, relative: str, data: bytes, config=None) -> Path:
+    """Write one uploaded file under `kb`'s folder, atomically (a temp file renamed into place),
+    within `config`'s (a ServeConfig's) upload limits when given."""
     from kecil.rag.loaders import supported_suffixes
 
     target = safe_relative(relative)
@@ -78,6 +119,14 @@ def write_upload(kb: str, relative: str, data: bytes) -> Path:
         raise APIError(400, f"could not make the folders of {relative[:200]!r} ({exc.strerror or exc})", param="path") from None
     if not path.parent.resolve().is_relative_to(root) or path.is_symlink():  # a link planted inside cannot lead out
         raise APIError(400, f"the file path {relative[:200]!r} leads outside the knowledge base's folder", param="path")
+    with _WRITING:  # one upload checked and written at a time: two cannot both pass the total's check
+        if config is not None:
+            check_room(kb, root, path, len(data), config)
+        _write_file(path, relative, data)
+    return path
+
+
+def _write_file(path: Path, relative: str, data: bytes) -> None:
     try:
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")  # hidden: an ingest running now skips it
         try:
@@ -91,7 +140,6 @@ def write_upload(kb: str, relative: str, data: bytes) -> Path:
         raise APIError(507 if exc.errno == errno.ENOSPC else 400,
                        f"could not write {relative[:200]!r} into the knowledge base's folder ({exc.strerror or exc})",
                        param="path") from None
-    return path
 
 
 @dataclass
@@ -194,10 +242,11 @@ def add_page_routes(app: FastAPI, server) -> None:
 
     @app.put("/kecil/kb/{kb}/files/{path:path}")
     async def upload(kb: str, path: str, request: Request):
-        """One file into knowledge base `kb`'s upload folder (new or existing); its size is capped by --max-body."""
+        """One file into knowledge base `kb`'s upload folder (new or existing); its size is capped by --max-body,
+        the folder's by --max-upload and --max-upload-files, and the disk must keep --min-free-disk free."""
         _check_kb_name(kb)
         data = await request.body()
-        written = await asyncio.to_thread(write_upload, kb, path, data)
+        written = await asyncio.to_thread(write_upload, kb, path, data, server.config)
         return {"kb": kb, "file": str(written.relative_to(upload_root(kb).resolve())), "bytes": len(data)}
 
     @app.post("/kecil/kb/{kb}/ingest")

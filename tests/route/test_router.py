@@ -73,7 +73,7 @@ def test_an_unsure_answer_goes_to_the_remote_endpoint_redacted_and_comes_back_re
     assert routed.routed_to == "cloud" and routed.escalated
     assert len(remote.received) == 1
     assert EMAIL not in remote.everything() and "siti.rahman" not in remote.everything()
-    assert routed.redacted and sum(routed.redacted_counts.values()) >= 1
+    assert routed.redacted and sum(routed.redacted_counts.values()) >= 1 and routed.fields()["sent_to"] == "cloud"
     assert EMAIL in routed.text  # restored in the reply the user sees
     assert len(audit) == 1 and audit[0]["target"] == "cloud" and EMAIL not in json.dumps(audit)
 
@@ -81,7 +81,7 @@ def test_an_unsure_answer_goes_to_the_remote_endpoint_redacted_and_comes_back_re
 def test_when_redaction_fails_nothing_is_sent(small, endpoint):
     remote = endpoint("ok")
     routed, audit, _ = ask(plan(remote.url, redaction={"no_such_setting": True}), small)
-    assert remote.received == []
+    assert remote.received == [] and routed.sent_to is None
     assert not routed.escalated and routed.routed_to == "small" and "nothing was sent" in routed.reason
     assert routed.text  # the small model's answer stands
 
@@ -98,7 +98,7 @@ def test_a_request_that_forbids_escalation_stays_local(small, endpoint):
 def test_remote_escalation_is_off_unless_the_route_file_allows_it(small, endpoint):
     remote = endpoint("ok")
     routed, _, _ = ask(plan(remote.url, allow_remote=False), small)
-    assert remote.received == [] and not routed.escalated and "allow_remote" in routed.reason
+    assert remote.received == [] and not routed.escalated and "allow_remote" in routed.reason and routed.sent_to is None
 
 
 def test_a_down_endpoint_gives_the_small_answer_with_the_reason(small, redaction):

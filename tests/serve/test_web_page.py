@@ -5,8 +5,10 @@ stay on the server's own address. Screenshots go to tests/artefacts/web/ (ignore
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -14,7 +16,9 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright  # a test dependency (pyproject's [test] extra)
 
-from kecil.route.confidence import FEATURES
+from kecil.route.routefile import RouteFile, Tier, save_route
+from tests.route.endpoint import Endpoint
+from tests.route.test_router import EMAIL, QUESTION, QUICK, UNSURE
 from tests.serve.test_server import Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,16 +44,20 @@ def server(tmp_path_factory, kecil_home):
                                        "<h1>kecil eval</h1><p>accuracy 41%</p>"
                                        "<script>document.body.dataset.ran = 'yes'</script></body></html>")
     tmp = tmp_path_factory.mktemp("serve")
-    unsure = {"features": list(FEATURES), "weights": [0.0] * len(FEATURES), "bias": 0.0,
-              "mean": [0.0] * len(FEATURES), "scale": [1.0] * len(FEATURES)}  # confidence 0.5: every answer escalates
-    route = {"format": "kecil-route/1", "name": "desk", "max_tokens": 8, "allow_remote": False, "combiner": unsure,
-             "confidence": {"samples": 1, "sample_tokens": 4, "self_check": False},
-             "tiers": [{"name": "small", "model": "smollm2-135m", "threshold": 0.9},
-                       {"name": "large", "model": "smollm2-135m", "threshold": 0.9}]}
-    (tmp / "desk.route.json").write_text(json.dumps(route))
-    s = Server(tmp, "--context", "1024", "--parallel", "2", "--reports", str(reports), "--route", str(tmp / "desk.route.json"))
+    # Two routes, both unsure of every answer (so each escalates): "desk" stays on this machine,
+    # "outside" sends its question, redacted, to a loopback stand-in for a remote endpoint.
+    remote = Endpoint("ok")  # echoes what it got: the reply holds the placeholder, the user sees the address
+    desk = RouteFile("desk", (Tier("small", model="smollm2-135m", threshold=0.9), Tier("large", model="smollm2-135m", threshold=0.9)),
+                     combiner=UNSURE, confidence=QUICK, max_tokens=8)
+    outside = RouteFile("outside", (Tier("small", model="smollm2-135m", threshold=0.9),
+                                    Tier("cloud", url=remote.url, remote_model="big", timeout=30, retries=0)),
+                        allow_remote=True, combiner=UNSURE, confidence=QUICK, max_tokens=8)
+    s = Server(tmp, "--context", "1024", "--parallel", "2", "--reports", str(reports),
+               "--route", str(save_route(desk, tmp / "desk.route.json")), "--route", str(save_route(outside, tmp / "outside.route.json")))
+    s.remote = remote
     yield s
     s.stop()
+    remote.close()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +74,7 @@ class Visit:
 
     def __init__(self, browser, server, **kw):
         self.server = server
-        self.context = browser.new_context(viewport={"width": 1200, "height": 800}, **kw)
+        self.context = browser.new_context(**{"viewport": {"width": 1200, "height": 800}, **kw})
         self.requests: list[str] = []
         self.errors: list[str] = []
         self.context.on("request", lambda r: self.requests.append(r.url))
@@ -128,7 +136,7 @@ def test_page_is_small_strict_and_served_without_a_build(server, visit):
     assert httpx.get(server.url + "/web/../kecil/serve/page.py").status_code == 404
     assert httpx.get(server.url + "/web/nothing.js").status_code == 404
     page = visit.open()
-    expect(page.locator("#model option")).to_have_count(2)  # the model, and the route
+    expect(page.locator("#model option")).to_have_count(3)  # the model, and the two routes
     assert page.locator("#model").input_value() == "smollm2-135m"
     # An inline script the page did not ship is refused by the policy.
     page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__inline = 1'; document.body.append(s); }")
@@ -207,11 +215,69 @@ def test_chat_streams_stops_edits_and_keeps_conversations(server, visit):
 def test_a_routed_reply_says_who_answered(server, visit):
     page = visit.open()
     page.select_option("#model", "route:desk")
+    settings(page, max_tokens=8, temperature=0)  # each tier's answer: short, the test is about the line under it
     send(page, "What is the capital of France?")
     wait_idle(page)
     meta = page.locator(".msg.assistant .meta").last
     expect(meta.locator(".badge.routed")).to_have_text("routed to large (escalated)")
+    expect(meta.locator(".badge.local")).to_have_text("nothing left this machine")
     assert page.locator(".msg.assistant .body").last.inner_text().strip()
+
+
+def test_a_reply_from_a_remote_tier_says_where_it_went_and_what_was_redacted(server, visit):
+    page = visit.open()
+    page.select_option("#model", "route:outside")
+    settings(page, max_tokens=8, temperature=0)
+    sent_before = len(server.remote.received)
+    send(page, QUESTION)
+    wait_idle(page)
+    meta = page.locator(".msg.assistant .meta").last
+    expect(meta.locator(".badge.routed")).to_have_text("routed to cloud (escalated)")
+    expect(meta.locator(".badge.redacted")).to_have_text(re.compile(r"^redacted before leaving for cloud: .*\b1 EMAIL\b"))
+    # The endpoint got the question without the address; the page shows the reply with it put back.
+    assert len(server.remote.received) == sent_before + 1
+    out = b"".join(server.remote.received[sent_before:]).decode()
+    assert "capital of France" in out and EMAIL not in out and "siti.rahman" not in out
+    expect(page.locator(".msg.assistant .body").last).to_contain_text(EMAIL)
+    # Nothing private in the question (a new chat: a chat sends its whole history): it leaves as written.
+    page.click("#new-chat")
+    send(page, "What is two plus two?")
+    wait_idle(page)
+    meta = page.locator(".msg.assistant .meta").last
+    expect(meta.locator(".badge.redacted")).to_have_text("sent to cloud as written: nothing found to redact")
+    assert "two plus two" in server.remote.received[-1].decode()
+
+
+TABS = {"tab-chat": "chat", "tab-docs": "docs", "tab-status": "status"}
+
+
+def test_the_tabs_follow_the_aria_pattern_from_the_keyboard_alone(server, visit):
+    page = visit.open()
+    where = "() => ({id: document.activeElement.id, role: document.activeElement.getAttribute('role'), " \
+            "panel: document.activeElement.closest('[role=tabpanel]')?.id ?? null})"
+    page.keyboard.press("Tab")  # the page's first stop is the chosen tab
+    assert page.evaluate(where)["id"] == "tab-chat"
+    moves = [("ArrowRight", "tab-docs"), ("ArrowRight", "tab-status"), ("ArrowRight", "tab-chat"),  # wraps
+             ("ArrowLeft", "tab-status"), ("Home", "tab-chat"), ("End", "tab-status"), ("ArrowLeft", "tab-docs")]
+    for key, tab in moves:
+        page.keyboard.press(key)
+        assert page.evaluate(where)["id"] == tab, key
+        for other, panel in TABS.items():
+            chosen = other == tab
+            assert page.get_attribute("#" + other, "aria-selected") == str(chosen).lower()
+            assert page.get_attribute("#" + other, "tabindex") == ("0" if chosen else "-1")  # roving: one stop
+            assert page.is_visible("#" + panel) == chosen
+        # Tab leaves the tab list (no other tab is a stop) and reaches the chosen panel; Shift+Tab comes back.
+        for _ in range(4):
+            page.keyboard.press("Tab")
+            now = page.evaluate(where)
+            assert now["role"] != "tab", now
+            if now["panel"]:
+                break
+        assert now["panel"] == TABS[tab], now
+        while page.evaluate(where)["role"] != "tab":
+            page.keyboard.press("Shift+Tab")
+        assert page.evaluate(where)["id"] == tab
 
 
 def test_untrusted_text_in_replies_runs_nothing(server, visit, tmp_path):
@@ -343,6 +409,7 @@ def test_status_shows_models_and_opens_reports_without_their_scripts(server, vis
     page.locator("#reports button", has_text="eval.html").click()
     frame = page.frame_locator("#report-view")
     expect(frame.locator("h1")).to_have_text("kecil eval")
+    shot(page, "status-report.png")
     assert frame.locator("body").get_attribute("data-ran") is None
 
 
@@ -364,6 +431,105 @@ def test_a_server_with_a_key_asks_for_it_and_says_when_it_is_wrong(browser, tmp_
         expect(page.locator("#model option")).to_have_count(1)
         assert page.evaluate("() => sessionStorage.getItem('kecil.apiKey')") == KEY
         assert page.evaluate("() => JSON.stringify(localStorage)").find(KEY) == -1  # kept for the session only
+        v.check_offline()
+        v.close()
+    finally:
+        s.stop()
+
+
+SAMPLE = {"conversations": [{"id": "look", "title": "A conversation with everything a reply can hold, and a long title", "messages": [
+    {"role": "user", "content": "Show me a list, a table of numbers, some code and a long unbroken line."},
+    {"role": "assistant", "content": "Here they are:\n\n- **one** item\n- `two` items\n\n> a quoted line\n\n"
+     "```python\ndef greet(name: str) -> str:\n    # a comment\n    return f\"hello {name}\"  # a long line that runs on "
+     "and on past the width of a phone screen\n```\n\nhttps://example.org/" + "a" * 120 + "\n\n1. first\n2. second",
+     "meta": {"model": "route:outside", "usage": {"prompt_tokens": 31, "completion_tokens": 75}, "tps": 21.4, "ttft": 180,
+              "routed_to": "cloud", "route": {"escalated": True, "redacted": True, "redacted_counts": {"EMAIL": 1, "PERSON": 2},
+                                              "sent_to": "cloud", "reason": "escalated to cloud"}}}]}]}
+SIZES = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_tab_fits_a_phone_and_a_desktop_in_light_and_dark(server, browser, scheme, tmp_path):
+    stored = tmp_path / "look.json"
+    stored.write_text(json.dumps(SAMPLE))
+    for size, viewport in SIZES.items():
+        v = Visit(browser, server, viewport=viewport, color_scheme=scheme)
+        page = v.open()
+        page.set_input_files("#import", str(stored))
+        expect(page.locator(".msg.assistant .badge.redacted")).to_have_text("redacted before leaving for cloud: 1 EMAIL, 2 PERSON")
+        assert page.evaluate("() => matchMedia('(prefers-color-scheme: dark)').matches") == (scheme == "dark")
+        for tab in TABS:
+            page.click("#" + tab)
+            if tab == "tab-status":  # every column of the models' table shows, with no scrolling inside its box
+                expect(page.locator("#metrics-table tbody tr").first).to_be_visible()
+                box = "document.getElementById('metrics-table').parentElement"
+                assert page.evaluate(f"() => {box}.scrollWidth - {box}.clientWidth") <= 0, (size, scheme)
+            # Nothing wider than the window: the page never scrolls sideways (code and tables scroll in their box).
+            wide = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert wide <= 0, (size, tab, wide)
+            for control in ("#" + tab, "#model"):
+                box = page.locator(control).bounding_box()
+                assert box and 0 <= box["x"] and box["x"] + box["width"] <= viewport["width"], (size, tab, control, box)
+            shot(page, f"{size}-{scheme}-{TABS[tab]}.png")
+        v.check_offline()
+        v.close()
+
+
+def upload_limit_server(tmp_path, *limits: str) -> Server:
+    return Server(tmp_path, "--context", "512", "--no-embeddings", "--no-preload", *limits, ready=False)
+
+
+def test_uploads_stop_at_the_servers_limits_and_the_page_says_which(browser, tmp_path, kecil_home):
+    folder = kecil_home / "kb" / "uploads" / "capped"
+    s = upload_limit_server(tmp_path, "--max-upload", "2kB", "--max-upload-files", "3")
+    try:
+        def put(name: str, size: int):
+            return httpx.put(f"{s.url}/kecil/kb/capped/files/{name}", content=b"x" * size)
+
+        assert put("a.txt", 800).status_code == 200 and put("b.txt", 800).status_code == 200
+        over = put("c.txt", 800)  # 2,400 bytes in all: over 2 kB
+        assert over.status_code == 413 and over.json()["error"]["code"] == "upload_limit"
+        message = over.json()["error"]["message"]
+        assert "--max-upload 2000" in message and "capped" in message and "larger --max-upload" in message
+        assert put("a.txt", 300).status_code == 200  # replacing a file counts its new size only: 1,100 bytes
+        assert put("c.txt", 800).status_code == 200  # 1,900 bytes, 3 files
+        full = put("d.txt", 1)
+        assert full.status_code == 413 and "--max-upload-files 3" in full.json()["error"]["message"]
+        assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt", "c.txt"]  # nothing refused was written
+        # Uploads sent at the same moment are held to the limit too: two fit, whichever they are.
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda n: httpx.put(f"{s.url}/kecil/kb/raced/files/{n}.txt", content=b"x" * 800).status_code, range(6)))
+        assert sorted(codes) == [200, 200, 413, 413, 413, 413]
+
+        v = Visit(browser, s)
+        page = v.open()
+        page.click("#tab-docs")
+        page.fill("#upload-kb", "capped")
+        upload_by_drop(page, {"e.md": "more", "f.md": "and more"})
+        refused = page.locator("#upload-error")
+        expect(refused).to_contain_text("e.md and the 1 file(s) after it were not uploaded")
+        expect(refused).to_contain_text("--max-upload-files 3")
+        expect(page.locator("#upload-state")).to_have_text("No file was uploaded.")
+        shot(page, "upload-limit.png")
+        v.check_offline()
+        v.close()
+    finally:
+        s.stop()
+
+    s = upload_limit_server(tmp_path, "--min-free-disk", "1000TB")  # more than any disk here has free
+    try:
+        r = httpx.put(f"{s.url}/kecil/kb/roomless/files/a.txt", content=b"x" * 100)
+        assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage"
+        message = r.json()["error"]["message"]
+        assert re.search(r"has [0-9.]+ [KMGT]iB free", message) and "smaller --min-free-disk" in message
+        assert not [p for p in (kecil_home / "kb" / "uploads").rglob("*") if "roomless" in str(p) and p.is_file()]
+        v = Visit(browser, s)
+        page = v.open()
+        page.click("#tab-docs")
+        page.fill("#upload-kb", "roomless")
+        upload_by_drop(page, {"g.md": "text"})
+        expect(page.locator("#upload-error")).to_contain_text("g.md was not uploaded: the disk holding the knowledge bases has")
+        expect(page.locator("#upload-error")).to_contain_text("--min-free-disk")
         v.check_offline()
         v.close()
     finally:

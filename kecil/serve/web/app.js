@@ -210,16 +210,30 @@ async function importConversations(file) {
   }
 }
 
-// --- wiring ---------------------------------------------------------------------------------------
-function selectTab(id) {
-  for (const tab of document.querySelectorAll("[role=tab]")) {
+// --- tabs (the WAI-ARIA tabs pattern: one Tab stop, the chosen tab; arrows, Home and End move) ----
+const tabs = () => [...document.querySelectorAll("[role=tab]")];
+
+function selectTab(id, focus = false) {
+  for (const tab of tabs()) {
     const chosen = tab.getAttribute("aria-controls") === id;
     tab.setAttribute("aria-selected", String(chosen));
+    tab.tabIndex = chosen ? 0 : -1;
     $(tab.getAttribute("aria-controls")).hidden = !chosen;
+    if (chosen && focus) tab.focus();
   }
   document.dispatchEvent(new CustomEvent("kecil:tab", { detail: id }));
 }
 
+function tabKeys(event) {
+  const all = tabs();
+  const at = all.indexOf(event.target);
+  const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: all.length - 1 }[event.key];
+  if (at < 0 || to === undefined || event.altKey || event.ctrlKey || event.metaKey) return;
+  event.preventDefault();
+  selectTab(all[(to + all.length) % all.length].getAttribute("aria-controls"), true);  // wraps at both ends
+}
+
+// --- wiring ---------------------------------------------------------------------------------------
 function init() {
   const settings = loadSettings();
   if (settings.system !== undefined) $("system").value = settings.system;
@@ -228,7 +242,8 @@ function init() {
   for (const id of ["model", "system", "temperature", "max-tokens"]) $(id).addEventListener("change", saveSettings);
 
   initKeyDialog();
-  for (const tab of document.querySelectorAll("[role=tab]")) tab.addEventListener("click", () => selectTab(tab.getAttribute("aria-controls")));
+  for (const tab of tabs()) tab.addEventListener("click", () => selectTab(tab.getAttribute("aria-controls")));
+  document.querySelector("[role=tablist]").addEventListener("keydown", tabKeys);
   $("new-chat").addEventListener("click", () => { if (!isBusy()) newConversation(); });
   $("export").addEventListener("click", exportConversations);
   $("import").addEventListener("change", (e) => { if (e.target.files[0]) importConversations(e.target.files[0]); e.target.value = ""; });

@@ -133,17 +133,25 @@ export async function upload(files) {
     return;
   }
   $("upload-list").replaceChildren();
+  const refused = $("upload-error");
+  refused.hidden = true;
   const progress = $("ingest-progress");
   progress.hidden = false;
   progress.max = files.length;
   progress.value = 0;
   let sent = 0;
-  for (const { path, file } of files) {
-    state.textContent = `Uploading ${path} (${sent + 1} of ${files.length})`;
+  for (const [i, { path, file }] of files.entries()) {
+    state.textContent = `Uploading ${path} (${i + 1} of ${files.length})`;
     try {
       await withKey(() => call(`/kecil/kb/${encodeURIComponent(kb)}/files/${pathInUrl(path)}`, { method: "PUT", body: file, contentType: "application/octet-stream" }));
       sent++;
     } catch (error) {
+      if (error.code === "upload_limit" || error.status === 507) {  // the server's limit or its disk: the rest would fail too
+        const rest = files.length - i - 1;
+        refused.textContent = `${path}${rest ? ` and the ${rest} file(s) after it were` : " was"} not uploaded: ${error.message}`;
+        refused.hidden = false;
+        break;
+      }
       row(`skipped ${path}: ${error.message}`, "skipped");
     }
     progress.value += 1;

@@ -60,13 +60,21 @@ export function metaLine(meta) {
   if (meta.stopped) parts.push("stopped");
   else if (meta.finish === "length") parts.push("cut at max tokens");
   line.append(parts.join(" · "));
+  const route = meta.route;
   if (meta.routed_to) {
     line.append(" ");
-    line.append(el("span", "badge routed", `routed to ${meta.routed_to}${meta.route?.escalated ? " (escalated)" : ""}`));
+    const badge = el("span", "badge routed", `routed to ${meta.routed_to}${route?.escalated ? " (escalated)" : ""}`);
+    if (route?.reason) badge.title = route.reason;
+    line.append(badge);
   }
-  if (meta.route?.redacted) {
-    const counts = Object.entries(meta.route.redacted_counts || {}).map(([k, n]) => `${n} ${k}`).join(", ");
-    line.append(el("span", "badge redacted", `redacted before leaving: ${counts || "yes"}`));
+  // Whether anything left this machine, and whether redaction changed it before it did.
+  if (route?.redacted) {
+    const counts = Object.entries(route.redacted_counts || {}).map(([k, n]) => `${n} ${k}`).join(", ");
+    line.append(el("span", "badge redacted", `redacted before leaving for ${route.sent_to}: ${counts || "yes"}`));
+  } else if (route?.sent_to) {
+    line.append(el("span", "badge redacted none", `sent to ${route.sent_to} as written: nothing found to redact`));
+  } else if (route) {
+    line.append(el("span", "badge local", "nothing left this machine"));
   }
   return line;
 }
