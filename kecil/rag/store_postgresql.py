@@ -1,0 +1,460 @@
+"""The PostgreSQL engine of the knowledge-base store (store.py): one schema per knowledge base,
+BM25 over kecil's own terms, vectors in pgvector, for several servers sharing one store.
+
+BM25 is computed in SQL from a postings table (term, chunk, term count, chunk length) filled with
+the terms tokenise.py gives SQLite's FTS5, scored with FTS5's formula (k1 1.2, b 0.75, idf
+log((N - n + 0.5) / (n + 0.5)) floored at 1e-6): Thai, Chinese and Hindi find the same chunks,
+in the same order, as with SQLite. PostgreSQL's own full-text search stems and splits per
+language configuration and would not. Vectors are pgvector rows, one per sentence window, with
+an HNSW index (Malkov & Yashunin 2018, https://arxiv.org/abs/1603.09320); up to EXACT_VECTORS
+rows every vector is scored in one scan, exactly what the SQLite engine computes, and past it the
+index gives the candidates (see dense_scores).
+
+Each file goes in with one transaction (and an advisory lock on its path), so ingests from
+several machines and searches during them are safe, and a killed ingest leaves each file fully
+in or out. Connections come from a pool; credentials come from the URL or libpq's PG* variables
+and are never written anywhere by kecil (messages show store.Location.shown).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from kecil.errors import KnowledgeBaseError, StoreUnavailableError
+from kecil.rag.chunking import TextChunk, index_text
+from kecil.rag.dense import DenseScores
+from kecil.rag.kb_names import display_path, raw_path
+from kecil.rag.store import FileRecord, KnowledgeBase, Location, StoredChunk, Vectors, missing_message
+from kecil.rag.tokenise import tokenise
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SCHEMA_PREFIX = "kecil_"
+SCHEMA_VERSION = 1
+# Each migration takes a knowledge base from the version before to its own ({dim}: the vectors' size).
+MIGRATIONS = {
+    1: """
+CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+-- One row, updated last in every write: what BM25 needs (chunks, tokens) and what caches key on.
+CREATE TABLE state (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), generation bigint NOT NULL DEFAULT 0,
+    removals bigint NOT NULL DEFAULT 0, chunks bigint NOT NULL DEFAULT 0, tokens bigint NOT NULL DEFAULT 0, vectors bigint NOT NULL DEFAULT 0);
+INSERT INTO state DEFAULT VALUES;
+CREATE TABLE files (id bigserial PRIMARY KEY, path text NOT NULL UNIQUE, raw_path bytea, sha256 text NOT NULL, size bigint NOT NULL,
+    mtime_ns bigint NOT NULL, chunks integer NOT NULL, ingested_at double precision NOT NULL);
+CREATE TABLE chunks (id bigserial PRIMARY KEY, file_id bigint NOT NULL REFERENCES files (id) ON DELETE CASCADE, ord integer NOT NULL,
+    section text NOT NULL, text text NOT NULL, page integer, line_start integer NOT NULL, line_end integer NOT NULL,
+    terms integer NOT NULL, vectors integer NOT NULL);
+CREATE INDEX chunks_by_file ON chunks (file_id);
+-- tf: the term's count in the chunk; dl: the chunk's length in terms (FTS5's D), kept here so BM25 reads one table
+CREATE TABLE postings (term text NOT NULL, chunk_id bigint NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+    tf integer NOT NULL, dl integer NOT NULL, PRIMARY KEY (term, chunk_id));
+CREATE INDEX postings_by_chunk ON postings (chunk_id);
+CREATE TABLE vectors (chunk_id bigint NOT NULL REFERENCES chunks (id) ON DELETE CASCADE, ord integer NOT NULL,
+    embedding vector({dim}) NOT NULL, PRIMARY KEY (chunk_id, ord));
+CREATE INDEX vectors_hnsw ON vectors USING hnsw (embedding vector_ip_ops);
+""",
+}
+# Up to this many vectors every one is scored in one scan (exact, as SQLite); past it the HNSW
+# index gives the candidates. At 20k 384-dimension vectors the scan is ~25 ms here (bench/rag.py).
+EXACT_VECTORS = 20_000
+SPREAD_SAMPLE = 2_000  # chunks whose cosines estimate the z-score's mean and spread past EXACT_VECTORS
+POOL_SIZE = 4
+K1, B = 1.2, 0.75  # FTS5's bm25() defaults
+
+
+# --- connecting -----------------------------------------------------------------------------
+def _psycopg():
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+        from pgvector.psycopg import register_vector  # noqa: F401
+    except ImportError:
+        raise KnowledgeBaseError("PostgreSQL knowledge bases need psycopg, psycopg-pool and pgvector: "
+                                 "pip install 'kecil[postgres]'") from None
+    return psycopg
+
+
+def _connect(location: Location):
+    """A plain connection (autocommit), or a one-line error naming the server without the password."""
+    psycopg = _psycopg()
+    try:
+        return psycopg.connect(location.conninfo, connect_timeout=10, autocommit=True)
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreUnavailableError(f"cannot connect to PostgreSQL for {location.shown} ({reason}): "
+                                    f"check the URL, or the PG* variables (PGHOST, PGUSER, PGPASSWORD, ...)") from None
+    except Exception as exc:  # noqa: BLE001 - libpq refuses a malformed URL with a ProgrammingError or ValueError
+        raise KnowledgeBaseError(f"the PostgreSQL URL for {location.shown} is not usable ({type(exc).__name__}: {str(exc)[:100]}): "
+                                 f"write it as postgresql://USER@HOST:PORT/DATABASE") from None
+
+
+def _schema(location: Location) -> str:
+    return SCHEMA_PREFIX + location.name
+
+
+def _vector_schema(conn, location: Location) -> str:
+    """The schema holding the pgvector extension, created when missing and allowed; else a one-line error."""
+    psycopg = _psycopg()
+    row = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
+    if row:
+        return row[0]
+    database = conn.info.dbname
+    if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone() is None:
+        major = conn.info.server_version // 10000
+        raise KnowledgeBaseError(f"the PostgreSQL server of {location.shown} has no pgvector extension: install it there "
+                                 f"(Debian: apt-get install postgresql-{major}-pgvector), then run CREATE EXTENSION vector; in database {database}")
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.Error:
+        raise KnowledgeBaseError(f"database {database} of {location.shown} has no pgvector extension and user {conn.info.user} may not add it: "
+                                 f"ask its administrator to run CREATE EXTENSION vector; in database {database}") from None
+    return _vector_schema(conn, location)
+
+
+# --- the engine's module interface (store.py calls these) ------------------------------------------
+def open_location(location: Location, *, create: bool = False, embedder: str | None = None, dimension: int | None = None) -> PostgresKnowledgeBase:
+    from psycopg import sql
+
+    schema = _schema(location)
+    with _connect(location) as conn:
+        vector_schema = _vector_schema(conn, location)
+        with conn.transaction():  # two first ingests at once: one creates, the other waits and finds it made
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 24))", (schema,))
+            found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+            if not found and not (create and dimension):
+                raise KnowledgeBaseError(missing_message(location.shown))
+            if not found:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}, {}").format(sql.Identifier(schema), sql.Identifier(vector_schema)))
+            version = 0
+            if found:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise KnowledgeBaseError(f"{location.shown} was written by a newer kecil (schema {version}, this one reads up to "
+                                             f"{SCHEMA_VERSION}): upgrade kecil")
+            if version < SCHEMA_VERSION:
+                stored_dim = dimension or _stored_dimension(conn)
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    conn.execute(MIGRATIONS[step].format(dim=int(stored_dim)))
+                conn.execute("INSERT INTO meta VALUES ('schema', %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(SCHEMA_VERSION),))
+    kb = PostgresKnowledgeBase(location, vector_schema)
+    kb._settle_embedder(embedder, dimension)
+    return kb
+
+
+def _stored_dimension(conn) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'dimension'").fetchone()
+    return int(row[0])
+
+
+def exists(location: Location) -> bool:
+    with _connect(location) as conn:
+        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (_schema(location),)).fetchone() is not None
+
+
+def names(location: Location) -> list[str]:
+    with _connect(location) as conn:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s) ORDER BY nspname", (SCHEMA_PREFIX,)).fetchall()
+    return [r[0][len(SCHEMA_PREFIX):] for r in rows]
+
+
+def remove(location: Location) -> str:
+    from psycopg import sql
+
+    with _connect(location) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(_schema(location))))
+    return location.shown
+
+
+class PostgresKnowledgeBase(KnowledgeBase):
+    """A knowledge base in a PostgreSQL schema, reached through a small pool of connections
+    (a server's threads share it)."""
+
+    def __init__(self, location: Location, vector_schema: str):
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        self.location = location
+        self.name = location.name
+        self.fatal_errors = (StoreUnavailableError, psycopg.OperationalError, PoolTimeout)
+        self._search_path = (_schema(location), vector_schema)
+        self._fixed: dict[str, str] = {}  # meta that never changes once written (embedder, dimension)
+        self._lock = threading.Lock()
+        self._count_state: tuple[int, int] | None = None
+        self._term_counts: dict[str, int] = {}
+        self._sample: tuple[int, list[int]] | None = None  # (chunks then, chunk ids) for the spread estimate
+        self._pool = ConnectionPool(location.conninfo, min_size=1, max_size=POOL_SIZE, kwargs={"connect_timeout": 10},
+                                    configure=self._configure, open=True, timeout=60, name=f"kecil-{location.name}")
+
+    def _configure(self, conn) -> None:
+        from pgvector.psycopg import register_vector
+        from psycopg import sql
+
+        conn.execute(sql.SQL("SET search_path TO {}, {}").format(*map(sql.Identifier, self._search_path)))
+        register_vector(conn)
+        conn.commit()
+
+    def _conn(self):
+        """A pooled connection whose block is one transaction (committed at its end, rolled back on an error)."""
+        return self._pool.connection()
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def meta(self, key: str) -> str | None:
+        if key in self._fixed:
+            return self._fixed[key]
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        if row and key in ("embedder", "dimension"):
+            self._fixed[key] = row[0]
+        return row[0] if row else None
+
+    def _write_meta(self, values: dict[str, str]) -> None:
+        with self._conn() as conn:
+            for key, value in values.items():
+                conn.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))
+
+    def _state(self, conn=None) -> tuple[int, int, int, int, int]:
+        """(generation, removals, chunks, tokens, vectors) as committed."""
+        if conn is None:
+            with self._conn() as conn:
+                return conn.execute("SELECT generation, removals, chunks, tokens, vectors FROM state").fetchone()
+        return conn.execute("SELECT generation, removals, chunks, tokens, vectors FROM state").fetchone()
+
+    # --- writing -------------------------------------------------------------------------
+    def files(self) -> dict[str, FileRecord]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT id, path, raw_path, sha256, size, mtime_ns, chunks FROM files").fetchall()
+        records = [FileRecord(r[0], os.fsdecode(bytes(r[2])) if r[2] is not None else r[1], *r[3:]) for r in rows]
+        return {r.path: r for r in records}
+
+    def replace_file(self, path: str, sha256: str, size: int, mtime_ns: int, chunks: Sequence[TextChunk], vectors: Sequence[np.ndarray]) -> None:
+        import numpy as np
+
+        assert len(chunks) == len(vectors)
+        self._check_vectors(vectors)
+        dim = self.dimension
+        terms = [tokenise(index_text(c.text, c.section)) for c in chunks]  # before the transaction: it holds locks
+        rows = [np.asarray(v, np.float32).reshape(-1, dim) for v in vectors]
+        with self._conn() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (display_path(path),))  # one writer per file
+            gone = self._delete_file(conn, path)
+            file_id = conn.execute(
+                "INSERT INTO files (path, raw_path, sha256, size, mtime_ns, chunks, ingested_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (display_path(path), raw_path(path), sha256, size, mtime_ns, len(chunks), time.time()),
+            ).fetchone()[0]
+            ids = [r[0] for r in conn.execute("SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)", (len(chunks),))]
+            with conn.cursor() as cur:
+                with cur.copy("COPY chunks (id, file_id, ord, section, text, page, line_start, line_end, terms, vectors) FROM STDIN") as copy:
+                    for order, (chunk_id, chunk, words, vecs) in enumerate(zip(ids, chunks, terms, rows)):
+                        copy.write_row((chunk_id, file_id, order, chunk.section, chunk.text, chunk.page, chunk.start, chunk.end, len(words), len(vecs)))
+                with cur.copy("COPY postings (term, chunk_id, tf, dl) FROM STDIN") as copy:
+                    for chunk_id, words in zip(ids, terms):
+                        for term, count in Counter(words).items():
+                            copy.write_row((term, chunk_id, count, len(words)))
+                with cur.copy("COPY vectors (chunk_id, ord, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                    copy.set_types(["int8", "int4", "vector"])
+                    for chunk_id, vecs in zip(ids, rows):
+                        for order, row in enumerate(vecs):
+                            copy.write_row((chunk_id, order, row))
+            added = (len(chunks), sum(map(len, terms)), sum(map(len, rows)))
+            self._bump(conn, [a - g for a, g in zip(added, gone or (0, 0, 0))], removal=gone is not None)
+
+    @staticmethod
+    def _bump(conn, change: Sequence[int], removal: bool) -> None:
+        """Last in a write, so the one row every writer updates is locked only until its commit."""
+        conn.execute("UPDATE state SET generation = generation + 1, removals = removals + %s, chunks = chunks + %s, "
+                     "tokens = tokens + %s, vectors = vectors + %s", (int(removal), *change))
+
+    def touch_file(self, path: str, size: int, mtime_ns: int) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE files SET size = %s, mtime_ns = %s WHERE path = %s", (size, mtime_ns, display_path(path)))
+
+    def remove_files(self, paths: Sequence[str]) -> int:
+        if not paths:
+            return 0
+        removed, change = 0, [0, 0, 0]
+        with self._conn() as conn:
+            for path in paths:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (display_path(path),))
+                gone = self._delete_file(conn, path)
+                if gone is not None:
+                    removed += 1
+                    change = [c - g for c, g in zip(change, gone)]
+            self._bump(conn, change, removal=True)
+        return removed
+
+    @staticmethod
+    def _delete_file(conn, path: str) -> tuple[int, int, int] | None:
+        """Delete the file (its chunks, postings and vectors go by cascade): the (chunks, terms,
+        vectors) it had, or None when it was not there."""
+        row = conn.execute(
+            "SELECT f.id, count(c.id), COALESCE(sum(c.terms), 0), COALESCE(sum(c.vectors), 0) FROM files f "
+            "LEFT JOIN chunks c ON c.file_id = f.id WHERE f.path = %s GROUP BY f.id", (display_path(path),)
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute("DELETE FROM files WHERE id = %s", (row[0],))
+        return int(row[1]), int(row[2]), int(row[3])
+
+    # --- reading -------------------------------------------------------------------------
+    def term_chunks(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
+        """Counted from the postings' primary key, remembered until the next write (common words
+        recur in every question)."""
+        if not terms:
+            return {}, 0
+        with self._conn() as conn:
+            generation, removals, total, *_ = self._state(conn)
+            with self._lock:
+                if self._count_state != (generation, removals):
+                    self._term_counts.clear()
+                    self._count_state = (generation, removals)
+                if len(self._term_counts) > 100_000:  # bounded: a server sees endless new words
+                    self._term_counts.clear()
+                todo = [t for t in dict.fromkeys(terms) if t not in self._term_counts]
+            if todo:
+                found = dict(conn.execute("SELECT term, count(*) FROM postings WHERE term = ANY(%s) GROUP BY term", (todo,)).fetchall())
+                with self._lock:
+                    self._term_counts.update((t, found.get(t, 0)) for t in todo)
+            with self._lock:
+                return {t: self._term_counts.get(t, 0) for t in terms}, total
+
+    def bm25(self, terms: Sequence[str], limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        terms = list(dict.fromkeys(terms))
+        counts, total = self.term_chunks(terms)
+        # FTS5's idf, floored the same way (sqlite/ext/fts5/fts5_aux.c)
+        idf = {t: max(math.log((total - n + 0.5) / (n + 0.5)), 0.0) or 1e-6 for t, n in counts.items() if n}
+        if not idf:
+            return []
+        only = "" if allowed is None else "WHERE p.chunk_id = ANY(%(allowed)s)"
+        query = f"""
+            WITH w(term, idf) AS (SELECT * FROM unnest(%(terms)s::text[], %(idf)s::float8[])),
+                 s AS (SELECT tokens::float8 / GREATEST(chunks, 1) AS avgdl FROM state)
+            SELECT p.chunk_id, sum(w.idf * p.tf * {K1 + 1} / (p.tf + {K1} * ({1 - B} + {B} * p.dl / s.avgdl))) AS score
+            FROM postings p JOIN w ON p.term = w.term CROSS JOIN s {only}
+            GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT %(limit)s"""
+        params = {"terms": list(idf), "idf": list(idf.values()), "limit": limit, "allowed": list(allowed or ())}
+        with self._conn() as conn:
+            return [(int(i), float(s)) for i, s in conn.execute(query, params).fetchall()]
+
+    def dense_scores(self, vector: np.ndarray, allowed: set[int] | None = None):
+        """Up to EXACT_VECTORS vectors (or under a path filter) every chunk is scored in one scan:
+        the same DenseScores the SQLite engine makes. Past it, _IndexedScores: the HNSW index's
+        candidates, exact cosines for the chunks fusion asks about, and the z-score's mean and
+        spread estimated on a fixed random sample of SPREAD_SAMPLE chunks."""
+        import numpy as np
+
+        vector = np.asarray(vector, np.float32)
+        if allowed is None and self._state()[4] > EXACT_VECTORS:
+            return _IndexedScores(self, vector)
+        return self._exact(vector, None if allowed is None else list(allowed))
+
+    def _exact(self, vector: np.ndarray, ids: list[int] | None) -> DenseScores:
+        import numpy as np
+
+        only = "" if ids is None else "WHERE chunk_id = ANY(%s)"
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT chunk_id, max(-(embedding <#> %s)) FROM vectors {only} GROUP BY chunk_id ORDER BY chunk_id",
+                                (vector,) if ids is None else (vector, ids)).fetchall()
+        return DenseScores(np.fromiter((r[0] for r in rows), np.int64, len(rows)), np.fromiter((r[1] for r in rows), np.float32, len(rows)))
+
+    def _spread_sample(self) -> list[int]:
+        total = self._state()[2]
+        with self._lock:
+            if self._sample is not None and abs(self._sample[0] - total) <= 0.1 * total:
+                return self._sample[1]
+        with self._conn() as conn:
+            conn.execute("SELECT setseed(0.24)")  # the same sample for the same chunks: scores repeat
+            ids = [r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY random() LIMIT %s", (SPREAD_SAMPLE,))]
+        with self._lock:
+            self._sample = (total, ids)
+        return ids
+
+    def vectors(self) -> Vectors:
+        import numpy as np
+
+        dim = self.dimension
+        with self._conn() as conn:
+            rows = conn.execute("SELECT chunk_id, embedding FROM vectors ORDER BY chunk_id, ord").fetchall()
+        owners = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        matrix = np.stack([_array(r[1]) for r in rows]) if rows else np.zeros((0, dim), np.float32)
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
+        return Vectors(owners[starts], matrix, starts.astype(np.int64))
+
+    def chunk_ids_under(self, path: str) -> set[int]:
+        path = display_path(path)
+        like = path.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+        with self._conn() as conn:
+            rows = conn.execute("SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path = %s OR f.path LIKE %s",
+                                (path.rstrip("/"), like)).fetchall()
+        return {r[0] for r in rows}
+
+    def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
+        if not ids:
+            return {}
+        with self._conn() as conn:
+            rows = conn.execute("SELECT c.id, f.path, c.section, c.text, c.page, c.line_start, c.line_end FROM chunks c "
+                                "JOIN files f ON f.id = c.file_id WHERE c.id = ANY(%s)", (list(map(int, ids)),)).fetchall()
+        return {row[0]: StoredChunk(*row) for row in rows}
+
+    def file_chunks(self, path: str) -> tuple[list[TextChunk], list[np.ndarray]]:
+        import numpy as np
+
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT c.text, c.section, c.line_start, c.line_end, c.page, array_agg(v.embedding ORDER BY v.ord) FROM chunks c "
+                "JOIN files f ON f.id = c.file_id JOIN vectors v ON v.chunk_id = c.id WHERE f.path = %s GROUP BY c.id ORDER BY c.ord",
+                (display_path(path),)).fetchall()
+        return [TextChunk(*r[:5]) for r in rows], [np.stack([_array(v) for v in r[5]]) for r in rows]
+
+    def stats(self) -> dict:
+        with self._conn() as conn:
+            files, chunks = conn.execute("SELECT count(*), COALESCE(sum(chunks), 0) FROM files").fetchone()
+            vectors = self._state(conn)[4]
+            size = conn.execute("SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n "
+                                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'", (self._search_path[0],)).fetchone()[0]
+        return {"name": self.name, "path": self.location.shown, "files": files, "chunks": int(chunks), "vectors": int(vectors),
+                "embedder": self.embedder_name, "dimension": self.dimension, "bytes": int(size)}
+
+
+def _array(vector) -> np.ndarray:
+    """pgvector's Vector (what psycopg reads back) as a float32 row."""
+    import numpy as np
+
+    return np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, np.float32)
+
+
+class _IndexedScores:
+    """Dense scores past EXACT_VECTORS (see PostgresKnowledgeBase.dense_scores): the DenseScores
+    interface, each part asked of the database when fusion needs it."""
+
+    def __init__(self, kb: PostgresKnowledgeBase, vector: np.ndarray):
+        self.kb, self.vector = kb, vector
+
+    def top(self, limit: int) -> list[tuple[int, float]]:
+        # several windows of one chunk may come first: ask for more rows than chunks wanted
+        rows_wanted = min(max(4 * limit, 40), 1000)
+        with self.kb._conn() as conn:
+            conn.execute(f"SET LOCAL hnsw.ef_search = {int(rows_wanted)}")
+            rows = conn.execute("SELECT chunk_id, -(embedding <#> %s) FROM vectors ORDER BY embedding <#> %s LIMIT %s",
+                                (self.vector, self.vector, rows_wanted)).fetchall()
+        best: dict[int, float] = {}
+        for chunk_id, score in rows:
+            best[chunk_id] = max(best.get(chunk_id, -math.inf), float(score))
+        return sorted(best.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    def of(self, chunk_ids: list[int]) -> dict[int, float]:
+        scores = self.kb._exact(self.vector, list(map(int, chunk_ids)))
+        return {int(i): float(s) for i, s in zip(scores.ids, scores.scores)}
+
+    def spread(self) -> tuple[float, float]:
+        return self.kb._exact(self.vector, self.kb._spread_sample()).spread()
