@@ -164,6 +164,40 @@ def remove(name: KbArg, yes: Yes = False) -> None:
     print(f"removed {remove_kb(name)}")
 
 
+def export(
+    name: KbArg,
+    file: Annotated[str, typer.Argument(help="The file to write (a SQLite knowledge base; must not exist).")],
+    as_json: AsJson = False,
+) -> None:
+    """Copy a knowledge base (SQLite or PostgreSQL) into one portable file: every chunk, source and vector."""
+    from pathlib import Path
+
+    from kecil.rag.transfer import export_kb
+
+    _print_transfer(export_kb(name, Path(file)), as_json)
+
+
+def import_(
+    file: Annotated[str, typer.Argument(help="A file `kecil rag export` wrote (or any SQLite knowledge base).")],
+    kb: KbName,
+    as_json: AsJson = False,
+) -> None:
+    """Copy a portable file into a knowledge base (made if missing), e.g. --kb postgresql://USER@HOST/DATABASE."""
+    from pathlib import Path
+
+    from kecil.rag.transfer import import_kb
+
+    _print_transfer(import_kb(Path(file), kb), as_json)
+
+
+def _print_transfer(report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.__dict__))
+        return
+    print(f"{report.source} -> {report.target}: {report.files} files copied ({report.chunks} chunks, {report.vectors} vectors), "
+          f"{report.unchanged} already there, in {report.seconds:.1f} s")
+
+
 @config_options(AskConfig, build=False, only=("k", "max_tokens", "draft"), into="options")
 def ask(
     question: Annotated[str, typer.Argument(help="The question; '-' reads it from stdin.")],
@@ -239,6 +273,7 @@ def _answering_limits(model: str | None) -> str | None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(rag_app, name="rag")
-    for name, command in (("ingest", ingest), ("search", search), ("eval", evaluate), ("list", list_kbs), ("stats", stats), ("remove", remove)):
+    for name, command in (("ingest", ingest), ("search", search), ("eval", evaluate), ("list", list_kbs), ("stats", stats), ("remove", remove),
+                          ("export", export), ("import", import_)):
         rag_app.command(name)(command)
     app.command()(ask)

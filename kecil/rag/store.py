@@ -157,6 +157,16 @@ def remove_kb(kb: str) -> str:
     return _engine(location).remove(location)
 
 
+def open_file(path, *, create: bool = False, embedder: str | None = None, dimension: int | None = None) -> KnowledgeBase:
+    """The knowledge base in one portable file (`kecil rag export` writes it): a SQLite store,
+    whatever engine the knowledge base came from or goes to."""
+    from pathlib import Path
+
+    from kecil.rag.store_sqlite import SQLiteKnowledgeBase
+
+    return SQLiteKnowledgeBase.open_path(Path(path), create=create, embedder=embedder, dimension=dimension)
+
+
 def missing_message(kb: str) -> str:
     location = locate(kb)
     if location.engine == "sqlite":
