@@ -118,7 +118,8 @@ def _postgres_location(url: str, name: str | None = None) -> Location:
         raise ConfigError(f"knowledge base name {name[:20]!r}... is too long for PostgreSQL: use at most 57 characters")
     check_name(name)
     query = urlencode([(k, v) for k, v in params if k != "kb"])
-    conninfo = parts._replace(query=query, fragment="").geturl()
+    # written out, not urlunsplit: that drops the "//" of an empty host (postgresql:///db), which libpq misreads
+    conninfo = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     host = parts.hostname or ""
     user = f"{unquote(parts.username)}@" if parts.username else ""
     port = f":{parts.port}" if parts.port else ""

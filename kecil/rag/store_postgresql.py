@@ -52,11 +52,13 @@ CREATE TABLE chunks (id bigserial PRIMARY KEY, file_id bigint NOT NULL REFERENCE
     section text NOT NULL, text text NOT NULL, page integer, line_start integer NOT NULL, line_end integer NOT NULL,
     terms integer NOT NULL, vectors integer NOT NULL);
 CREATE INDEX chunks_by_file ON chunks (file_id);
--- tf: the term's count in the chunk; dl: the chunk's length in terms (FTS5's D), kept here so BM25 reads one table
-CREATE TABLE postings (term text NOT NULL, chunk_id bigint NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+-- tf: the term's count in the chunk; dl: the chunk's length in terms (FTS5's D), kept here so BM25 reads one table.
+-- No foreign keys on postings and vectors: a check per row took a third of a file's write time;
+-- _delete_file removes them with their chunks.
+CREATE TABLE postings (term text NOT NULL, chunk_id bigint NOT NULL,
     tf integer NOT NULL, dl integer NOT NULL, PRIMARY KEY (term, chunk_id));
 CREATE INDEX postings_by_chunk ON postings (chunk_id);
-CREATE TABLE vectors (chunk_id bigint NOT NULL REFERENCES chunks (id) ON DELETE CASCADE, ord integer NOT NULL,
+CREATE TABLE vectors (chunk_id bigint NOT NULL, ord integer NOT NULL,
     embedding vector({dim}) NOT NULL, PRIMARY KEY (chunk_id, ord));
 """,
 }
@@ -317,15 +319,17 @@ class PostgresKnowledgeBase(KnowledgeBase):
 
     @staticmethod
     def _delete_file(conn, path: str) -> tuple[int, int, int] | None:
-        """Delete the file (its chunks, postings and vectors go by cascade): the (chunks, terms,
-        vectors) it had, or None when it was not there."""
+        """Delete the file with its chunks, postings and vectors: the (chunks, terms, vectors) it
+        had, or None when it was not there."""
         row = conn.execute(
             "SELECT f.id, count(c.id), COALESCE(sum(c.terms), 0), COALESCE(sum(c.vectors), 0) FROM files f "
             "LEFT JOIN chunks c ON c.file_id = f.id WHERE f.path = %s GROUP BY f.id", (display_path(path),)
         ).fetchone()
         if row is None:
             return None
-        conn.execute("DELETE FROM files WHERE id = %s", (row[0],))
+        for table in ("postings", "vectors"):
+            conn.execute(f"DELETE FROM {table} WHERE chunk_id IN (SELECT id FROM chunks WHERE file_id = %s)", (row[0],))
+        conn.execute("DELETE FROM files WHERE id = %s", (row[0],))  # its chunks by cascade
         return int(row[1]), int(row[2]), int(row[3])
 
     # --- reading -------------------------------------------------------------------------

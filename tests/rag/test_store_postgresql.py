@@ -61,7 +61,7 @@ def test_a_database_without_pgvector_says_what_to_install(postgres_cluster):
     assert "\n" not in str(caught.value) and "CREATE EXTENSION vector" in str(caught.value)
 
 
-def test_credentials_come_from_the_pg_variables(postgres_cluster, monkeypatch):
+def test_credentials_come_from_the_pg_variables(postgres_cluster, postgres_url, monkeypatch):
     url = postgres_cluster.url("kecil_tests").replace("kecil@", "") + "&kb=from-env"  # no user in the URL
     monkeypatch.setenv("PGUSER", "nobody-here")
     with pytest.raises(StoreUnavailableError, match="nobody-here"):
