@@ -33,7 +33,9 @@ class Engine:
 
             from kecil.rag.kb_names import kb_path
 
-            db = sqlite3.connect(kb_path(kb))
+            if not kb_path(kb).exists():  # connecting would make an empty file, which an ingest would then refuse
+                return dict.fromkeys(COUNTED, 0)
+            db = sqlite3.connect(f"file:{kb_path(kb)}?mode=ro", uri=True)
             try:
                 return dict(zip(COUNTED, (db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("files", "chunks", "vectors", "chunks_fts"))))
             except sqlite3.OperationalError:  # created a moment ago, tables not there yet
