@@ -132,14 +132,16 @@ def test_two_processes_ingesting_and_one_searching_lose_nothing(tmp_path, postgr
                 assert len(hits) == 1 and f"{side}{i:02d}x" in hits[0].chunk.text and hits[0].chunk.path in files
 
 
-def test_past_the_exact_size_the_hnsw_index_finds_what_exact_search_finds(squad_kb, embedder, monkeypatch, engine):
-    if engine.name != "postgresql":
-        pytest.skip("the HNSW index is PostgreSQL's")
+def test_past_the_exact_size_the_hnsw_index_finds_what_exact_search_finds(squad_sqlite, postgres_url, embedder, monkeypatch):
     from kecil.rag import store_postgresql
     from kecil.rag.evaluate import evaluate
+    from kecil.rag.kb_names import kb_path
+    from kecil.rag.transfer import import_kb
 
-    name, _, items = squad_kb
-    with Retriever(name, embedder=embedder) as retriever:
+    name, _, items = squad_sqlite
+    url = f"{postgres_url}&kb=hnsw"
+    import_kb(kb_path(name), url)
+    with Retriever(url, embedder=embedder) as retriever:
         exact = {m: evaluate(retriever, items, SearchConfig(k=5, method=m)) for m in ("dense", "hybrid")}
         monkeypatch.setattr(store_postgresql, "EXACT_VECTORS", 0)
         retriever.kb._index_when_large()  # what the write that crosses the size does
