@@ -74,7 +74,7 @@ class PostgresKnowledgeBase(KnowledgeBase):
         self._lock = threading.Lock()
         self._count_state: tuple[int, int] | None = None
         self._term_counts: dict[str, int] = {}
-        self._sample: tuple[int, list[int]] | None = None  # (chunks then, chunk ids) for the spread estimate
+        self._sample: tuple[int, Vectors] | None = None  # (chunks then, their vectors) for the spread estimate
         self._has_index = False
         self._pool = ConnectionPool(location.conninfo, min_size=1, max_size=POOL_SIZE, kwargs={"connect_timeout": 10},
                                     configure=self._configure, open=True, timeout=60, name=f"kecil-{location.name}")
@@ -271,24 +271,33 @@ class PostgresKnowledgeBase(KnowledgeBase):
                                 (vector,) if ids is None else (vector, ids)).fetchall()
         return DenseScores(np.fromiter((r[0] for r in rows), np.int64, len(rows)), np.fromiter((r[1] for r in rows), np.float32, len(rows)))
 
-    def _spread_sample(self) -> list[int]:
+    def _spread_sample(self) -> Vectors:
+        """The vectors of SPREAD_SAMPLE random chunks, kept in memory (a few MB) until the
+        knowledge base has grown or shrunk by a tenth: each query's spread is then one small
+        product here, not a query."""
         total = self._state()[2]
         with self._lock:
             if self._sample is not None and abs(self._sample[0] - total) <= 0.1 * total:
                 return self._sample[1]
         with self._conn() as conn:
             conn.execute("SELECT setseed(0.24)")  # the same sample for the same chunks: scores repeat
-            ids = [r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY random() LIMIT %s", (SPREAD_SAMPLE,))]
+            rows = conn.execute("SELECT chunk_id, embedding FROM vectors WHERE chunk_id IN "
+                                "(SELECT id FROM chunks ORDER BY random() LIMIT %s) ORDER BY chunk_id, ord", (SPREAD_SAMPLE,)).fetchall()
+        sample = self._as_vectors(rows)
         with self._lock:
-            self._sample = (total, ids)
-        return ids
+            self._sample = (total, sample)
+        return sample
 
     def vectors(self) -> Vectors:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT chunk_id, embedding FROM vectors ORDER BY chunk_id, ord").fetchall()
+        return self._as_vectors(rows)
+
+    def _as_vectors(self, rows) -> Vectors:
+        """(chunk id, vector) rows in chunk id order as one matrix."""
         import numpy as np
 
         dim = self.dimension
-        with self._conn() as conn:
-            rows = conn.execute("SELECT chunk_id, embedding FROM vectors ORDER BY chunk_id, ord").fetchall()
         owners = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         matrix = np.stack([_array(r[1]) for r in rows]) if rows else np.zeros((0, dim), np.float32)
         starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, np.int64)
@@ -361,4 +370,11 @@ class _IndexedScores:
         return {int(i): float(s) for i, s in zip(scores.ids, scores.scores)}
 
     def spread(self) -> tuple[float, float]:
-        return self.kb._exact(self.vector, self.kb._spread_sample()).spread()
+        import numpy as np
+
+        from kecil.rag.dense import similarities
+
+        sample = self.kb._spread_sample()
+        if not len(sample.ids):
+            return 0.0, 1.0
+        return DenseScores(sample.ids, sample.best(similarities(np.ascontiguousarray(sample.matrix), self.vector))).spread()
