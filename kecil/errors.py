@@ -79,6 +79,11 @@ class KnowledgeBaseError(KecilError):
     """A RAG knowledge base is missing, was built with another embedding model, or is damaged."""
 
 
+class StoreUnavailableError(KnowledgeBaseError):
+    """A knowledge base's database server cannot be reached or refused the work (connection lost,
+    disk full): every file would fail alike, so an ingest stops instead of skipping one."""
+
+
 class RedactionError(KecilError):
     """Private values could not be redacted for certain (a detector failed, a value would remain):
     nothing was sent anywhere. The message never quotes the text."""

@@ -52,3 +52,25 @@ def tiny_hf_model(tmp_path_factory) -> TinyModels:
     `tiny_hf_model.get(arch).parameters` is the parameter count of the module that was saved.
     """
     return TinyModels(tmp_path_factory.mktemp("tiny_hf_models"))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster with pgvector on a Unix socket, one per session (a start
+    is a few seconds), stopped and deleted at the end; skipped, with the reason, where no
+    PostgreSQL with pgvector is installed (`make setup` installs one)."""
+    from tests.postgres_cluster import find_binaries, start
+
+    bin_dir, why = find_binaries()
+    if bin_dir is None:
+        pytest.skip(why)
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'kecil[postgres]'")
+    cluster = start(bin_dir)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """A database in the session's cluster for knowledge bases (`…&kb=NAME` picks one)."""
+    return postgres_cluster.create_database("kecil_tests")

@@ -17,8 +17,8 @@ from kecil.rag.ingest import IngestConfig
 from kecil.rag.retrieve import SearchConfig
 
 rag_app = typer.Typer(help="Knowledge bases of your documents: ingest, search, evaluate, and `kecil ask` them.", no_args_is_help=True)
-KbName = Annotated[str, typer.Option("--kb", help="Knowledge base name (kept under $KECIL_HOME/kb).")]
-KbArg = Annotated[str, typer.Argument(help="Knowledge base name.")]
+KbName = Annotated[str, typer.Option("--kb", help="Knowledge base: a name (a SQLite file under $KECIL_HOME/kb, or in $KECIL_RAG_STORE when set) or a postgresql://USER@HOST/DATABASE URL.")]
+KbArg = Annotated[str, typer.Argument(help="Knowledge base: a name or a postgresql:// URL.")]
 Rerank = Annotated[bool, typer.Option("--rerank", help="Reorder the best 10 candidates by how likely the language model finds the question after each (slower; see docs/benchmarks.md).")]
 
 
@@ -47,7 +47,7 @@ def ingest(options: dict[str, Any], chunking: ChunkConfig, kb: KbName, as_json: 
         err(f"skipped {path}: {reason}")
     # The rate means nothing for a handful of chunks (it would round to 0 or read as a speed claim).
     rate = f" ({report.chunks / report.seconds:.0f} chunks/s)" if report.chunks >= 20 and report.seconds > 0 else ""
-    print(f"{kb}: {len(report.added)} files added, {len(report.updated)} updated, {report.unchanged} unchanged, "
+    print(f"{report.kb}: {len(report.added)} files added, {len(report.updated)} updated, {report.unchanged} unchanged, "
           f"{len(report.removed)} removed, {len(report.skipped)} skipped; {report.chunks} chunks written in {report.seconds:.1f} s{rate}")
     if report.other_types:
         print(f"{report.other_types} files of other types were left out")
@@ -130,8 +130,7 @@ def evaluate(
 
 def list_kbs(as_json: AsJson = False) -> None:
     """The knowledge bases on this machine."""
-    from kecil.rag.kb_names import list_kbs as names
-    from kecil.rag.store import KnowledgeBase
+    from kecil.rag.store import KnowledgeBase, list_kbs as names
 
     found = names()
     if not found and not as_json:
@@ -157,13 +156,46 @@ def stats(name: KbArg, as_json: AsJson = False) -> None:
 
 def remove(name: KbArg, yes: Yes = False) -> None:
     """Delete a knowledge base (its documents on disk are not touched). Asks first; --yes when not on a terminal."""
-    from kecil.rag.kb_names import kb_path, remove_kb
+    from kecil.rag.store import kb_exists, locate, remove_kb
 
-    path = kb_path(name)
-    if not path.exists():
+    if not kb_exists(name):
         remove_kb(name)  # raises the error that lists the knowledge bases there are
-    confirm(f"remove the knowledge base {name!r} ({path})", yes=yes)
+    confirm(f"remove the knowledge base {name!r} ({locate(name).shown})", yes=yes)
     print(f"removed {remove_kb(name)}")
+
+
+def export(
+    name: KbArg,
+    file: Annotated[str, typer.Argument(help="The file to write (a SQLite knowledge base; must not exist).")],
+    as_json: AsJson = False,
+) -> None:
+    """Copy a knowledge base (SQLite or PostgreSQL) into one portable file: every chunk, source and vector."""
+    from pathlib import Path
+
+    from kecil.rag.transfer import export_kb
+
+    _print_transfer(export_kb(name, Path(file)), as_json)
+
+
+def import_(
+    file: Annotated[str, typer.Argument(help="A file `kecil rag export` wrote (or any SQLite knowledge base).")],
+    kb: KbName,
+    as_json: AsJson = False,
+) -> None:
+    """Copy a portable file into a knowledge base (made if missing), e.g. --kb postgresql://USER@HOST/DATABASE."""
+    from pathlib import Path
+
+    from kecil.rag.transfer import import_kb
+
+    _print_transfer(import_kb(Path(file), kb), as_json)
+
+
+def _print_transfer(report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.__dict__))
+        return
+    print(f"{report.source} -> {report.target}: {report.files} files copied ({report.chunks} chunks, {report.vectors} vectors), "
+          f"{report.unchanged} already there, in {report.seconds:.1f} s")
 
 
 @config_options(AskConfig, build=False, only=("k", "max_tokens", "draft"), into="options")
@@ -241,6 +273,7 @@ def _answering_limits(model: str | None) -> str | None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(rag_app, name="rag")
-    for name, command in (("ingest", ingest), ("search", search), ("eval", evaluate), ("list", list_kbs), ("stats", stats), ("remove", remove)):
+    for name, command in (("ingest", ingest), ("search", search), ("eval", evaluate), ("list", list_kbs), ("stats", stats), ("remove", remove),
+                          ("export", export), ("import", import_)):
         rag_app.command(name)(command)
     app.command()(ask)

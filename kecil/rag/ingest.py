@@ -24,7 +24,6 @@ because the windows do not overlap and together hold the chunk's tokens once.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ from kecil.errors import ConfigError
 from kecil.rag.chunking import ChunkConfig, TextChunk, chunk_blocks, index_text, sentence_windows
 from kecil.rag.language import ENGLISH, MULTILINGUAL, suggested_embedder
 from kecil.rag.loaders import UnreadableFile, load, supported_suffixes
-from kecil.rag.kb_names import check_name, display_path, kb_path
-from kecil.rag.store import KnowledgeBase
+from kecil.rag.kb_names import display_path
+from kecil.rag.store import KnowledgeBase, check_location, kb_exists, locate
 
 if TYPE_CHECKING:
     from kecil.infer.embeddings import Embedder
@@ -70,7 +69,7 @@ class IngestConfig:
                 "(default: the measured best for the embedder; 0: one vector per chunk)."})
 
     def __post_init__(self) -> None:
-        check_name(self.kb)
+        check_location(self.kb)
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be above 0, got {self.max_file_mb}")
         if self.batch_size < 1 or self.commit_chunks < 1:
@@ -133,10 +132,10 @@ def ingest(config: IngestConfig, *, embedder: Embedder | None = None, progress: 
     folder = config.folder.expanduser().resolve()
     if not folder.exists():
         raise ConfigError(f"{config.folder} does not exist: give the folder of documents to ingest")
-    report = IngestReport(config.kb)
+    report = IngestReport(locate(config.kb).shown)  # a URL without its password
     paths, report.other_types = _candidates(folder)
 
-    kb = KnowledgeBase.open(config.kb, embedder=config.embedder) if kb_path(config.kb).exists() else None
+    kb = KnowledgeBase.open(config.kb, embedder=config.embedder) if kb_exists(config.kb) else None
     owned: Embedder | None = None
     try:
         stored = kb.files() if kb else {}
@@ -268,7 +267,7 @@ def _commit(kb: KnowledgeBase, embedder: Embedder, pending: list[_Pending], conf
         mine, at = vectors[at : at + len(item.chunks)], at + len(item.chunks)
         try:
             kb.replace_file(item.path, item.sha256, item.size, item.mtime_ns, item.chunks, mine)
-        except sqlite3.OperationalError:
+        except kb.fatal_errors:
             raise  # the store itself (disk full, locked): not one file's fault, every file would fail
         except Exception as exc:  # noqa: BLE001 - this file's rows were refused; its transaction rolled back
             report.skipped.append((display_path(item.path), _failure(exc)))

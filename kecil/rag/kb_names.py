@@ -1,5 +1,5 @@
-"""Where knowledge bases live and what they and the files in them are called: a base is one
-SQLite file under $KECIL_HOME/kb named after it (store.py reads and writes it)."""
+"""What knowledge bases and the files in them are called, and where the SQLite engine keeps a
+base: one file under $KECIL_HOME/kb named after it (store_sqlite.py; store.py picks the engine)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from kecil.errors import ConfigError, KnowledgeBaseError
+from kecil.errors import ConfigError
 from kecil.paths import kecil_home, private_dir
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -40,24 +40,3 @@ def check_name(name: str) -> str:
 
 def kb_path(name: str) -> Path:
     return kb_dir() / f"{check_name(name)}.sqlite"
-
-
-def list_kbs() -> list[str]:
-    return sorted(p.stem for p in kb_dir().glob("*.sqlite"))
-
-
-def remove_kb(name: str) -> Path:
-    path = kb_path(name)
-    if not path.exists():
-        raise KnowledgeBaseError(missing_message(name))
-    for extra in ("", "-wal", "-shm"):
-        Path(f"{path}{extra}").unlink(missing_ok=True)
-    return path
-
-
-def missing_message(name: str) -> str:
-    known = list_kbs()
-    return (
-        f"there is no knowledge base named {name!r} (known: {', '.join(known) or 'none'}): "
-        f"create it with `kecil rag ingest DIR --kb {name}`"
-    )

@@ -1,4 +1,4 @@
-"""Retrieval: BM25 (SQLite FTS5), dense (embedding dot product) and the two fused, either by a
+"""Retrieval: BM25 (the store's: SQLite FTS5 or PostgreSQL postings, same scores), dense (embedding dot product) and the two fused, either by a
 convex combination of normalised scores (Bruch et al. 2023, https://arxiv.org/abs/2210.11934) or
 by weighted reciprocal rank (Cormack et al. 2009, https://doi.org/10.1145/1571941.1572114).
 
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kecil.errors import ConfigError
+from kecil.rag.dense import DenseScores, similarities  # noqa: F401 - similarities: bench/rag.py and tests use it here
 from kecil.rag.store import KnowledgeBase, StoredChunk
-from kecil.rag.tokenise import fts_match, query_terms
+from kecil.rag.tokenise import query_terms
 
 if TYPE_CHECKING:
     import numpy as np
@@ -170,8 +171,8 @@ class Retriever:
     def bm25(self, query: str, limit: int, allowed: set[int] | None = None, *, common: float | None = None) -> list[tuple[int, float]]:
         # Under a path filter every term stays: the common ones may be all the chosen files share with the query.
         common = 1.0 if allowed is not None else COMMON_SHARE if common is None else common
-        match = fts_match(self.selective_terms(query, common))
-        return self.kb.bm25(match, limit, allowed) if match else []
+        terms = self.selective_terms(query, common)
+        return self.kb.bm25(terms, limit, allowed) if terms else []
 
     def selective_terms(self, query: str, common: float) -> list[str]:
         """The query's terms without those in more than `common` of the chunks. FTS5 scores
@@ -188,18 +189,9 @@ class Retriever:
         return self.dense_scores(query, allowed).top(limit)
 
     def dense_scores(self, query: str, allowed: set[int] | None = None) -> DenseScores:
-        """The query's cosine similarity to every chunk: to the best of the chunk's vectors (one
-        product over the whole matrix, then the best row of each chunk)."""
-        import numpy as np
-
-        vectors = self.kb.vectors()
-        ids = vectors.ids
-        if not len(ids):
-            return DenseScores(ids, np.zeros(0, np.float32))
-        scores = vectors.best(similarities(vectors.matrix, self.query_vector(query)))
-        if allowed is not None:
-            scores = np.where(np.isin(ids, np.fromiter(allowed, np.int64, len(allowed))), scores, -np.inf)
-        return DenseScores(ids, scores)
+        """The query's cosine similarity to every chunk: to the best of the chunk's vectors (the
+        store computes it: SQLite as one product over its matrix, PostgreSQL with pgvector)."""
+        return self.kb.dense_scores(self.query_vector(query), allowed)
 
     def query_vector(self, query: str) -> np.ndarray:
         vector = self._query_vectors.get(query)
@@ -246,51 +238,6 @@ class Retriever:
     def _hits(self, ranked: list[tuple[int, float, int | None, int | None]], similarity: dict[int, float]) -> list[Hit]:
         chunks = self.kb.chunks([r[0] for r in ranked])
         return [Hit(chunks[i], s, b, d, similarity.get(i)) for i, s, b, d in ranked if i in chunks]
-
-
-def similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """matrix @ vector, computed by torch rather than numpy. numpy's OpenBLAS and torch (which
-    just embedded the query) each keep their own pool of threads that spin while idle; on a
-    2-core machine the two pools took turns stalling each other, which put the dense p95 at
-    150 ms for a 10 ms product (docs/benchmarks.md). One pool for both keeps it at ~20 ms."""
-    import torch
-
-    return torch.mv(torch.from_numpy(matrix), torch.from_numpy(vector)).numpy()
-
-
-@dataclass(frozen=True)
-class DenseScores:
-    """One query's cosine similarity to every chunk (-inf for chunks a path filter leaves out)."""
-
-    ids: np.ndarray  # chunk ids, ascending (chunk ids are never reused)
-    scores: np.ndarray
-
-    def top(self, limit: int) -> list[tuple[int, float]]:
-        """The best `limit` (chunk id, cosine), best first."""
-        import numpy as np
-
-        limit = min(limit, len(self.ids))
-        if limit < 1:
-            return []
-        top = np.argpartition(-self.scores, limit - 1)[:limit]
-        top = top[np.argsort(-self.scores[top])]
-        return [(int(self.ids[i]), float(self.scores[i])) for i in top if np.isfinite(self.scores[i])]
-
-    def of(self, chunk_ids: list[int]) -> dict[int, float]:
-        """{chunk id: cosine} for those of `chunk_ids` the knowledge base holds."""
-        import numpy as np
-
-        rows = np.searchsorted(self.ids, chunk_ids)
-        return {i: float(self.scores[r]) for i, r in zip(chunk_ids, rows) if r < len(self.ids) and self.ids[r] == i}
-
-    def spread(self) -> tuple[float, float]:
-        """(mean, standard deviation) of the cosines over the chunks searched: what a z-score needs."""
-        import numpy as np
-
-        searched = self.scores[np.isfinite(self.scores)]
-        if len(searched) < 2:
-            return 0.0, 1.0
-        return float(searched.mean(dtype=np.float64)), float(searched.std(dtype=np.float64)) or 1.0
 
 
 def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], config: SearchConfig,

@@ -1,72 +1,37 @@
-"""The knowledge-base store: one SQLite file per knowledge base holding files, chunks, an FTS5
-index for BM25 and the chunk embeddings, searched through an in-memory matrix.
+"""What a knowledge base's store does, whichever engine holds it, and the lookup that picks the
+engine from the knowledge base's location.
 
-A chunk has one or more vectors (one per few-sentence window of it, ingest.py); they sit in one
-BLOB, so a chunk's vectors go in and out with it, and a store written with one vector per chunk
-reads the same way.
-
-A file name that is not UTF-8 (Linux allows any bytes) is kept twice: `path` shows it with the bad
-bytes escaped (`\\xff`), which SQLite, JSON and a terminal all take, and `raw_path` holds its bytes,
-so ingest finds the same file again (kb_names.display_path, files()).
-
-SQLite runs in WAL mode so a search reads while an ingest writes, and every file is replaced in
-one transaction, so an ingest killed midway leaves each file either fully in or fully out.
-Vectors are float32 BLOBs in the same file (the one source of truth) and are searched as a numpy
-matrix loaded once and topped up as rows are added: sqlite-vec cannot be loaded by this Python's
-sqlite3 (built without extension loading), and the matrix product measures well under the
-latency target at 100k chunks (docs/benchmarks.md).
+Two engines share the interface below: SQLite (store_sqlite.py: one file per knowledge base under
+$KECIL_HOME/kb, the default) and PostgreSQL with pgvector (store_postgres.py: one schema per
+knowledge base, for several servers sharing one store or a store that outgrows a file). A
+location that starts with `postgresql://` (or `postgres://`) is PostgreSQL; any other is a name,
+SQLite, unless KECIL_RAG_STORE names a PostgreSQL database, where names then live (a server's
+replicas set it once). Nothing above this module knows which engine answers: ingest, retrieval,
+ask, serve and export/import call only these methods.
 """
 
 from __future__ import annotations
 
+import abc
+import importlib
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from kecil.errors import KnowledgeBaseError
-from kecil.paths import private_file
-from kecil.rag.kb_names import display_path, kb_path, missing_message, raw_path
-from kecil.rag.chunking import TextChunk, index_text
-from kecil.rag.tokenise import fts_document
+from kecil.errors import ConfigError, KnowledgeBaseError
+from kecil.rag.kb_names import check_name
 
 if TYPE_CHECKING:
     import numpy as np
 
-SCHEMA_VERSION = "1"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,          -- absolute, resolved; bytes that are not UTF-8 shown as \\xNN
-    sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    chunks INTEGER NOT NULL,
-    ingested_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so the vector matrix can be topped up
-    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
-    ord INTEGER NOT NULL,
-    section TEXT NOT NULL,
-    text TEXT NOT NULL,
-    page INTEGER,
-    line_start INTEGER NOT NULL,
-    line_end INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks(file_id);
--- embedding: the chunk's vectors, float32 little-endian, one after another (length = n * dimension * 4)
-CREATE TABLE IF NOT EXISTS vectors (chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, embedding BLOB NOT NULL);
--- Terms come pre-tokenised (tokenise.py); `ascii` only splits them at the spaces between them.
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms, tokenize = 'ascii');
--- How many chunks hold each term: lets a query leave out terms in most chunks (retrieve.py).
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab(chunks_fts, 'row');
-"""
+    from kecil.rag.chunking import TextChunk
+    from kecil.rag.dense import DenseScores
+
+SCHEMES = ("postgresql://", "postgres://")
+STORE_VARIABLE = "KECIL_RAG_STORE"
 
 
 @dataclass(frozen=True)
@@ -107,64 +72,130 @@ class StoredChunk:
     end: int
 
 
-class KnowledgeBase:
-    """An open knowledge base. Use `KnowledgeBase.open(name)`; close it (or use `with`)."""
+# --- where a knowledge base lives ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Location:
+    """A knowledge base's place: its engine, its name, and for PostgreSQL the connection string
+    (credentials inside: `shown` is the form without a password, for messages)."""
 
-    def __init__(self, name: str, path: Path, connection: sqlite3.Connection):
-        self.name = name
-        self.path = path
-        self._db = connection
-        self._lock = threading.RLock()  # one connection, shared by a server's threads
-        self._matrix_state: tuple[str, str] | None = None
-        self._vectors: Vectors | None = None
-        self._count_state: tuple[str | None, str | None] | None = None
-        self._count = 0
-        self._term_counts: dict[str, int] = {}  # valid for _count_state
+    engine: str  # "sqlite" or "postgresql"
+    name: str
+    conninfo: str = ""
+    shown: str = ""
 
-    # --- opening -------------------------------------------------------------------------
+
+def locate(kb: str) -> Location:
+    """Where knowledge base `kb` (a name or a postgresql:// URL) lives."""
+    if kb.startswith(SCHEMES):
+        return _postgres_location(kb)
+    store = os.environ.get(STORE_VARIABLE, "").strip()
+    if store:
+        if not store.startswith(SCHEMES):
+            raise ConfigError(f"{STORE_VARIABLE} must be a postgresql://... URL (or unset for SQLite files), not {store[:30]!r}...")
+        return _postgres_location(store, check_name(kb))
+    return Location("sqlite", check_name(kb), shown=kb)
+
+
+def check_location(kb: str) -> str:
+    """`kb` if it is a knowledge-base name or a PostgreSQL URL kecil can use, else a ConfigError."""
+    locate(kb)
+    return kb
+
+
+def _postgres_location(url: str, name: str | None = None) -> Location:
+    """Parse `postgresql://[user[:password]@][host][:port][/database][?params]`. The parameter
+    `kb=NAME` names the knowledge base (default: the database's name); the rest go to libpq."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"the PostgreSQL URL is not valid ({exc}): write it as postgresql://USER@HOST:PORT/DATABASE") from None
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    name = name or next((v for k, v in params if k == "kb"), None) or unquote(parts.path.lstrip("/")) or os.environ.get("PGDATABASE")
+    if not name:
+        raise ConfigError("the PostgreSQL URL names no database: write it as postgresql://USER@HOST:PORT/DATABASE (or set PGDATABASE)")
+    if len(name) > 57:  # the schema kecil_NAME must fit PostgreSQL's 63-byte identifiers
+        raise ConfigError(f"knowledge base name {name[:20]!r}... is too long for PostgreSQL: use at most 57 characters")
+    check_name(name)
+    query = urlencode([(k, v) for k, v in params if k != "kb"])
+    # written out, not urlunsplit: that drops the "//" of an empty host (postgresql:///db), which libpq misreads
+    conninfo = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+    host = parts.hostname or ""
+    user = f"{unquote(parts.username)}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    shown = f"postgresql://{user}{host}{port}{parts.path}?kb={name}"
+    return Location("postgresql", name, conninfo, shown)
+
+
+def _engine(location: Location):
+    """The module of the location's engine; its `open_location`, `exists`, `names`, `remove` do the work."""
+    return importlib.import_module(f"kecil.rag.store_{location.engine}")
+
+
+def open_kb(kb: str, *, create: bool = False, embedder: str | None = None, dimension: int | None = None) -> KnowledgeBase:
+    """Open knowledge base `kb`; with `create`, make it if missing, recording `embedder` and
+    `dimension` (an existing one must have been built with the same embedder)."""
+    location = locate(kb)
+    return _engine(location).open_location(location, create=create, embedder=embedder, dimension=dimension)
+
+
+def kb_exists(kb: str) -> bool:
+    location = locate(kb)
+    return _engine(location).exists(location)
+
+
+def list_kbs() -> list[str]:
+    """The knowledge bases' names: SQLite files here, or those of KECIL_RAG_STORE when it is set."""
+    location = locate("kecil")  # any valid name: where names go
+    return _engine(location).names(location)
+
+
+def remove_kb(kb: str) -> str:
+    """Delete knowledge base `kb`; returns where it was."""
+    location = locate(kb)
+    if not _engine(location).exists(location):
+        raise KnowledgeBaseError(missing_message(kb))
+    return _engine(location).remove(location)
+
+
+def open_file(path, *, create: bool = False, embedder: str | None = None, dimension: int | None = None) -> KnowledgeBase:
+    """The knowledge base in one portable file (`kecil rag export` writes it): a SQLite store,
+    whatever engine the knowledge base came from or goes to."""
+    from pathlib import Path
+
+    from kecil.rag.store_sqlite import SQLiteKnowledgeBase
+
+    return SQLiteKnowledgeBase.open_path(Path(path), create=create, embedder=embedder, dimension=dimension)
+
+
+def missing_message(kb: str) -> str:
+    location = locate(kb)
+    if location.engine == "sqlite":
+        known = ", ".join(list_kbs()) or "none"
+    else:
+        known = "see `kecil rag list`"
+    return (f"there is no knowledge base named {location.name!r} (known: {known}): "
+            f"create it with `kecil rag ingest DIR --kb {location.shown or kb}`")
+
+
+# --- the interface ----------------------------------------------------------------------------
+class KnowledgeBase(abc.ABC):
+    """An open knowledge base. Use `KnowledgeBase.open(location)`; close it (or use `with`).
+
+    Chunk ids are never reused, so a caller may remember them until the next removal."""
+
+    name: str
+    location: Location
+    # Errors of the store itself (disk full, connection lost): every file would fail, so an
+    # ingest stops on them instead of skipping the file at hand.
+    fatal_errors: tuple[type[BaseException], ...] = ()
+
     @classmethod
-    def open(cls, name: str, *, create: bool = False, embedder: str | None = None, dimension: int | None = None) -> KnowledgeBase:
-        """Open knowledge base `name`; with `create`, make it if missing, recording `embedder`
-        and `dimension` (an existing one must have been built with the same embedder)."""
-        path = kb_path(name)
-        if not path.exists() and not create:
-            raise KnowledgeBaseError(missing_message(name))
-        try:
-            db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
-            db.execute("PRAGMA foreign_keys = ON")
-            db.executescript(_SCHEMA)
-            for extra in ("", "-wal", "-shm"):  # SQLite makes them 0644; the WAL and SHM take the main file's mode
-                private_file(Path(f"{path}{extra}"))
-            if "raw_path" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:  # made before it existed
-                try:
-                    db.execute("ALTER TABLE files ADD COLUMN raw_path BLOB")
-                except sqlite3.OperationalError:
-                    pass  # read-only: searching does not need it, and an ingest will say it cannot write
-        except sqlite3.DatabaseError as exc:
-            raise KnowledgeBaseError(f"{path} is not a usable knowledge base ({exc}): remove it with `kecil rag remove {name}` and ingest again") from None
-        kb = cls(name, path, db)
-        stored = kb.meta("embedder")
-        if stored is None:
-            if embedder is None or dimension is None:
-                kb.close()
-                raise KnowledgeBaseError(f"knowledge base {name!r} is empty: ingest documents with `kecil rag ingest DIR --kb {name}`")
-            with kb._write_txn():
-                for key, value in (("schema", SCHEMA_VERSION), ("embedder", embedder), ("dimension", str(dimension)),
-                                   ("created", str(time.time())), ("generation", "0"), ("removals", "0")):
-                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-        elif embedder is not None and embedder != stored:
-            kb.close()
-            raise KnowledgeBaseError(
-                f"knowledge base {name!r} was built with the embedding model {stored}, not {embedder}: "
-                f"leave the embedder option out, or ingest into a new knowledge base"
-            )
-        return kb
+    def open(cls, kb: str, *, create: bool = False, embedder: str | None = None, dimension: int | None = None) -> KnowledgeBase:
+        return open_kb(kb, create=create, embedder=embedder, dimension=dimension)
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def close(self) -> None:  # noqa: B027 - engines with nothing to release keep it
+        pass
 
     def __enter__(self):
         return self
@@ -172,10 +203,27 @@ class KnowledgeBase:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    # --- what it was built with -----------------------------------------------------------
+    @abc.abstractmethod
+    def meta(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def _write_meta(self, values: dict[str, str]) -> None: ...
+
+    def _settle_embedder(self, embedder: str | None, dimension: int | None) -> None:
+        """Record the embedder of a new knowledge base, or refuse another one than it was built with."""
+        stored = self.meta("embedder")
+        if stored is None:
+            if embedder is None or dimension is None:
+                self.close()
+                raise KnowledgeBaseError(f"knowledge base {self.name!r} is empty: ingest documents with `kecil rag ingest DIR --kb {self.location.shown}`")
+            self._write_meta({"embedder": embedder, "dimension": str(dimension), "created": str(time.time())})
+        elif embedder is not None and embedder != stored:
+            self.close()
+            raise KnowledgeBaseError(
+                f"knowledge base {self.name!r} was built with the embedding model {stored}, not {embedder}: "
+                f"leave the embedder option out, or ingest into a new knowledge base"
+            )
 
     @property
     def embedder_name(self) -> str:
@@ -193,180 +241,57 @@ class KnowledgeBase:
                 f"it cannot be searched with {name} ({dimension} dimensions): use {self.embedder_name}, or re-ingest with {name} into a new knowledge base"
             )
 
-    # --- writing -------------------------------------------------------------------------
-    class _write:
-        """BEGIN IMMEDIATE ... COMMIT, bumping the generation the vector matrix is keyed on."""
-
-        def __init__(self, kb: KnowledgeBase, removal: bool = False):
-            self.kb, self.removal = kb, removal
-
-        def __enter__(self):
-            self.kb._lock.acquire()
-            self.kb._db.execute("BEGIN IMMEDIATE")
-            return self.kb._db
-
-        def __exit__(self, kind, value, tb) -> None:
-            db = self.kb._db
-            try:
-                if kind is None:
-                    db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-                    if self.removal:
-                        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'removals'")
-                    db.execute("COMMIT")
-                else:
-                    db.execute("ROLLBACK")
-            finally:
-                self.kb._lock.release()
-
-    def _write_txn(self, removal: bool = False):
-        return KnowledgeBase._write(self, removal)
-
-    def files(self) -> dict[str, FileRecord]:
-        """Every file, by its name as the file system gives it (str with surrogates for non-UTF-8 bytes)."""
-        with self._lock:
-            rows = self._db.execute("SELECT id, COALESCE(raw_path, path), sha256, size, mtime_ns, chunks FROM files").fetchall()
-        records = [FileRecord(row[0], os.fsdecode(row[1]) if isinstance(row[1], bytes) else row[1], *row[2:]) for row in rows]
-        return {r.path: r for r in records}
-
-    def replace_file(self, path: str, sha256: str, size: int, mtime_ns: int, chunks: Sequence[TextChunk], vectors: Sequence[np.ndarray]) -> None:
-        """Put `path` in with its chunks and their vectors, replacing what it had, in one
-        transaction. `vectors[i]` is chunk i's vector, or an (n, dimension) array of its n vectors."""
-        assert len(chunks) == len(vectors)
+    def _check_vectors(self, vectors: Sequence[np.ndarray]) -> None:
         dim = self.dimension
         if any(v.size == 0 or v.size % dim for v in vectors):
             raise ValueError(f"every chunk needs one or more vectors of {dim} numbers")
-        with self._write_txn(removal=True) as db:
-            self._delete_file(db, path)
-            file_id = db.execute(
-                "INSERT INTO files (path, raw_path, sha256, size, mtime_ns, chunks, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (display_path(path), raw_path(path), sha256, size, mtime_ns, len(chunks), time.time()),
-            ).lastrowid
-            for order, (chunk, vector) in enumerate(zip(chunks, vectors)):
-                chunk_id = db.execute(
-                    "INSERT INTO chunks (file_id, ord, section, text, page, line_start, line_end) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (file_id, order, chunk.section, chunk.text, chunk.page, chunk.start, chunk.end),
-                ).lastrowid
-                db.execute("INSERT INTO vectors VALUES (?, ?)", (chunk_id, vector.astype("<f4").tobytes()))
-                db.execute("INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)", (chunk_id, fts_document(index_text(chunk.text, chunk.section))))
 
+    # --- writing --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def files(self) -> dict[str, FileRecord]:
+        """Every file, by its name as the file system gives it (str with surrogates for non-UTF-8 bytes)."""
+
+    @abc.abstractmethod
+    def replace_file(self, path: str, sha256: str, size: int, mtime_ns: int, chunks: Sequence[TextChunk], vectors: Sequence[np.ndarray]) -> None:
+        """Put `path` in with its chunks and their vectors, replacing what it had, in one
+        transaction. `vectors[i]` is chunk i's vector, or an (n, dimension) array of its n vectors."""
+
+    @abc.abstractmethod
     def touch_file(self, path: str, size: int, mtime_ns: int) -> None:
         """The file's bytes are unchanged (same hash) but its timestamp moved: remember the new one."""
-        with self._lock:
-            self._db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, display_path(path)))
 
+    @abc.abstractmethod
     def remove_files(self, paths: Sequence[str]) -> int:
-        if not paths:
-            return 0
-        with self._write_txn(removal=True) as db:
-            return sum(self._delete_file(db, p) for p in paths)
+        """Take these files and their chunks out; how many there were."""
 
-    @staticmethod
-    def _delete_file(db: sqlite3.Connection, path: str) -> int:
-        row = db.execute("SELECT id FROM files WHERE path = ?", (display_path(path),)).fetchone()
-        if row is None:
-            return 0
-        db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", row)
-        db.execute("DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE file_id = ?)", row)
-        db.execute("DELETE FROM chunks WHERE file_id = ?", row)
-        db.execute("DELETE FROM files WHERE id = ?", row)
-        return 1
+    # --- reading --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def bm25(self, terms: Sequence[str], limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score; higher is better) of the chunks holding any of `terms`
+        (tokenise.py's), best first, ties by id; FTS5's scoring (k1 1.2, b 0.75)."""
 
-    # --- reading -------------------------------------------------------------------------
-    def bm25(self, match: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
-        """(chunk id, BM25 score; higher is better) for an FTS5 MATCH expression, best first."""
-        with self._lock:
-            # ORDER BY the bm25() column, not FTS5's `rank`: the same order, but `rank` makes FTS5
-            # copy every match's positions into its own sorter, measured 1.5x slower at 100k chunks.
-            if allowed is None:
-                rows = self._db.execute(
-                    "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY score DESC, rowid LIMIT ?",
-                    (match, limit),
-                ).fetchall()
-            else:  # a filter: rank every match, keep the allowed (rare, and still one index query)
-                rows = [r for r in self._db.execute(
-                    "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY score DESC, rowid", (match,)
-                ) if r[0] in allowed][:limit]
-        return rows
-
+    @abc.abstractmethod
     def term_chunks(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
-        """({term: how many chunks hold it}, how many chunks there are) for `terms`. FTS5 keeps no
-        such count: fts5vocab walks the term's whole list of chunks, ~1 ms for a common word at
-        100k chunks, so the counts are remembered until the next write (common words recur in
-        every question)."""
-        if not terms:
-            return {}, 0
-        with self._lock:
-            state = (self.meta("generation"), self.meta("removals"))
-            if self._count_state != state:
-                self._count = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-                self._term_counts.clear()
-                self._count_state = state
-            known = self._term_counts
-            if len(known) > 100_000:  # bounded: a server sees endless new words
-                known.clear()
-            todo = [t for t in dict.fromkeys(terms) if t not in known]
-            if todo:
-                marks = ",".join("?" * len(todo))
-                found = dict(self._db.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", todo).fetchall())
-                known.update((t, found.get(t, 0)) for t in todo)
-            return {t: known[t] for t in terms}, self._count
+        """({term: how many chunks hold it}, how many chunks there are) for `terms`."""
 
+    @abc.abstractmethod
+    def dense_scores(self, vector: np.ndarray, allowed: set[int] | None = None) -> DenseScores:
+        """The query vector's cosine to the chunks (each chunk's best vector): top, of, spread."""
+
+    @abc.abstractmethod
     def vectors(self) -> Vectors:
-        """Every chunk's vectors, kept in memory and brought up to date cheaply: new chunks are
-        appended; after a removal the matrix is read again."""
-        import numpy as np
+        """Every chunk's vectors, in chunk id order."""
 
-        with self._lock:
-            generation, removals = self.meta("generation"), self.meta("removals")
-            if self._matrix_state == (generation, removals):
-                return self._vectors
-            dim = self.dimension
-            if self._matrix_state is None or self._matrix_state[1] != removals:
-                after, held = 0, Vectors(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
-            else:
-                held = self._vectors
-                after = int(held.ids[-1]) if len(held.ids) else 0
-            rows = self._db.execute("SELECT chunk_id, embedding FROM vectors WHERE chunk_id > ? ORDER BY chunk_id", (after,)).fetchall()
-            if rows:
-                counts = np.fromiter((len(r[1]) // (4 * dim) for r in rows), np.int64, len(rows))
-                new = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(-1, dim)
-                starts = len(held.matrix) + np.concatenate([[0], np.cumsum(counts)[:-1]])
-                held = Vectors(np.concatenate([held.ids, np.fromiter((r[0] for r in rows), np.int64, len(rows))]),
-                               np.concatenate([held.matrix, new]), np.concatenate([held.starts, starts]))
-            self._vectors, self._matrix_state = held, (generation, removals)
-            return held
-
+    @abc.abstractmethod
     def chunk_ids_under(self, path: str) -> set[int]:
         """Ids of the chunks of the file `path`, or of every file in the folder `path`."""
-        path = display_path(path)
-        like = path.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT c.id FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path = ? OR f.path LIKE ? ESCAPE '\\'",
-                (path.rstrip("/"), like),
-            ).fetchall()
-        return {r[0] for r in rows}
 
-    def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT c.id, f.path, c.section, c.text, c.page, c.line_start, c.line_end FROM chunks c "
-                f"JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
-                list(ids),
-            ).fetchall()
-        return {row[0]: StoredChunk(*row) for row in rows}
+    @abc.abstractmethod
+    def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]: ...
 
-    def stats(self) -> dict:
-        with self._lock:
-            files, chunks = self._db.execute("SELECT COUNT(*), COALESCE(SUM(chunks), 0) FROM files").fetchone()
-            # length() of a BLOB comes from its record header: the vectors themselves are not read
-            vector_bytes = self._db.execute("SELECT COALESCE(SUM(length(embedding)), 0) FROM vectors").fetchone()[0]
-            size = sum(Path(f"{self.path}{extra}").stat().st_size for extra in ("", "-wal") if Path(f"{self.path}{extra}").exists())
-        return {
-            "name": self.name, "path": str(self.path), "files": files, "chunks": chunks,
-            "vectors": vector_bytes // (4 * self.dimension) if self.dimension else 0,
-            "embedder": self.embedder_name, "dimension": self.dimension, "bytes": size,
-        }
+    @abc.abstractmethod
+    def file_chunks(self, path: str) -> tuple[list[TextChunk], list[np.ndarray]]:
+        """The file's chunks in order, with each one's vectors (export.py copies them)."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict: ...

@@ -285,10 +285,9 @@ def _check_kb_name(kb: str) -> None:
 
 def _embedder(server, kb: str):
     """The server's own copy of an existing knowledge base's embedder (None: ingest picks one for a new base)."""
-    from kecil.rag.kb_names import kb_path
-    from kecil.rag.store import KnowledgeBase
+    from kecil.rag.store import KnowledgeBase, kb_exists
 
-    if not kb_path(kb).exists():
+    if not kb_exists(kb):
         return None
     with KnowledgeBase.open(kb) as opened:
         return server.pool.any_embedder(opened.embedder_name)

@@ -33,7 +33,7 @@ def wants_rag(body: ChatCompletionRequest) -> bool:
 
 def knowledge_bases() -> list[str]:
     try:
-        from kecil.rag.kb_names import list_kbs
+        from kecil.rag.store import list_kbs
     except ImportError:
         return []
     return list_kbs()

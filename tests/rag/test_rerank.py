@@ -27,8 +27,8 @@ def test_the_passage_that_answers_makes_the_question_likelier(smol):
     assert answering > unrelated
 
 
-def test_rerank_reorders_only_the_candidates_and_keeps_the_rest(squad_kb, embedder, smol):
-    name, _, items = squad_kb
+def test_rerank_reorders_only_the_candidates_and_keeps_the_rest(squad_sqlite, embedder, smol):
+    name, _, items = squad_sqlite
     config = RerankConfig(candidates=4)
     with Retriever(name, embedder=embedder, rerank_model=smol) as retriever:
         plain = retriever.search(items[0].question, SearchConfig(k=6))
@@ -47,8 +47,8 @@ def test_rank_fusion_and_config_checks():
         RerankConfig(candidates=1)
 
 
-def test_cli_search_with_rerank(squad_kb):
-    name, _, _ = squad_kb
+def test_cli_search_with_rerank(squad_sqlite):
+    name, _, _ = squad_sqlite
     done = kecil("rag", "search", "Which team won Super Bowl 50?", "--kb", name, "--k", "3", "--rerank", "--json")
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]

@@ -1,4 +1,5 @@
-"""Retrieval quality on the SQuAD knowledge base (real model, real SQLite), filters, and the CLI."""
+"""Retrieval quality on the SQuAD knowledge base (real model; real SQLite, and real PostgreSQL through
+the `engine` fixture: the same scores from both), filters, and the CLI."""
 
 from __future__ import annotations
 
@@ -55,13 +56,13 @@ def test_convex_fusion_is_bm25_over_its_best_plus_the_cosine_z_score():
     assert [r[0] for r in fuse(bm25, scores.top(2), SearchConfig(fusion="convex", alpha=0.0), scores)] == [1, 2, 3, 4]
 
 
-def test_hybrid_search_computes_one_dense_product(squad_kb, embedder, monkeypatch):
-    from kecil.rag import retrieve
+def test_hybrid_search_computes_one_dense_product(squad_sqlite, embedder, monkeypatch):
+    from kecil.rag import dense
 
     products = []
-    real = retrieve.similarities
-    monkeypatch.setattr(retrieve, "similarities", lambda matrix, vector: products.append(1) or real(matrix, vector))
-    name, _, _ = squad_kb
+    real = dense.similarities
+    monkeypatch.setattr(dense, "similarities", lambda matrix, vector: products.append(1) or real(matrix, vector))
+    name, _, _ = squad_sqlite
     with Retriever(name, embedder=embedder) as retriever:
         for fusion in ("convex", "rrf"):
             products.clear()
@@ -93,8 +94,8 @@ def test_path_filter_keeps_one_file_or_folder(squad_kb, embedder):
         assert retriever.search("the", SearchConfig(k=3, path=str(folder / "nowhere"))) == []
 
 
-def test_cli_search_eval_list_stats_remove(squad_kb, tmp_path):
-    name, _, items = squad_kb
+def test_cli_search_eval_list_stats_remove(squad_sqlite, tmp_path):
+    name, _, items = squad_sqlite
     done = kecil("rag", "search", "Which team won Super Bowl 50?", "--kb", name, "--k", "3", "--json")
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
@@ -162,24 +163,35 @@ def test_dense_scores_are_each_chunks_best_vector(squad_kb, embedder):
         assert [h.similarity for h in hits] == pytest.approx([float(per_chunk[i]) for i in best], abs=1e-5)
 
 
-def test_bm25_order_is_fts5_rank_order(squad_kb, embedder):
+def test_bm25_order_is_fts5_rank_order(squad_kb, squad_sqlite, embedder):
+    """Each engine's BM25 gives FTS5's own ranking (read straight from the SQLite file), and the
+    same scores: PostgreSQL's postings reproduce FTS5's bm25() over the same terms."""
     import sqlite3
 
-    from kecil.rag.tokenise import fts_query
+    from kecil.rag.kb_names import kb_path
+    from kecil.rag.tokenise import fts_query, query_terms
 
     name, _, items = squad_kb
+    reference = sqlite3.connect(kb_path(squad_sqlite[0]))
     with Retriever(name, embedder=embedder) as retriever:
-        db = sqlite3.connect(retriever.kb.path)
         try:
             for item in items[:20]:
-                match = fts_query(item.question)
-                expected = db.execute("SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT 20", (match,)).fetchall()
-                assert [r[0] for r in retriever.kb.bm25(match, 20)] == [r[0] for r in expected], item.question
+                expected = reference.execute("SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT 20",
+                                             (fts_query(item.question),)).fetchall()
+                found = retriever.kb.bm25(query_terms(item.question), 20)
+                chunks = retriever.kb.chunks([i for i, _ in found])
+                assert len(found) == len(expected), item.question
+                assert [s for _, s in found] == pytest.approx([s for _, s in expected], rel=1e-9), item.question
+                assert [chunks[i].text for i, _ in found] == [_text(reference, i) for i, _ in expected], item.question
         finally:
-            db.close()
+            reference.close()
 
 
-def test_term_counts_follow_writes(tmp_path):
+def _text(db, chunk_id: int) -> str:
+    return db.execute("SELECT text FROM chunks WHERE id = ?", (chunk_id,)).fetchone()[0]
+
+
+def test_term_counts_follow_writes(tmp_path, engine):
     import numpy as np
 
     from kecil.rag.chunking import TextChunk
@@ -188,7 +200,7 @@ def test_term_counts_follow_writes(tmp_path):
     def add(kb, path, texts):
         kb.replace_file(path, "0" * 64, 1, 1, [TextChunk(t, "", 1, 1, None) for t in texts], np.eye(len(texts), 4, dtype=np.float32))
 
-    with KnowledgeBase.open("counts", create=True, embedder="test", dimension=4) as kb:
+    with KnowledgeBase.open(engine.kb("counts"), create=True, embedder="test", dimension=4) as kb:
         add(kb, "/a.txt", ["red apple", "green apple", "red car"])
         assert kb.term_chunks(["apple", "red", "blue"]) == ({"apple": 2, "red": 2, "blue": 0}, 3)
         assert kb.term_chunks(["apple"]) == ({"apple": 2}, 3)  # remembered
@@ -222,7 +234,7 @@ def test_fusion_defaults_follow_the_embedding_model_and_explicit_settings_win():
             SearchConfig(**bad)
 
 
-def test_a_chunk_with_several_vectors_is_scored_by_its_best(tmp_path):
+def test_a_chunk_with_several_vectors_is_scored_by_its_best(tmp_path, engine):
     import numpy as np
 
     from kecil.rag.chunking import TextChunk
@@ -230,7 +242,7 @@ def test_a_chunk_with_several_vectors_is_scored_by_its_best(tmp_path):
 
     eye = np.eye(4, dtype=np.float32)
     chunks = [TextChunk(t, "", 1, 1, None) for t in ("first", "second", "third")]
-    with KnowledgeBase.open("several-vectors", create=True, embedder="test", dimension=4) as kb:
+    with KnowledgeBase.open(engine.kb("several-vectors"), create=True, embedder="test", dimension=4) as kb:
         # chunk 1: two vectors; chunk 2: one vector given as a row; chunk 3: three vectors
         kb.replace_file("/a.txt", "0" * 64, 1, 1, chunks, [eye[[0, 1]], eye[2], eye[[3, 3, 0]] * 0.5])
         vectors = kb.vectors()
