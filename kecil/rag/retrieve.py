@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kecil.errors import ConfigError
-from kecil.rag.dense import DenseScores, similarities  # noqa: F401 - similarities: bench/rag.py and tests use it here
+from kecil.rag.dense import DenseScores
 from kecil.rag.store import KnowledgeBase, StoredChunk
 from kecil.rag.tokenise import query_terms
 

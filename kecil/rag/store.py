@@ -2,7 +2,7 @@
 engine from the knowledge base's location.
 
 Two engines share the interface below: SQLite (store_sqlite.py: one file per knowledge base under
-$KECIL_HOME/kb, the default) and PostgreSQL with pgvector (store_postgres.py: one schema per
+$KECIL_HOME/kb, the default) and PostgreSQL with pgvector (store_postgresql.py: one schema per
 knowledge base, for several servers sharing one store or a store that outgrows a file). A
 location that starts with `postgresql://` (or `postgres://`) is PostgreSQL; any other is a name,
 SQLite, unless KECIL_RAG_STORE names a PostgreSQL database, where names then live (a server's

@@ -146,7 +146,7 @@ def test_bm25_leaves_out_terms_most_chunks_hold(squad_kb, embedder):
 def test_dense_scores_are_each_chunks_best_vector(squad_kb, embedder):
     import numpy as np
 
-    from kecil.rag.retrieve import similarities
+    from kecil.rag.dense import similarities
 
     name, _, _ = squad_kb
     with Retriever(name, embedder=embedder) as retriever:
