@@ -116,6 +116,9 @@ class SQLiteKnowledgeBase(KnowledgeBase):
     def open_path(cls, path: Path, location: Location | None = None, *, create: bool = False,
                   embedder: str | None = None, dimension: int | None = None) -> SQLiteKnowledgeBase:
         """Open the knowledge base in the SQLite file `path` (one of $KECIL_HOME/kb, or an export)."""
+        # a named knowledge base comes with its location; a bare file is an export given to import
+        remedy = (f"remove it with `kecil rag remove {location.name}` and ingest again" if location is not None
+                  else "give a file that `kecil rag export NAME FILE` wrote")
         location = location or Location("sqlite", path.stem, shown=str(path))
         if not path.exists() and not create:
             raise KnowledgeBaseError(f"{path} does not exist: give the file `kecil rag export` wrote")
@@ -133,7 +136,7 @@ class SQLiteKnowledgeBase(KnowledgeBase):
                 except sqlite3.OperationalError:
                     pass  # read-only: searching does not need it, and an ingest will say it cannot write
         except sqlite3.DatabaseError as exc:
-            raise KnowledgeBaseError(f"{path} is not a usable knowledge base ({exc}): remove it with `kecil rag remove {location.name}` and ingest again") from None
+            raise KnowledgeBaseError(f"{path} is not a usable knowledge base ({exc}): {remedy}") from None
         kb = cls(location, path, db)
         kb._settle_embedder(embedder, dimension)
         return kb

@@ -84,3 +84,18 @@ def test_a_vector_survives_the_round_trip_bit_for_bit(postgres_url, tmp_path):
         got_chunks, got_vectors = copy.file_chunks("/docs/caf\udcff.md")
     assert got_chunks == chunks
     assert [v.tobytes() for v in got_vectors] == [vectors[0].tobytes(), vectors[1].reshape(1, 8).tobytes()]
+
+
+def test_importing_a_file_that_is_no_knowledge_base_asks_for_an_export_and_creates_nothing(tmp_path):
+    """A bare file given to import is not a named knowledge base: the advice is to give an export,
+    not to `kecil rag remove` a knowledge base of the file's name."""
+    from kecil.errors import KecilError
+    from kecil.rag.store import kb_exists
+
+    junk = tmp_path / "notes.sqlite"
+    junk.write_bytes(b"not a database " * 300)
+    with pytest.raises(KecilError, match=r"not a usable knowledge base .*give a file that `kecil rag export NAME FILE` wrote") as error:
+        import_kb(junk, "imported-junk")
+    assert "kecil rag remove" not in str(error.value)
+    assert not kb_exists("imported-junk")
+    assert junk.read_bytes() == b"not a database " * 300
