@@ -165,7 +165,7 @@ def open_file(path, *, create: bool = False, embedder: str | None = None, dimens
 
     from kecil.rag.store_sqlite import SQLiteKnowledgeBase
 
-    return SQLiteKnowledgeBase.open_path(Path(path), create=create, embedder=embedder, dimension=dimension)
+    return SQLiteKnowledgeBase.open_path(Path(path), create=create, embedder=embedder, dimension=dimension, read_only=not create)
 
 
 def missing_message(kb: str) -> str:

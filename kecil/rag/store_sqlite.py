@@ -114,14 +114,17 @@ class SQLiteKnowledgeBase(KnowledgeBase):
     # --- opening -------------------------------------------------------------------------
     @classmethod
     def open_path(cls, path: Path, location: Location | None = None, *, create: bool = False,
-                  embedder: str | None = None, dimension: int | None = None) -> SQLiteKnowledgeBase:
-        """Open the knowledge base in the SQLite file `path` (one of $KECIL_HOME/kb, or an export)."""
+                  embedder: str | None = None, dimension: int | None = None, read_only: bool = False) -> SQLiteKnowledgeBase:
+        """Open the knowledge base in the SQLite file `path` (one of $KECIL_HOME/kb, or an export).
+        `read_only` (an import's source) changes nothing in the file: not its schema, journal or mode."""
         # a named knowledge base comes with its location; a bare file is an export given to import
         remedy = (f"remove it with `kecil rag remove {location.name}` and ingest again" if location is not None
                   else "give a file that `kecil rag export NAME FILE` wrote")
         location = location or Location("sqlite", path.stem, shown=str(path))
         if not path.exists() and not create:
             raise KnowledgeBaseError(f"{path} does not exist: give the file `kecil rag export` wrote")
+        if read_only:
+            return cls._open_read_only(path, location, remedy, embedder, dimension)
         try:
             db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode = WAL")
@@ -137,6 +140,22 @@ class SQLiteKnowledgeBase(KnowledgeBase):
                     pass  # read-only: searching does not need it, and an ingest will say it cannot write
         except sqlite3.DatabaseError as exc:
             raise KnowledgeBaseError(f"{path} is not a usable knowledge base ({exc}): {remedy}") from None
+        kb = cls(location, path, db)
+        kb._settle_embedder(embedder, dimension)
+        return kb
+
+    @classmethod
+    def _open_read_only(cls, path: Path, location: Location, remedy: str, embedder, dimension) -> SQLiteKnowledgeBase:
+        # A file given to `kecil rag import` may be any SQLite database the user has: opening it
+        # as a store would add kecil's tables to it and make it 0600, so it is only read here.
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise KnowledgeBaseError(f"{path} is not a usable knowledge base ({exc}): {remedy}") from None
+        if not {"meta", "files", "chunks"} <= tables:
+            db.close()
+            raise KnowledgeBaseError(f"{path} is not a usable knowledge base (it has no kecil tables): {remedy}")
         kb = cls(location, path, db)
         kb._settle_embedder(embedder, dimension)
         return kb

@@ -99,3 +99,21 @@ def test_importing_a_file_that_is_no_knowledge_base_asks_for_an_export_and_creat
     assert "kecil rag remove" not in str(error.value)
     assert not kb_exists("imported-junk")
     assert junk.read_bytes() == b"not a database " * 300
+
+
+def test_importing_another_sqlite_database_leaves_it_as_it_was(tmp_path):
+    """`kecil rag import` only reads its file: a user's unrelated SQLite database gets no kecil
+    tables and keeps its permissions."""
+    import sqlite3
+
+    from kecil.errors import KecilError
+
+    other = tmp_path / "inventory.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE loaves (name TEXT)")
+    other.chmod(0o644)
+    before = other.read_bytes()
+    with pytest.raises(KecilError, match=r"has no kecil tables.*kecil rag export NAME FILE"):
+        import_kb(other, "imported-inventory")
+    assert other.read_bytes() == before and other.stat().st_mode & 0o777 == 0o644
+    assert not (tmp_path / "inventory.db-wal").exists()
