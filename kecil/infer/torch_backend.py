@@ -32,12 +32,16 @@ def load_transformers(ref: ModelRef, device=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kecil.infer.float_copy import find_float_copy, keep_float_copy
     from kecil.infer.hardware import half_dtype
 
     quiet_transformers()
     on_gpu = device is not None and torch.device(device).type == "cuda"
     placed = dict(dtype=half_dtype(device), device_map=str(device)) if on_gpu else {}
-    if ref.format == "gguf":
+    copy = find_float_copy(ref)
+    if copy is not None:
+        where, dtype = dict(pretrained_model_name_or_path=str(copy)), torch.float32
+    elif ref.format == "gguf":
         # transformers dequantizes GGUF weights to float32: exact weights, float speed.
         where = dict(pretrained_model_name_or_path=str(ref.path.parent), gguf_file=ref.path.name)
         dtype = torch.float32
@@ -62,6 +66,8 @@ def load_transformers(ref: ModelRef, device=None):
         model.hf_quantizer = None
         model.is_quantized = False
         model.config.__dict__.pop("quantization_config", None)
+    if ref.format == "gguf" and copy is None and not on_gpu:
+        keep_float_copy(ref, model, tokenizer)  # the next load of this file takes a second
     return model, tokenizer
 
 
