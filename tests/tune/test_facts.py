@@ -15,6 +15,11 @@ size of the set in issue 16, on which the old fixed recipe made about one optimi
 epoch and learned nothing), and oskar_heldout.jsonl, one differently worded question per fact.
 Trained with nothing but model, data and output (180 one-example steps at lr 1e-3), the adapter
 answered 9/12 through llama.cpp (also 9/12 at lr 2e-3, and with 258 steps); the test asks for 8/12.
+
+`make test` trains once, with the default settings on the foundry set, and checks that adapter
+through all three paths (torch, llama.cpp's LoRA, the merged GGUF). The Velmora adapter, trained
+with an explicit recipe, is checked the same three ways by `make test-heavy`: a second training
+run added about 3.5 minutes to a CI budget of 30.
 """
 
 from __future__ import annotations
@@ -64,39 +69,50 @@ def test_the_base_model_does_not_know_the_facts():
     assert oskar <= 0.1, oskar
 
 
-def test_default_settings_teach_a_small_handbook(tmp_path):
-    """36 lines, 12 facts x 3 phrasings, no settings given: the plan has enough steps and no
-    warning, and the tuned model answers most differently worded questions."""
+@pytest.fixture(scope="module")
+def taught_with_defaults(tmp_path_factory):
+    """36 lines, 12 facts x 3 phrasings, and no settings given: kecil tune's own plan."""
     from kecil.tune.lora import TuneConfig, tune
+
+    output = tmp_path_factory.mktemp("oskar") / "adapter"
+    return tune(TuneConfig(model="smollm2-135m", data=DATA / "oskar_facts.jsonl", output=output)), output
+
+
+def test_default_settings_plan_enough_steps_and_keep_the_general_answers(taught_with_defaults):
     from kecil.tune.plan import MIN_STEPS
 
-    result = tune(TuneConfig(model="smollm2-135m", data=DATA / "oskar_facts.jsonl", output=tmp_path / "adapter"))
+    result, _ = taught_with_defaults
     plan = result.plan
     # 36 of the model's own answers to general prompts are mixed in by default (--mix-general 1).
     assert plan.examples == 72 and result.replay_examples == 36 and plan.val_examples == 0
     assert plan.total_steps == result.steps >= MIN_STEPS
     assert not plan.warnings and "72 training examples, 36 of them general replay" in plan.describe()[0]
     assert sum(a.right_before and a.right_after for a in result.general) >= 5  # the general check ran, little forgotten
-    with load_model("smollm2-135m", adapter=tmp_path / "adapter") as model:
+
+
+def test_default_settings_teach_a_small_handbook_through_llama_cpp(taught_with_defaults):
+    _, adapter = taught_with_defaults
+    with load_model("smollm2-135m", adapter=adapter) as model:
         assert model.name == "llamacpp"
         share = share_correct(model, held_out=OSKAR_HELD_OUT)
     assert share >= 2 / 3, share  # 9/12 measured; one answer of margin for other thread counts
 
 
-def test_the_adapter_teaches_them_through_torch(adapter):
+def test_default_settings_teach_a_small_handbook_through_torch(taught_with_defaults):
+    _, adapter = taught_with_defaults
     with load_model("smollm2-135m", backend="torch", adapter=adapter) as model:
-        share = share_correct(model)
-    assert share >= 0.75, share
+        share = share_correct(model, held_out=OSKAR_HELD_OUT)
+    assert share >= TORCH_SHARE, share
 
 
-def test_the_gguf_lora_teaches_them_through_llama_cpp(adapter):
-    with load_model("smollm2-135m", adapter=adapter) as model:
-        assert model.name == "llamacpp"
-        share = share_correct(model)
-    assert share >= 0.75, share
+def test_default_settings_merged_and_exported_as_gguf_know_the_handbook(taught_with_defaults, tmp_path):
+    _, adapter = taught_with_defaults
+    share = merged_share(adapter, tmp_path, OSKAR_HELD_OUT)
+    assert share >= MERGED_SHARE, share
 
 
-def test_the_merged_model_exported_as_gguf_knows_them(adapter, tmp_path):
+def merged_share(adapter: Path, tmp_path: Path, held_out: list[dict]) -> float:
+    """`kecil merge --export-gguf q8_0` as a user runs it, then the share the merged file answers."""
     import subprocess
     import sys
 
@@ -108,5 +124,24 @@ def test_the_merged_model_exported_as_gguf_knows_them(adapter, tmp_path):
     with load_model(str(gguf)) as model:
         assert model.name == "llamacpp"
         # A merged folder is no longer the built-in, so it has no system preset: give the one it was trained with.
-        share = share_correct(model, system=get_builtin("smollm2-135m").system_prompt)
+        return share_correct(model, system=get_builtin("smollm2-135m").system_prompt, held_out=held_out)
+
+
+@pytest.mark.heavy
+def test_the_adapter_teaches_them_through_torch(adapter):
+    with load_model("smollm2-135m", backend="torch", adapter=adapter) as model:
+        share = share_correct(model)
     assert share >= 0.75, share
+
+
+@pytest.mark.heavy
+def test_the_gguf_lora_teaches_them_through_llama_cpp(adapter):
+    with load_model("smollm2-135m", adapter=adapter) as model:
+        assert model.name == "llamacpp"
+        share = share_correct(model)
+    assert share >= 0.75, share
+
+
+@pytest.mark.heavy
+def test_the_merged_model_exported_as_gguf_knows_them(adapter, tmp_path):
+    assert merged_share(adapter, tmp_path, HELD_OUT) >= 0.75
