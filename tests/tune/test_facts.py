@@ -37,6 +37,9 @@ DATA = Path(__file__).parent / "data"
 HELD_OUT = [json.loads(line) for line in (DATA / "velmora_heldout.jsonl").read_text().splitlines()]
 OSKAR_HELD_OUT = [json.loads(line) for line in (DATA / "oskar_heldout.jsonl").read_text().splitlines()]
 ANSWER = GenerationConfig(temperature=0, max_tokens=24)
+# The default-settings adapter answered 9/12 held-out questions through each of torch, llama.cpp's
+# LoRA and the merged q8_0 GGUF (measured 2026-12-06); the tests leave one answer of margin.
+TORCH_SHARE = MERGED_SHARE = 2 / 3
 
 pytestmark = pytest.mark.slow
 
