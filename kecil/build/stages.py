@@ -212,14 +212,16 @@ def knowledge_stage(recipe: Recipe, work: Path, _: dict[str, Path], progress: Pr
     """The documents as a knowledge base, ingested under a build-only name and moved into the stage's
     folder (ingest is incremental: a build killed mid-way picks up where that ingest stopped)."""
     from kecil.rag.ingest import IngestConfig, ingest
-    from kecil.rag.kb_names import kb_path
+    from kecil.rag.store import remove_kb
+    from kecil.rag.transfer import export_kb
 
-    name = f"build-{recipe.name}"[:64]
+    name = f"build-{recipe.name}"[:57]  # a name either store takes (PostgreSQL's schema names are shorter)
     report = ingest(IngestConfig(folder=recipe.documents, kb=name), progress=lambda d, t: progress("knowledge", d, t))
-    source = kb_path(name)
-    shutil.copy2(source, work / KNOWLEDGE)
-    for extra in ("", "-wal", "-shm"):
-        Path(f"{source}{extra}").unlink(missing_ok=True)
+    # Exported rather than copied: the result ships one portable SQLite file whichever store
+    # KECIL_RAG_STORE puts the build's own knowledge base in (a PostgreSQL one has no file to copy).
+    (work / KNOWLEDGE).unlink(missing_ok=True)  # a kill between export and removal left one
+    export_kb(name, work / KNOWLEDGE)
+    remove_kb(name)
     return {"files": len(report.added) + len(report.updated) + report.unchanged, "skipped": report.skipped,
             "chunks": report.chunks, "embedder": report.embedder}
 

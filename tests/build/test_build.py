@@ -96,6 +96,25 @@ def test_a_build_runs_every_stage_and_writes_a_deployable_folder(first_build):
     assert (result.result_dir / "knowledge" / "tiny.sqlite").stat().st_size > 0
 
 
+def test_the_knowledge_stage_ships_a_sqlite_file_when_knowledge_bases_live_in_postgresql(tiny_hf_model, tmp_path, postgres_url,
+                                                                                       monkeypatch):
+    """With KECIL_RAG_STORE set, the build's knowledge base is made in PostgreSQL; the result still
+    carries one portable file (it used to look for a SQLite file that was never written)."""
+    from kecil.build.stages import KNOWLEDGE, knowledge_stage
+    from kecil.rag.store import list_kbs, open_file
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_hf_model("llama")))
+    monkeypatch.setenv("KECIL_RAG_STORE", postgres_url)
+    (tmp_path / "work").mkdir()
+    summary = knowledge_stage(recipe, tmp_path / "work", {}, lambda *_: None)
+    assert summary["files"] == 1 and summary["chunks"] >= 1 and not summary["skipped"]
+    with open_file(tmp_path / "work" / KNOWLEDGE) as kb:
+        (path,) = kb.files()
+        assert path.endswith("/docs/cats.md")
+        assert any(MARKER in chunk.text for chunk in kb.chunks(sorted(kb.chunk_ids_under(path))).values())
+    assert not [name for name in list_kbs() if name.startswith("build-")]  # the build's own copy is gone
+
+
 def k8s_bytes(quantity: str) -> int:
     assert quantity.endswith("Mi"), quantity
     return int(quantity[:-2]) * 2**20
