@@ -66,7 +66,7 @@ def load(path: Path, data: bytes) -> list[Block]:
     loader = _LOADERS[path.suffix.lower()][0]
     if not data.strip():
         raise UnreadableFile("empty file")
-    blocks = [_encodable(b) for b in loader(data) if b.text.strip()]
+    blocks = [b for b in map(_encodable, loader(data)) if b.text.strip()]  # a block of NULs alone is no text
     if not blocks:
         raise UnreadableFile("no text found in it")
     return blocks
@@ -74,7 +74,12 @@ def load(path: Path, data: bytes) -> list[Block]:
 
 def _encodable(block: Block) -> Block:
     """A lone surrogate (JSON's "\\ud800", a broken PDF text layer) cannot be stored as UTF-8: it
-    becomes U+FFFD, so one bad character does not cost the file."""
+    becomes U+FFFD, so one bad character does not cost the file. A NUL character (JSON's
+    "\\u0000", a PDF's padding) means nothing in text and PostgreSQL's text type refuses it: it is
+    dropped, for every store alike, so a file is kept the same way wherever it goes."""
+    if "\x00" in block.text or "\x00" in block.section:
+        block = Block(block.text.replace("\x00", ""), block.start, block.end, block.page, block.section.replace("\x00", ""),
+                      block.heading)
     try:
         block.text.encode("utf-8")
         block.section.encode("utf-8")

@@ -77,6 +77,7 @@ def test_one_bad_file_of_any_kind_does_not_stop_the_rest(tmp_path, embedder, eng
     (docs / "deep.json").write_text("[" * 600 + '"the otter sleeps deep"' + "]" * 600)  # RecursionError before
     (docs / "deeper.json").write_text("[" * 100_000 + "]" * 100_000)
     (docs / "surrogate.json").write_text('{"note": "a lone \\ud800 beside the walrus"}')
+    (docs / "nul.json").write_text('{"note": "padding\\u0000 beside the pelican"}')  # PostgreSQL's text refused it before
     broken_xml_docx(docs / "broken-xml.docx")  # lxml's XMLSyntaxError before
     odd = os.path.join(os.fsencode(docs), b"caf\xff\xfe.md")  # UnicodeEncodeError in SQLite before
     with open(odd, "wb") as handle:
@@ -87,19 +88,20 @@ def test_one_bad_file_of_any_kind_does_not_stop_the_rest(tmp_path, embedder, eng
     assert set(skipped) == {"deeper.json", "broken-xml.docx"}, skipped
     assert "nested too deeply" in skipped["deeper.json"] and ".docx" in skipped["broken-xml.docx"]
     shown = "caf\\xff\\xfe.md"  # the bad bytes escaped, as the report and citations show them
-    assert sorted(p.rsplit("/", 1)[1] for p in report.added) == sorted(["good.md", "deep.json", "surrogate.json", shown])
+    assert sorted(p.rsplit("/", 1)[1] for p in report.added) == sorted(["good.md", "deep.json", "surrogate.json", "nul.json", shown])
     json.dumps(report.__dict__, ensure_ascii=False).encode("utf-8")  # printable as the CLI's --json does
     with Retriever(engine.kb("one-bad"), embedder=embedder) as retriever:
         hit = retriever.search("badger odd name", SearchConfig(k=1, method="bm25"))[0]
         assert hit.chunk.path == os.path.join(str(docs), shown)
         assert "otter" in retriever.search("otter sleeps", SearchConfig(k=1, method="bm25"))[0].chunk.text
         assert "\ufffd beside the walrus" in retriever.search("walrus", SearchConfig(k=1, method="bm25"))[0].chunk.text
+        assert "padding beside the pelican" in retriever.search("pelican", SearchConfig(k=1, method="bm25"))[0].chunk.text
 
     again = ingest(IngestConfig(docs, engine.kb("one-bad")), embedder=embedder)  # the odd name was stored losslessly
-    assert (again.added, again.updated, again.unchanged) == ([], [], 4)
+    assert (again.added, again.updated, again.unchanged) == ([], [], 5)
     os.unlink(odd)
     third = ingest(IngestConfig(docs, engine.kb("one-bad")), embedder=embedder)
-    assert [p.rsplit("/", 1)[1] for p in third.removed] == [shown] and engine.counts(engine.kb("one-bad"))["files"] == 3
+    assert [p.rsplit("/", 1)[1] for p in third.removed] == [shown] and engine.counts(engine.kb("one-bad"))["files"] == 4
 
 
 def test_the_embedding_model_of_a_new_knowledge_base_follows_the_documents_language(tmp_path, embedder):
