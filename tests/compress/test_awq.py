@@ -36,7 +36,7 @@ def test_folded_scales_keep_the_function(tiny_source, tmp_path, monkeypatch):
     # Force a strong scaling of every group (alpha 1 only, float groups searched too) and write
     # f16: the weights change a lot, the function must not. Any mistake in folding (a wrong head
     # order, a bias left unscaled, a norm stored as 1 + w) shows as a large change in the logits.
-    monkeypatch.setattr(awq, "ALPHAS", (1.0,))
+    monkeypatch.setattr(awq, "SEARCH", awq.Search(alphas=(1.0,)))
     monkeypatch.setattr(awq, "_searchable", lambda group, types, stats: stats.get(group.matrices[0]) is not None)
     seen = []
     requantize(source, tmp_path / "awq.gguf", quant_type("f16"), stats=statistics.stats, method="awq", scale_progress=lambda d, t: seen.append(t))
