@@ -39,7 +39,6 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -158,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _method(variant: str) -> str:
-    """kecil-<method>; a candidate under test is kecil-<method>@<option>=<value>[&...] (awq.py's Search fields)."""
+    """kecil-<method>; a candidate under test is kecil-<method>@<option>=<value>[&...]: awq.Search's
+    fields, each unnamed one at its field default (so kecil-awq@max_ratio=0 is the unbounded search)."""
     return variant.removeprefix("kecil-").split("@")[0]
 
 
@@ -166,14 +166,16 @@ def _method(variant: str) -> str:
 def _search_options(variant: str):
     from kecil.compress import awq
 
-    default = awq.SEARCH
+    method = _method(variant)
+    default = awq.SEARCHES.get(method)
     if "@" in variant:
         options = dict(item.split("=") for item in variant.split("@", 1)[1].split("&"))
-        awq.SEARCH = replace(default, **{k: float(v) for k, v in options.items()})
+        awq.SEARCHES[method] = awq.Search(**{k: float(v) for k, v in options.items()})
     try:
         yield
     finally:
-        awq.SEARCH = default
+        if default is not None:
+            awq.SEARCHES[method] = default
 
 
 def _variants(option: str | None, calib_name: str) -> list[str]:

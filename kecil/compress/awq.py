@@ -38,7 +38,12 @@ class Search:
     max_ratio: float = 0.0
 
 
-SEARCH = Search()  # the default; bench/quantize.py swaps it to measure candidates
+# The search per method, from bench/quantize.py across held-out corpora (docs/benchmarks.md): with
+# the spread of s bounded to 4, `awq`'s q4_k_m gain held on text unlike its calibration text
+# (unbounded, it scaled columns quiet on the calibration text down to where other text lost
+# precision); the bound was chosen on the tuning corpora. `awq-gptq` (q3_k_m, q2_k) keeps the
+# unbounded search it was measured with. bench/quantize.py swaps entries to measure candidates.
+SEARCHES = {"awq": Search(max_ratio=4.0), "awq-gptq": Search()}
 # Rows are rounded independently, so the error summed over an even sample of rows estimates the
 # whole matrix's; searching on at most this many rows per matrix makes the search several times faster.
 SEARCH_ROWS = 256
@@ -74,7 +79,7 @@ class _Group:
 
 def fold_scales(
     weights: Callable[[str], np.ndarray], names: set[str], types: dict[str, GGMLQuantizationType], stats: dict[str, LayerStats],
-    *, n_head: int, n_head_kv: int, threads: int = 1, progress: Callable[[int, int], None] | None = None,
+    *, n_head: int, n_head_kv: int, threads: int = 1, progress: Callable[[int, int], None] | None = None, search: Search = Search(),
 ) -> tuple[dict[str, Scaling], dict[str, LayerStats]]:
     """The AWQ scalings of every foldable layer group, and the statistics as the scaled inputs see them.
 
@@ -87,7 +92,7 @@ def fold_scales(
         base = stats[group.matrices[0]]
         producer_importance = base.importance if group.expand is None else _collapse(base.importance, n_head, n_head_kv)
         matrices = {name: _sample_rows(weights(name)) for name in group.matrices}
-        s = _search(matrices, types, base, producer_importance, group.expand, threads, SEARCH)
+        s = _search(matrices, types, base, producer_importance, group.expand, threads, search)
         if s is not None:
             column_s = s if group.expand is None else group.expand(s)
             for name in group.matrices:
