@@ -5,10 +5,7 @@ Sources (pinned; fetched with pip, nothing else):
 - the multilingual and code text of dataset-build 0.1.11 (dataset_build/data/<language>/).
 
 calibration.txt: the first 10 Wikipedia articles (12 kB each), 5 kB from each of 15 languages,
-and a little code, interleaved (article, language, code, article, ...): `kecil quantize` reads only
-the first 32 chunks of 512 tokens, about half the file, and with the articles first those were all
-English Wikipedia (bench/quantize.py measured what that cost on other text; docs/benchmarks.md).
-heldout.txt: articles 20-29 (4 kB each), which calibration never sees.
+and a little code. heldout.txt: articles 20-29 (4 kB each), which calibration never sees.
 Run: .venv/bin/python scripts/build_calibration_data.py
 """
 
@@ -41,13 +38,6 @@ def cut(text: str, size: int, start: int = 0) -> str:
     return (piece[: end + 1] if end > size // 2 else piece).strip()
 
 
-def interleave(*kinds: list[str]) -> list[str]:
-    """Round robin over the lists, each spread evenly over the whole: any prefix of the result
-    holds about the same share of every kind."""
-    keyed = [((i + 0.5) / len(kind), k, piece) for k, kind in enumerate(kinds) for i, piece in enumerate(kind)]
-    return [piece for _, _, piece in sorted(keyed)]
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -64,11 +54,9 @@ def main() -> None:
             languages = {code: read(f"dataset_build/data/{code}/") for code in LANGUAGES}
             code = {lang: read(f"dataset_build/data/coding/{lang}/") for lang in CODE}
     articles = [line.strip() for line in wiki.splitlines() if line.strip()]
-    calibration = interleave(
-        [cut(a, 12_000) for a in articles[:10]],
-        [cut(text, 5_000, start=len(text) // 3) for text in languages.values()],
-        [cut(text, 3_000) for text in code.values() if text],
-    )
+    calibration = [cut(a, 12_000) for a in articles[:10]]
+    calibration += [cut(text, 5_000, start=len(text) // 3) for text in languages.values()]
+    calibration += [cut(text, 3_000) for text in code.values() if text]
     heldout = [cut(a, 4_000) for a in articles[20:30]]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "calibration.txt").write_text("\n\n".join(calibration) + "\n", encoding="utf-8")
