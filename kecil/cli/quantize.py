@@ -20,7 +20,7 @@ def quantize(
     model: Annotated[str, typer.Argument(help="Built-in name, .gguf file or Hugging Face folder.")],
     to: Annotated[str, typer.Option("--to", help="GGUF: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m or q2_k; torch weight-only: int8 or int4.")],
     output: Annotated[str, typer.Option("--output", "-o", help="The GGUF file to write (a folder for int8/int4).")],
-    calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text or JSONL (default: kecil's multilingual set).")] = None,
+    calib: Annotated[Optional[str], typer.Option("--calib", help="Calibration text or JSONL; its first 32 chunks of 512 tokens are read (default: kecil's own set, whose first 32 chunks are English Wikipedia).")] = None,
     method: Annotated[str, typer.Option("--method", help="auto (per type, as measured), awq-gptq, awq, gptq, imatrix, or none (no calibration).")] = "auto",
     heldout: Annotated[Optional[str], typer.Option("--heldout", help="Text for the report's perplexity (default: kecil's held-out set).")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity, speed and RAM after writing.")] = True,

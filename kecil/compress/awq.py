@@ -25,6 +25,25 @@ from kecil.compress.calibration import LayerStats
 from kecil.compress.quant_types import FLOAT_TYPES
 
 ALPHAS = tuple(round(a * 0.1, 1) for a in range(11))  # alpha grid; AWQ's own search uses 20 steps over [0, 1)
+
+
+@dataclass(frozen=True)
+class Search:
+    """How scales are searched. `floor` adds that fraction of the mean importance to every
+    column's before s is computed, so a column that was quiet on the calibration text is not
+    shrunk as if it never mattered; `max_ratio` bounds s's largest / smallest (0 = unbounded)."""
+
+    alphas: tuple[float, ...] = ALPHAS
+    floor: float = 0.0
+    max_ratio: float = 0.0
+
+
+# The search per method, from bench/quantize.py across held-out corpora (docs/benchmarks.md): with
+# the spread of s bounded to 4, `awq`'s q4_k_m gain held on text unlike its calibration text
+# (unbounded, it scaled columns quiet on the calibration text down to where other text lost
+# precision); the bound was chosen on the tuning corpora. `awq-gptq` (q3_k_m, q2_k) keeps the
+# unbounded search it was measured with. bench/quantize.py swaps entries to measure candidates.
+SEARCHES = {"awq": Search(max_ratio=4.0), "awq-gptq": Search()}
 # Rows are rounded independently, so the error summed over an even sample of rows estimates the
 # whole matrix's; searching on at most this many rows per matrix makes the search several times faster.
 SEARCH_ROWS = 256
@@ -60,7 +79,7 @@ class _Group:
 
 def fold_scales(
     weights: Callable[[str], np.ndarray], names: set[str], types: dict[str, GGMLQuantizationType], stats: dict[str, LayerStats],
-    *, n_head: int, n_head_kv: int, threads: int = 1, progress: Callable[[int, int], None] | None = None,
+    *, n_head: int, n_head_kv: int, threads: int = 1, progress: Callable[[int, int], None] | None = None, search: Search = Search(),
 ) -> tuple[dict[str, Scaling], dict[str, LayerStats]]:
     """The AWQ scalings of every foldable layer group, and the statistics as the scaled inputs see them.
 
@@ -73,7 +92,7 @@ def fold_scales(
         base = stats[group.matrices[0]]
         producer_importance = base.importance if group.expand is None else _collapse(base.importance, n_head, n_head_kv)
         matrices = {name: _sample_rows(weights(name)) for name in group.matrices}
-        s = _search(matrices, types, base, producer_importance, group.expand, threads)
+        s = _search(matrices, types, base, producer_importance, group.expand, threads, search)
         if s is not None:
             column_s = s if group.expand is None else group.expand(s)
             for name in group.matrices:
@@ -142,15 +161,18 @@ def _collapse(importance: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray
 
 def _search(
     matrices: dict[str, np.ndarray], types: dict[str, GGMLQuantizationType], stats: LayerStats, producer_importance: np.ndarray,
-    expand, threads: int,
+    expand, threads: int, search: Search = Search(),
 ) -> np.ndarray | None:
     """The s (in the producer's layout) with the least output error over the alpha grid; None if alpha = 0 wins."""
     h = stats.hessian.astype(np.float32)
-    magnitude = np.sqrt(np.maximum(producer_importance, 0.0))
+    importance = np.maximum(producer_importance, 0.0)
+    magnitude = np.sqrt(importance + search.floor * float(importance.mean()))
     floor = max(float(magnitude.max()) * 1e-4, 1e-12)
     best_error, best_s = None, None
-    for alpha in ALPHAS:
+    for alpha in search.alphas:
         s = np.maximum(magnitude, floor) ** alpha
+        if search.max_ratio:
+            s = np.minimum(s, s.min() * search.max_ratio)
         s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)  # centred around 1, as AWQ does
         column_s = s if expand is None else expand(s)
         error = 0.0

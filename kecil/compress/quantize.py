@@ -32,10 +32,13 @@ from kecil.scratch import disk_full, is_disk_full, owned_prefix, sweep_stale
 # (stage, done, total): stages are "convert", "calibrate", "scale" (AWQ's search), "quantize", "report".
 Progress = Callable[[str, int, int], None]
 CALIBRATION_CONTEXT = 512  # tokens per calibration chunk, as llama-imatrix's default
-# What "--method auto" does per type, from bench/quantize.py (docs/benchmarks.md): AWQ then GPTQ
-# won at q3_k_m and q2_k; AWQ alone at the others (also measured better than the importance matrix
-# at q6_k, q5_k_m and q4_0); f16 and q8_0 use no statistics.
-AUTO_METHODS = {"f16": "none", "q8_0": "none", "q3_k_m": "awq-gptq", "q2_k": "awq-gptq"}
+# What "--method auto" does per type, from bench/quantize.py across held-out corpora
+# (docs/benchmarks.md, 2026-12-06): the lowest mean added perplexity was AWQ with its bounded
+# search at q4_k_m (still worse than llama-imatrix on Shakespeare) and the importance matrix at
+# q2_k (AWQ then GPTQ, the old q2_k default, added 44% more than llama-imatrix: it fitted the
+# Wikipedia calibration text). q3_k_m keeps AWQ then GPTQ, and q6_k, q5_k_m, q4_0 AWQ, as measured
+# on one held-out text only (2026-11-26); f16 and q8_0 use no statistics.
+AUTO_METHODS = {"f16": "none", "q8_0": "none", "q3_k_m": "awq-gptq", "q2_k": "imatrix"}
 AUTO_DEFAULT = "awq"
 NEEDS_HESSIAN = ("gptq", "awq", "awq-gptq")  # methods that read mean(x x^T), not only its diagonal
 WEIGHT_ONLY = {"int8": 8, "int4": 4}  # torch-side types: a folder for the torch backend, not a GGUF
@@ -48,7 +51,7 @@ class QuantizeConfig:
     model: str  # a built-in name, a .gguf file or a Hugging Face folder
     to: str  # one of QUANT_TYPES (f16 q8_0 q6_k q5_k_m q4_k_m q4_0 q3_k_m q2_k), or int8/int4 (torch weight-only)
     output: Path  # the GGUF file to write (a folder for int8/int4)
-    calib: Path | None = None  # calibration text or JSONL; None = kecil's bundled multilingual set
+    calib: Path | None = None  # calibration text or JSONL; None = kecil's bundled set (its first 32 chunks are English Wikipedia)
     report: bool = True  # measure perplexity, speed and RAM after writing
     # "auto": per type, the method that measured best (AUTO_METHODS); "imatrix" (importance-
     # weighted rounding), "gptq" (that plus GPTQ error compensation), "awq" (activation-aware

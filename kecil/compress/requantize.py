@@ -17,7 +17,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, Keys
 
 from kecil.compress import ggml_kernels
-from kecil.compress.awq import Scaling, fold_scales
+from kecil.compress.awq import SEARCHES, Scaling, fold_scales
 from kecil.compress.calibration import LayerStats
 from kecil.compress.gptq import inverse_hessian_factor, quantize_gptq
 from kecil.compress.quant_types import FLOAT_TYPES, QuantType, choose_types, tensor_order
@@ -71,7 +71,7 @@ def requantize(
         by_name = {t.name: t for t in tensors}
         scalings, use_stats = fold_scales(
             lambda name: _float_values(by_name[name]), set(by_name), types, use_stats, n_head=int(n_head),
-            n_head_kv=int(n_head_kv), threads=threads, progress=scale_progress,
+            n_head_kv=int(n_head_kv), threads=threads, progress=scale_progress, search=SEARCHES[method],
         )  # fmt: skip
 
     writer = GGUFWriter(None, arch)

@@ -36,7 +36,7 @@ def test_folded_scales_keep_the_function(tiny_source, tmp_path, monkeypatch):
     # Force a strong scaling of every group (alpha 1 only, float groups searched too) and write
     # f16: the weights change a lot, the function must not. Any mistake in folding (a wrong head
     # order, a bias left unscaled, a norm stored as 1 + w) shows as a large change in the logits.
-    monkeypatch.setattr(awq, "ALPHAS", (1.0,))
+    monkeypatch.setitem(awq.SEARCHES, "awq", awq.Search(alphas=(1.0,)))
     monkeypatch.setattr(awq, "_searchable", lambda group, types, stats: stats.get(group.matrices[0]) is not None)
     seen = []
     requantize(source, tmp_path / "awq.gguf", quant_type("f16"), stats=statistics.stats, method="awq", scale_progress=lambda d, t: seen.append(t))
@@ -65,3 +65,16 @@ def test_search_never_worsens_the_layer_error():
 
     assert s is not None  # with such skewed activations some scaling helps
     assert error(s) < error(np.ones(256, np.float32))
+
+
+def test_bounded_search_keeps_the_scale_ratio_and_still_helps():
+    # kecil's awq bounds s's spread (awq.SEARCHES): columns quiet on the calibration text
+    # keep most of their precision for text whose activations differ (bench/quantize.py).
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2048, 256)).astype(np.float32) * rng.exponential(size=256).astype(np.float32) ** 2
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    stats = LayerStats((x * x).mean(0), (x.T @ x) / len(x), len(x))
+    unbounded = awq._search({"m": w}, {"m": T.Q4_K}, stats, stats.importance, None, threads=1, search=awq.Search())
+    bounded = awq._search({"m": w}, {"m": T.Q4_K}, stats, stats.importance, None, threads=1, search=awq.Search(max_ratio=4.0))
+    assert unbounded is not None and unbounded.max() / unbounded.min() > 4.0  # the bound is not trivially met
+    assert bounded is not None and bounded.max() / bounded.min() <= 4.0 * (1 + 1e-5)
