@@ -9,7 +9,8 @@ from kecil.cli.common import err, stage_bars
 from kecil.cli.options import config_options
 
 # The stages' own progress, as the commands that run them alone name it.
-_LABELS = {"tune": "tuning (steps)", "load": "merge: loading the base", "merge": "merge: merging the adapter",
+_LABELS = {"tune-replay": "tune: general replay answers", "tune": "tuning (steps)", "tune-general": "tune: general questions",
+           "load": "merge: loading the base", "merge": "merge: merging the adapter",
            "save": "merge: writing the model", "convert": "converting to GGUF", "calibrate": "calibrating",
            "scale": "searching AWQ scales", "quantize": "quantizing", "memory": "fit: measuring peak memory",
            "evaluate": "evaluating base and result", "knowledge": "ingesting the documents",
