@@ -50,6 +50,8 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp.sh
 	@touch $@
 	@echo "kecil is set up in $(VENV)"
 
+# The main job (kecil/demo.py): `kecil build` on the shipped handbook recipe, cached under $(KECIL_HOME)/demo,
+# then the result served by `kecil serve` on loopback and asked a handbook question beside the base model.
 demo: setup
 	$(VENV)/bin/kecil demo
 

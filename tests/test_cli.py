@@ -112,7 +112,7 @@ def test_info_in_a_pipe_keeps_each_fact_on_one_line():
 
 
 def test_demo_answers_three_questions_with_speed():
-    done = kecil("demo")
+    done = kecil("demo", "--quick")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(">>> ") == 3
     assert done.stdout.count("tok/s decode") == 3

@@ -78,7 +78,9 @@ def tune_stage(recipe: Recipe, work: Path, _: dict[str, Path], progress: Progres
     def step(p) -> None:
         progress("tune", p.step, p.total_steps)
 
-    result = tune(config, progress=step)
+    # the work around training reports too: the base model's answers for the general replay (minutes,
+    # the first time for a model) and the general questions asked after it
+    result = tune(config, progress=step, on_stage=lambda stage, d, t: progress(f"tune-{stage}", d, t))
     return {"steps": result.steps, "train_examples": result.train_examples, "val_loss": result.val_loss,
             "first_val_loss": result.first_val_loss, "train_loss": result.train_loss, "best_step": result.best_step,
             "resumed_from_step": result.resumed_from_step, "tokens_per_second": round(result.tokens_per_second, 1),

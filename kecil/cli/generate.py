@@ -10,7 +10,7 @@ import typer
 
 from kecil.cli.common import Adapter, Backend, Context, Threads, err, limits_note, speed
 from kecil.cli.options import config_options
-from kecil.errors import KecilError
+from kecil.errors import ConfigError, KecilError
 from kecil.infer.generation import GenerationConfig
 from kecil.infer.load import LoadOptions
 
@@ -182,10 +182,20 @@ def info(
 
 
 def demo(
-    model: Annotated[Optional[str], typer.Argument(help="Model to run (default: the embedded model).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Only ask the embedded model (or MODEL) three questions, with the speed of each (seconds).")] = False,
+    model: Annotated[Optional[str], typer.Argument(help="With --quick: the model to run (default: the embedded model).")] = None,
     backend: Backend = None,
 ) -> None:
-    """The main job: load the embedded model, answer three questions, show the speed of each."""
+    """The main job: `kecil build` on the shipped handbook recipe, then the result served and asked a handbook question.
+
+    The build is cached in $KECIL_HOME/demo, so a second run only gates, exports and asks again."""
+    if not quick:
+        if model is not None or backend is not None:
+            raise ConfigError("MODEL and --backend are for `kecil demo --quick`; the main job builds the shipped recipe's own model")
+        from kecil.cli.build import run_main_job
+
+        run_main_job()
+        return
     from kecil.demo import run_demo
 
     def question(q: str) -> None:
