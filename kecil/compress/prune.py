@@ -50,7 +50,7 @@ class PruneConfig:
     params: int | None = field(default=None, metadata=_help("Parameters to keep at most (instead of --ratio)."))
     method: str = field(default="minitron", metadata=_help(
         "width (attention heads and MLP neurons), depth (whole layers, ShortGPT) or minitron (width plus hidden channels)."))
-    calib: Path | None = field(default=None, metadata=_help("Calibration text or JSONL (default: kecil's multilingual set)."))
+    calib: Path | None = field(default=None, metadata=_help("Calibration text or JSONL (default: kecil's bundled set: English Wikipedia first, then other languages and code)."))
     calib_chunks: int = field(default=8, metadata=_help("Most 512-token calibration chunks read."))
     importance: str = field(default="activation", metadata=_help(
         "activation (measured on the calibration text) or random (a baseline).", hidden=True))
