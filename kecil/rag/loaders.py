@@ -16,7 +16,7 @@ import io
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kecil.rag.html_text import html_blocks
@@ -73,20 +73,22 @@ def load(path: Path, data: bytes) -> list[Block]:
 
 
 def _encodable(block: Block) -> Block:
-    """A lone surrogate (JSON's "\\ud800", a broken PDF text layer) cannot be stored as UTF-8: it
-    becomes U+FFFD, so one bad character does not cost the file. A NUL character (JSON's
-    "\\u0000", a PDF's padding) means nothing in text and PostgreSQL's text type refuses it: it is
-    dropped, for every store alike, so a file is kept the same way wherever it goes."""
-    if "\x00" in block.text or "\x00" in block.section:
-        block = Block(block.text.replace("\x00", ""), block.start, block.end, block.page, block.section.replace("\x00", ""),
-                      block.heading)
+    """`block` with text every store can hold. A lone surrogate (JSON's "\\ud800", a broken PDF
+    text layer) cannot be stored as UTF-8: it becomes U+FFFD, so one bad character does not cost
+    the file. A NUL character (JSON's "\\u0000", a PDF's padding) means nothing in text and
+    PostgreSQL's text type refuses it: it is dropped, for every store alike, so a file is kept the
+    same way wherever it goes."""
+    text, section = _storable(block.text), _storable(block.section)
+    return block if (text, section) == (block.text, block.section) else replace(block, text=text, section=section)
+
+
+def _storable(text: str) -> str:
+    text = text.replace("\x00", "")
     try:
-        block.text.encode("utf-8")
-        block.section.encode("utf-8")
-        return block
+        text.encode("utf-8")
+        return text
     except UnicodeEncodeError:
-        fix = lambda s: _SURROGATE.sub("\ufffd", s)  # noqa: E731
-        return Block(fix(block.text), block.start, block.end, block.page, fix(block.section), block.heading)
+        return _SURROGATE.sub("\ufffd", text)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
