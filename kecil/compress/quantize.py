@@ -274,21 +274,15 @@ def _calibrate(ref: ModelRef, source: Path, text: str, method: str, config: Quan
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kecil.infer.float_copy import find_float_copy
     from kecil.infer.hardware import half_dtype, resolve_device
-    from kecil.infer.torch_backend import quiet_transformers
+    from kecil.infer.torch_backend import pretrained_source, quiet_transformers
     from kecil.models.info import inspect_model
 
     quiet_transformers()
     torch.set_num_threads(_torch_threads(threads))
     device = resolve_device(config.device)
     placed = {"dtype": half_dtype(device), "device_map": str(device)} if device.type == "cuda" else {"dtype": torch.float32}
-    where = {"pretrained_model_name_or_path": str(ref.path)}
-    copy = find_float_copy(ref) if device.type != "cuda" else None
-    if copy is not None:
-        where = {"pretrained_model_name_or_path": str(copy)}  # the same weights, loaded in a second
-    elif ref.format == "gguf":
-        where = {"pretrained_model_name_or_path": str(ref.path.parent), "gguf_file": ref.path.name}
+    where, _ = pretrained_source(ref, use_copy=device.type != "cuda")  # a float copy: the same weights, loaded in a second
     try:
         tokenizer = _GgufTokenizer(ref.path) if ref.format == "gguf" else AutoTokenizer.from_pretrained(**where)
         model = AutoModelForCausalLM.from_pretrained(**where, **placed, local_files_only=True).eval()

@@ -32,22 +32,15 @@ def load_transformers(ref: ModelRef, device=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kecil.infer.float_copy import find_float_copy, keep_float_copy
+    from kecil.infer.float_copy import keep_float_copy
     from kecil.infer.hardware import half_dtype
 
     quiet_transformers()
     on_gpu = device is not None and torch.device(device).type == "cuda"
     placed = dict(dtype=half_dtype(device), device_map=str(device)) if on_gpu else {}
-    copy = find_float_copy(ref)
-    if copy is not None:
-        where, dtype = dict(pretrained_model_name_or_path=str(copy)), torch.float32
-    elif ref.format == "gguf":
-        # transformers dequantizes GGUF weights to float32: exact weights, float speed.
-        where = dict(pretrained_model_name_or_path=str(ref.path.parent), gguf_file=ref.path.name)
-        dtype = torch.float32
-    else:
-        where = dict(pretrained_model_name_or_path=str(ref.path))
-        dtype = "auto"
+    where, copy = pretrained_source(ref)
+    # GGUF weights (or their float copy) are float32: exact weights, float speed.
+    dtype = torch.float32 if ref.format == "gguf" else "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
         if ref.format == "hf" and (ref.path / "kecil_weight_only.json").is_file():
@@ -69,6 +62,20 @@ def load_transformers(ref: ModelRef, device=None):
     if ref.format == "gguf" and copy is None and not on_gpu:
         keep_float_copy(ref, model, tokenizer)  # the next load of this file takes a second
     return model, tokenizer
+
+
+def pretrained_source(ref: ModelRef, use_copy: bool = True) -> tuple[dict, Path | None]:
+    """transformers' from_pretrained arguments for `ref`'s weights, and the float copy they name if
+    any: a GGUF file's float copy when one is kept (kecil/infer/float_copy.py) and `use_copy`, else
+    the GGUF file (transformers dequantizes it, slowly) or the Hugging Face folder."""
+    from kecil.infer.float_copy import find_float_copy
+
+    copy = find_float_copy(ref) if use_copy else None
+    if copy is not None:
+        return {"pretrained_model_name_or_path": str(copy)}, copy
+    if ref.format == "gguf":
+        return {"pretrained_model_name_or_path": str(ref.path.parent), "gguf_file": ref.path.name}, None
+    return {"pretrained_model_name_or_path": str(ref.path)}, None
 
 
 def apply_peft_adapter(model, adapter: Path):
