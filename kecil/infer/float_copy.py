@@ -23,6 +23,7 @@ from pathlib import Path
 from kecil.errors import ConfigError
 from kecil.models.reference import ModelRef, model_fingerprint
 from kecil.paths import kecil_home, private_dir
+from kecil.scratch import owned_prefix, sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,13 @@ def copy_folder(ref: ModelRef) -> Path:
 
 
 def find_float_copy(ref: ModelRef) -> Path | None:
-    """The complete float copy of `ref`, or None when there is none (yet) or copies are off."""
+    """The complete float copy of `ref`, or None when there is none (yet) or copies are off.
+    What a killed writer left half-written (as large as the model) is swept here, on every lookup:
+    once the copy exists nothing writes there again, so a sweep only before writing would never run."""
     if ref.format != "gguf" or max_copy_bytes() == 0:
         return None
     folder = copy_folder(ref)
+    sweep_stale(folder.parent)
     return folder if (folder / MARKER).is_file() else None
 
 
@@ -65,10 +69,10 @@ def keep_float_copy(ref: ModelRef, model, tokenizer) -> Path | None:
     target = copy_folder(ref)
     try:
         parent = private_dir(target.parent)
-        remove_stale_staging(parent, target.name)
         # Written beside the target and renamed into place: a kill or a second process writing
         # the same copy at once never leaves a half-written folder where a loader looks.
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
+        # (a dotted label: owned_prefix's bare-word form is only for words without a hyphen)
+        staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f"{target.name}.float-copy"), dir=parent))
         try:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
@@ -86,14 +90,3 @@ def keep_float_copy(ref: ModelRef, model, tokenizer) -> Path | None:
         return None
     return target
 
-
-def remove_stale_staging(parent: Path, name: str, older_than_s: float = 3600) -> None:
-    """Delete half-written copies of `name` that a killed process left (each as large as the model)."""
-    import time
-
-    for folder in parent.glob(f".{name}-*"):
-        try:
-            if time.time() - folder.stat().st_mtime > older_than_s:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass

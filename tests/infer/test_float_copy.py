@@ -89,16 +89,22 @@ def test_an_unwritable_copy_folder_still_loads_the_model(tiny_gguf, tmp_path):
     assert find_float_copy(ref) is None
 
 
-def test_a_killed_writers_staging_folder_is_removed_once_stale(tiny_gguf):
+def test_a_killed_writers_half_copy_is_swept_and_a_live_writers_kept(tiny_gguf):
+    """kill -9 mid-write leaves a staging folder named after the writer's pid (kecil.scratch): the
+    next lookup removes it once that process is gone, even when the copy already exists."""
+    import subprocess
+    import sys
+
+    from kecil.scratch import owned_prefix
+
     ref = resolve(str(tiny_gguf))
+    load_transformers(ref)
     parent = copy_folder(ref).parent
-    parent.mkdir(parents=True)
-    stale, fresh = parent / f".{copy_folder(ref).name}-dead", parent / f".{copy_folder(ref).name}-writing"
-    for folder in (stale, fresh):
+    live = parent / (owned_prefix(f"{copy_folder(ref).name}.float-copy") + "writing")  # this process: alive
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = parent / (owned_prefix(f"{copy_folder(ref).name}.float-copy").replace(f"-{os.getpid()}-", f"-{dead_pid}-") + "killed")
+    for folder in (live, dead):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"half")
-    hours_ago = time.time() - 2 * 3600
-    os.utime(stale, (hours_ago, hours_ago))
-    load_transformers(ref)
-    assert not stale.exists() and fresh.exists()  # another process may still be writing the fresh one
     assert find_float_copy(ref) is not None
+    assert not dead.exists() and live.exists()
